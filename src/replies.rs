@@ -1,0 +1,120 @@
+//! Every client-visible reply the proxy writes itself, in one place, with Redis's exact
+//! wording (7.2 where versions differ) and the proxy's own errors. Nothing here may ever
+//! include a secret.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::protocol::encode;
+
+pub const OK: &[u8] = b"+OK\r\n";
+pub const PONG: &[u8] = b"+PONG\r\n";
+pub const RESET: &[u8] = b"+RESET\r\n";
+pub const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+pub const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+pub const SYNTAX_ERROR: &[u8] = b"-ERR syntax error\r\n";
+pub const AUTH_WITHOUT_PASSWORD: &[u8] = b"-ERR AUTH <password> called without any password \
+configured for the default user. Are you sure your configuration is correct?\r\n";
+pub const HELLO_NOAUTH: &[u8] = b"-NOAUTH HELLO must be called with the client already \
+authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+authenticate the client and select the RESP protocol version at the same time\r\n";
+pub const NOPROTO: &[u8] = b"-NOPROTO unsupported protocol version\r\n";
+pub const HELLO_BAD_VERSION: &[u8] = b"-ERR Protocol version is not an integer or out of range\r\n";
+pub const NOT_AN_INTEGER: &[u8] = b"-ERR value is not an integer or out of range\r\n";
+pub const DB_OUT_OF_RANGE: &[u8] = b"-ERR DB index is out of range\r\n";
+pub const SELECT_IN_CLUSTER: &[u8] = b"-ERR SELECT is not allowed in cluster mode\r\n";
+pub const BAD_CLIENT_NAME: &[u8] =
+    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+pub const EXEC_WITHOUT_MULTI: &[u8] = b"-ERR EXEC without MULTI\r\n";
+pub const DISCARD_WITHOUT_MULTI: &[u8] = b"-ERR DISCARD without MULTI\r\n";
+pub const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// `-ERR wrong number of arguments for '<name>' command`.
+pub fn wrong_arity(out: &mut BytesMut, name: &str) {
+    out.put_slice(b"-ERR wrong number of arguments for '");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"' command\r\n");
+}
+
+/// `-ERR unknown subcommand '<sub>'. Try <CONTAINER> HELP.`, the subcommand cut at 128
+/// bytes as Redis does.
+pub fn unknown_subcommand(out: &mut BytesMut, container: &[u8], sub: &[u8]) {
+    let mut text = b"ERR unknown subcommand '".to_vec();
+    text.extend_from_slice(&sub[..sub.len().min(128)]);
+    text.extend_from_slice(b"'. Try ");
+    text.extend(container.iter().map(u8::to_ascii_uppercase));
+    text.extend_from_slice(b" HELP.");
+    encode::error(out, &text);
+}
+
+/// `-ERR Syntax error in HELLO option '<opt>'`.
+pub fn hello_syntax(out: &mut BytesMut, option: &[u8]) {
+    let mut text = b"ERR Syntax error in HELLO option '".to_vec();
+    text.extend_from_slice(c_string(option));
+    text.push(b'\'');
+    encode::error(out, &text);
+}
+
+/// `-ERR Unrecognized option '<attr>'` (CLIENT SETINFO).
+pub fn setinfo_unknown(out: &mut BytesMut, attribute: &[u8]) {
+    let mut text = b"ERR Unrecognized option '".to_vec();
+    text.extend_from_slice(c_string(attribute));
+    text.push(b'\'');
+    encode::error(out, &text);
+}
+
+/// `-ERR <attr> cannot contain spaces, newlines or special characters.` (CLIENT SETINFO).
+pub fn setinfo_bad_value(out: &mut BytesMut, attribute: &[u8]) {
+    let mut text = b"ERR ".to_vec();
+    text.extend_from_slice(c_string(attribute));
+    text.extend_from_slice(b" cannot contain spaces, newlines or special characters.");
+    encode::error(out, &text);
+}
+
+/// A command that needs a dedicated upstream connection, refused until that exists.
+pub fn unsupported(out: &mut BytesMut, name: &str) {
+    out.put_slice(b"-ERR '");
+    out.put_slice(name.as_bytes());
+    out.put_slice(
+        b"' is not supported by redis-ambassador yet (it needs a dedicated upstream connection)\r\n",
+    );
+}
+
+/// An error the proxy makes (`ERR <text>`): upstream trouble and the like.
+pub fn proxy_error(out: &mut BytesMut, text: &str) {
+    let mut line = b"ERR ".to_vec();
+    line.extend_from_slice(text.as_bytes());
+    encode::error(out, &line);
+}
+
+/// `%s` formatting of an sds stops at the first NUL.
+fn c_string(s: &[u8]) -> &[u8] {
+    match s.iter().position(|&b| b == 0) {
+        Some(end) => &s[..end],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts() {
+        let mut out = BytesMut::new();
+        wrong_arity(&mut out, "client|setname");
+        unknown_subcommand(&mut out, b"client", b"FOO");
+        hello_syntax(&mut out, b"AUTH");
+        assert_eq!(
+            &out[..],
+            &b"-ERR wrong number of arguments for 'client|setname' command\r\n\
+               -ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n\
+               -ERR Syntax error in HELLO option 'AUTH'\r\n"[..]
+        );
+        let mut out = BytesMut::new();
+        unknown_subcommand(&mut out, b"client", b"a\r\nb");
+        assert_eq!(
+            &out[..],
+            b"-ERR unknown subcommand 'a  b'. Try CLIENT HELP.\r\n"
+        );
+    }
+}

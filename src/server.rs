@@ -1,0 +1,58 @@
+//! The listener: accepts clients, enforces `max_clients`, and spawns one session per
+//! client. Over the limit a client gets Redis's `-ERR max number of clients reached` and is
+//! closed. It stops accepting when the shutdown token fires.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::replies;
+use crate::session::{Session, Shared};
+
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_clients: usize,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_clients));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = stream.write_all(replies::MAX_CLIENTS).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let local = stream.local_addr().unwrap_or(peer);
+        let session = Session::new(shared.clone(), peer, local);
+        let span = tracing::debug_span!("client", %peer);
+        tokio::spawn(
+            async move {
+                tracing::debug!("connected");
+                session.run(stream).await;
+                tracing::debug!("disconnected");
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! A batch: the requests scanned from one client read, in order, as a plan — local replies
+//! already computed, forwarded requests encoded — then executed on one pooled upstream
+//! connection in a single write, replies matched back first-in first-out.
+//!
+//! The plan carries the connection state (database, protocol) each forwarded request needs.
+//! Where it changes inside the batch (a SELECT between two GETs) the commands that change
+//! it are woven into the upstream stream and their replies swallowed; where the pooled
+//! connection's own state differs from what the first request needs, the same commands go
+//! first. So every forwarded request runs on a connection in its client's state.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::replies;
+use crate::upstream::conn::{error_text, transition};
+use crate::upstream::{ConnState, Upstream, UpstreamError};
+
+/// Replies buffered for a client beyond this are written out before reading more from
+/// the upstream, so a pipeline of large replies does not pile up in memory.
+const CLIENT_FLUSH_BYTES: usize = 1024 * 1024;
+/// Forwarded bytes below this size are copied into a shared buffer; larger ones travel as
+/// their own chunk, uncopied.
+const COPY_BELOW: usize = 16 * 1024;
+/// A batch stops growing here; the rest of the read waits for the next batch.
+pub const MAX_STEPS: usize = 4096;
+pub const MAX_UPSTREAM_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A local reply ending at this offset of `local`.
+    Local(usize),
+    /// One upstream reply: passed to the client, or swallowed (a state change we added).
+    Upstream { pass: bool },
+}
+
+#[derive(Debug)]
+pub struct Batch {
+    steps: Vec<Step>,
+    local: BytesMut,
+    chunks: Vec<Bytes>,
+    pending: BytesMut,
+    upstream_bytes: usize,
+    first: Option<ConnState>,
+    last: ConnState,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch {
+            steps: Vec::new(),
+            local: BytesMut::new(),
+            chunks: Vec::new(),
+            pending: BytesMut::new(),
+            upstream_bytes: 0,
+            first: None,
+            last: ConnState::INITIAL,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Whether the batch is big enough to run before scanning further.
+    pub fn is_full(&self) -> bool {
+        self.steps.len() >= MAX_STEPS || self.upstream_bytes >= MAX_UPSTREAM_BYTES
+    }
+
+    /// The buffer the next local reply is written to; call [`end_local`] after writing.
+    ///
+    /// [`end_local`]: Batch::end_local
+    pub fn local(&mut self) -> &mut BytesMut {
+        &mut self.local
+    }
+
+    /// Marks the bytes written to [`local`](Batch::local) since the last step as one reply.
+    pub fn end_local(&mut self) {
+        self.steps.push(Step::Local(self.local.len()));
+    }
+
+    /// Appends a whole local reply.
+    pub fn reply(&mut self, bytes: &[u8]) {
+        self.local.extend_from_slice(bytes);
+        self.end_local();
+    }
+
+    /// Appends a request to forward on a connection in `state`.
+    pub fn forward(&mut self, request: Bytes, state: ConnState) {
+        match self.first {
+            None => self.first = Some(state),
+            Some(_) if self.last != state => {
+                let n = transition(&mut self.pending, self.last, state);
+                self.steps
+                    .extend(std::iter::repeat_n(Step::Upstream { pass: false }, n));
+            }
+            Some(_) => {}
+        }
+        self.last = state;
+        self.upstream_bytes += request.len();
+        if request.len() < COPY_BELOW {
+            self.pending.extend_from_slice(&request);
+        } else {
+            if !self.pending.is_empty() {
+                self.chunks.push(self.pending.split().freeze());
+            }
+            self.chunks.push(request);
+        }
+        self.steps.push(Step::Upstream { pass: true });
+    }
+
+    /// Runs the batch: forwards its requests, and writes every reply, local and upstream, in
+    /// request order into `out`, flushing to `client` when `out` grows large.
+    pub async fn execute(
+        mut self,
+        upstream: &Upstream,
+        out: &mut BytesMut,
+        client: &mut OwnedWriteHalf,
+    ) -> std::io::Result<()> {
+        let Some(first) = self.first else {
+            out.extend_from_slice(&self.local);
+            return Ok(());
+        };
+        if !self.pending.is_empty() {
+            self.chunks.push(self.pending.split().freeze());
+        }
+        let mut conn = match upstream.get().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::debug!(%error, "no upstream connection for a batch");
+                self.emit_without_upstream(out, &error);
+                return Ok(());
+            }
+        };
+        let mut prelude = BytesMut::new();
+        let prelude_replies = transition(&mut prelude, conn.state, first);
+        if prelude_replies > 0 {
+            self.chunks.insert(0, prelude.freeze());
+        }
+        let timeout = upstream.command_timeout;
+        // Once set, every remaining forwarded request is answered with this error.
+        let mut failure: Option<String> = None;
+        if let Err(error) = conn.write_all(&self.chunks, timeout).await {
+            failure = Some(error.to_string());
+        }
+        for _ in 0..prelude_replies {
+            if failure.is_some() {
+                break;
+            }
+            match conn.read_reply(timeout).await {
+                Ok((reply, frame)) if frame.error => {
+                    conn.broken = true;
+                    failure = Some(state_change_failed(&reply));
+                }
+                Ok(_) => {}
+                Err(error) => failure = Some(error.to_string()),
+            }
+        }
+        let mut start = 0;
+        for step in &self.steps {
+            match *step {
+                Step::Local(end) => {
+                    out.extend_from_slice(&self.local[start..end]);
+                    start = end;
+                }
+                Step::Upstream { pass } => {
+                    if let Some(text) = &failure {
+                        if pass {
+                            replies::proxy_error(out, text);
+                        }
+                        continue;
+                    }
+                    match conn.read_reply(timeout).await {
+                        Ok((reply, _)) if pass => out.extend_from_slice(&reply),
+                        Ok((reply, frame)) => {
+                            if frame.error {
+                                conn.broken = true;
+                                failure = Some(state_change_failed(&reply));
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "upstream failed mid-batch");
+                            let text = error.to_string();
+                            if pass {
+                                replies::proxy_error(out, &text);
+                            }
+                            failure = Some(text);
+                        }
+                    }
+                }
+            }
+            if out.len() >= CLIENT_FLUSH_BYTES {
+                client.write_all(out).await?;
+                out.clear();
+            }
+        }
+        if failure.is_none() {
+            conn.state = self.last;
+        } else {
+            conn.broken = true;
+        }
+        Ok(())
+    }
+
+    /// No connection could be had: local replies as planned, the error for each forwarded
+    /// request, nothing for the state changes.
+    fn emit_without_upstream(&self, out: &mut BytesMut, error: &UpstreamError) {
+        let text = error.to_string();
+        let mut start = 0;
+        for step in &self.steps {
+            match *step {
+                Step::Local(end) => {
+                    out.extend_from_slice(&self.local[start..end]);
+                    start = end;
+                }
+                Step::Upstream { pass: true } => replies::proxy_error(out, &text),
+                Step::Upstream { pass: false } => {}
+            }
+        }
+    }
+}
+
+fn state_change_failed(reply: &[u8]) -> String {
+    tracing::error!(reply = %error_text(reply), "upstream refused a connection-state change");
+    format!(
+        "upstream refused a connection-state change (SELECT/HELLO): {}",
+        error_text(reply)
+    )
+}

@@ -1,0 +1,266 @@
+//! The upstream side: a bb8 pool of authenticated connections to the real Redis, what the
+//! proxy knows about that server, and the health that makes failures fast and distinct.
+//!
+//! bb8 on its own makes a waiter sit out the whole pool timeout when connecting fails
+//! (bb8#141). Every connect failure is therefore also published here, and a checkout that
+//! sees one returns that error at once; for `reconnect_backoff` after a failure further
+//! checkouts fail fast with the same error instead of dialling again, which caps the
+//! reconnect rate while the upstream is down.
+
+pub mod conn;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use conn::{ConnState, UpstreamConn};
+
+use crate::config::Config;
+use crate::protocol::ReplyError;
+use crate::secret::Secret;
+
+/// Why a command could not be served by the upstream. The `Display` text is what the
+/// client sees after `-ERR `; none of them can contain a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("upstream authentication failed: {0}")]
+    AuthFailed(String),
+    #[error("upstream pool exhausted: no connection became free within {0} ms")]
+    PoolExhausted(u64),
+    #[error("upstream timed out: no reply within {0} ms")]
+    Timeout(u64),
+    #[error("upstream connection lost: {0}")]
+    Lost(String),
+    #[error("upstream sent a malformed reply: {0}")]
+    BadReply(ReplyError),
+    /// An idle pooled connection failed its probe. Not a failure of the upstream: bb8
+    /// replaces the connection and the checkout goes on.
+    #[error("stale pooled connection: {0}")]
+    Stale(&'static str),
+}
+
+impl UpstreamError {
+    /// Whether the error means the server could not be reached or let in (as opposed to a
+    /// problem with one request).
+    fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Unavailable(_) | UpstreamError::AuthFailed(_)
+        )
+    }
+}
+
+/// What the proxy learned about the upstream server at connect time.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub server: Bytes,
+    pub version: Bytes,
+    pub mode: Bytes,
+    pub role: Bytes,
+    /// From `CONFIG GET databases`; `None` when the server would not say.
+    pub databases: Option<u32>,
+    /// Whether the server speaks RESP3 (has HELLO).
+    pub resp3: bool,
+}
+
+/// Connect failures, published for checkouts that are waiting.
+#[derive(Debug)]
+struct Health {
+    /// The last connect failure and when it happened; cleared by a successful connect.
+    last_failure: Mutex<Option<(Instant, UpstreamError)>>,
+    failures: watch::Sender<u64>,
+}
+
+impl Health {
+    fn failed(&self, error: UpstreamError) {
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some((Instant::now(), error));
+        }
+        self.failures.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn succeeded(&self) {
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = None;
+        }
+    }
+
+    /// The last failure, if it happened within `window`.
+    fn recent(&self, window: Duration) -> Option<UpstreamError> {
+        let last = self.last_failure.lock().ok()?;
+        match &*last {
+            Some((at, error)) if at.elapsed() < window => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    fn last(&self) -> Option<UpstreamError> {
+        self.last_failure
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|(_, e)| e.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct HealthSink(Arc<Health>);
+
+impl ErrorSink<UpstreamError> for HealthSink {
+    fn sink(&self, error: UpstreamError) {
+        if error.is_connect_failure() {
+            tracing::warn!(%error, "upstream connect failed");
+            self.0.failed(error);
+        } else {
+            tracing::debug!(%error, "pooled upstream connection dropped");
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<UpstreamError>> {
+        Box::new(self.clone())
+    }
+}
+
+/// The bb8 manager: knows how to open and check one upstream connection.
+pub struct Manager {
+    address: String,
+    username: Option<String>,
+    password: Option<Secret>,
+    connect_timeout: Duration,
+    max_reply_depth: usize,
+    health: Arc<Health>,
+    info: Arc<Mutex<Option<ServerInfo>>>,
+}
+
+impl ManageConnection for Manager {
+    type Connection = UpstreamConn;
+    type Error = UpstreamError;
+
+    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+        let credentials = conn::Credentials {
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+        };
+        let (conn, info) = UpstreamConn::connect(
+            &self.address,
+            credentials,
+            self.connect_timeout,
+            self.max_reply_depth,
+        )
+        .await?;
+        if let Ok(mut slot) = self.info.lock() {
+            *slot = Some(info);
+        }
+        self.health.succeeded();
+        tracing::debug!(address = %self.address, "upstream connection established");
+        Ok(conn)
+    }
+
+    async fn is_valid(&self, conn: &mut UpstreamConn) -> Result<(), UpstreamError> {
+        conn.probe().map_err(UpstreamError::Stale)
+    }
+
+    fn has_broken(&self, conn: &mut UpstreamConn) -> bool {
+        conn.broken
+    }
+}
+
+pub type PooledConn<'a> = PooledConnection<'a, Manager>;
+
+/// The pool and what is known about the server behind it.
+pub struct Upstream {
+    pool: Pool<Manager>,
+    health: Arc<Health>,
+    info: Arc<Mutex<Option<ServerInfo>>>,
+    pool_wait_timeout: Duration,
+    reconnect_backoff: Duration,
+    /// `None` when disabled.
+    pub command_timeout: Option<Duration>,
+}
+
+impl Upstream {
+    pub fn new(config: &Config, password: Option<Secret>) -> Upstream {
+        let health = Arc::new(Health {
+            last_failure: Mutex::new(None),
+            failures: watch::Sender::new(0),
+        });
+        let info = Arc::new(Mutex::new(None));
+        let manager = Manager {
+            address: config.upstream.address.clone(),
+            username: config.upstream.username.clone(),
+            password,
+            connect_timeout: config.upstream.connect_timeout(),
+            max_reply_depth: config.limits.max_reply_depth,
+            health: health.clone(),
+            info: info.clone(),
+        };
+        let pool = Pool::builder()
+            .max_size(config.upstream.pool_size)
+            .min_idle(None)
+            .connection_timeout(config.upstream.pool_wait_timeout())
+            .retry_connection(false)
+            .test_on_check_out(true)
+            .error_sink(Box::new(HealthSink(health.clone())))
+            .build_unchecked(manager);
+        Upstream {
+            pool,
+            health,
+            info,
+            pool_wait_timeout: config.upstream.pool_wait_timeout(),
+            reconnect_backoff: config.upstream.reconnect_backoff(),
+            command_timeout: config.upstream.command_timeout(),
+        }
+    }
+
+    /// Checks a connection out of the pool. Fails at once with the connect error when the
+    /// upstream cannot be reached or refuses the credentials.
+    pub async fn get(&self) -> Result<PooledConn<'_>, UpstreamError> {
+        if let Some(error) = self.health.recent(self.reconnect_backoff) {
+            return Err(error);
+        }
+        let mut failures = self.health.failures.subscribe();
+        failures.borrow_and_update();
+        tokio::select! {
+            biased;
+            conn = self.pool.get() => conn.map_err(|e| match e {
+                RunError::User(e) => e,
+                RunError::TimedOut => self.health.last().unwrap_or(
+                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
+            }),
+            _ = failures.changed() => Err(self.health.last().unwrap_or_else(||
+                UpstreamError::Unavailable("connect failed".to_owned()))),
+        }
+    }
+
+    /// What the server said about itself; connects first if no connection has succeeded
+    /// yet.
+    pub async fn info(&self) -> Result<ServerInfo, UpstreamError> {
+        if let Some(info) = self.cached_info() {
+            return Ok(info);
+        }
+        drop(self.get().await?);
+        self.cached_info()
+            .ok_or_else(|| UpstreamError::Unavailable("no server information".to_owned()))
+    }
+
+    fn cached_info(&self) -> Option<ServerInfo> {
+        self.info.lock().ok()?.clone()
+    }
+
+    /// Opens a connection ahead of the first client, so HELLO and SELECT can answer at once.
+    /// Failure is logged, not fatal: the upstream may come up after the proxy.
+    pub async fn warm_up(&self) {
+        match self.get().await {
+            Ok(conn) => drop(conn),
+            Err(error) => {
+                tracing::warn!(%error, "upstream not reachable at start-up; will retry on demand")
+            }
+        }
+    }
+}
