@@ -9,6 +9,8 @@
 pub mod encode;
 pub mod inline;
 pub mod number;
+#[cfg(test)]
+mod proptests;
 pub mod reply;
 pub mod request;
 
