@@ -22,7 +22,11 @@ fn requests(c: &mut Criterion) {
     let pipeline: Vec<u8> = set.repeat(16);
     let inline = b"SET key:000000000042 xxx\r\n".to_vec();
     let mut group = c.benchmark_group("request_scanner");
-    for (name, input) in [("set", &set), ("set_pipeline_16", &pipeline), ("inline_set", &inline)] {
+    for (name, input) in [
+        ("set", &set),
+        ("set_pipeline_16", &pipeline),
+        ("inline_set", &inline),
+    ] {
         group.throughput(Throughput::Bytes(input.len() as u64));
         group.bench_function(name, |b| {
             let mut scanner = RequestScanner::new(RequestLimits::default());

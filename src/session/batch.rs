@@ -132,6 +132,10 @@ impl Batch {
                 return Ok(());
             }
         };
+        // Armed until every reply has been read: if this future is dropped or returns early
+        // (the client went away mid-batch), the pool must drop the connection, never hand
+        // out one with replies still in flight.
+        conn.broken = true;
         let mut prelude = BytesMut::new();
         let prelude_replies = transition(&mut prelude, conn.state, first);
         if prelude_replies > 0 {
@@ -196,8 +200,7 @@ impl Batch {
         }
         if failure.is_none() {
             conn.state = self.last;
-        } else {
-            conn.broken = true;
+            conn.broken = false;
         }
         Ok(())
     }
