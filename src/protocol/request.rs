@@ -322,6 +322,14 @@ impl RequestScanner {
         buf: &BytesMut,
         unauthenticated: bool,
     ) -> Result<Option<Request>, ProtocolError> {
+        self.check_buffer(buf, unauthenticated)?;
+        Ok(None)
+    }
+
+    /// The query-buffer cap, as Redis applies it after every read: the bytes received but
+    /// not yet consumed as requests may not exceed the limit (a smaller one before
+    /// authentication). Over it the connection closes without a reply.
+    pub fn check_buffer(&self, buf: &BytesMut, unauthenticated: bool) -> Result<(), ProtocolError> {
         let limit = if unauthenticated {
             self.limits.unauthenticated_query_buffer_limit
         } else {
@@ -330,7 +338,7 @@ impl RequestScanner {
         if buf.len() > limit {
             return Err(ProtocolError::QueryBufferLimit);
         }
-        Ok(None)
+        Ok(())
     }
 }
 

@@ -190,7 +190,13 @@ impl Session {
             inbuf.reserve(READ_CHUNK);
             match reader.read_buf(&mut inbuf).await {
                 Ok(0) => return,
-                Ok(_) => self.last_activity = Instant::now(),
+                Ok(_) => {
+                    self.last_activity = Instant::now();
+                    if let Err(error) = scanner.check_buffer(&inbuf, self.requires_auth()) {
+                        tracing::warn!(%error, bytes = inbuf.len(), "closing client over the query buffer limit");
+                        return;
+                    }
+                }
                 Err(error) => {
                     tracing::debug!(%error, "client read failed");
                     return;
@@ -265,6 +271,11 @@ impl Session {
             Local::Client => self.client(args, batch),
             _ if self.requires_auth() => batch.reply(replies::NOAUTH),
             Local::Select => self.select(&args[1], batch).await,
+            // PING's own check, made after authentication, as in Redis's pingCommand.
+            Local::Ping if args.len() > 2 => {
+                replies::wrong_arity(batch.local(), "ping");
+                batch.end_local();
+            }
             Local::Ping => match args.get(1) {
                 None => batch.reply(replies::PONG),
                 Some(message) => {

@@ -1,0 +1,99 @@
+//! Checks the test harness itself against bare Redis: servers start on distinct ports,
+//! authenticate, restart on the same port, and the RESP frame reader delimits replies.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn two_servers_start_on_distinct_ports_and_answer_ping() {
+    let a = RedisServer::start();
+    let b = RedisServer::with_password("harness-pw");
+    assert_ne!(a.port(), b.port());
+    a.conn().call_expect(&["PING"], b"+PONG\r\n");
+    let mut unauth = RawConn::connect(b.port());
+    unauth.call_expect(&["PING"], NOAUTH);
+    b.conn().call_expect(&["PING"], b"+PONG\r\n");
+    assert_eq!(a.version(), b.version());
+    assert!(a.version().starts_with("7."), "version {}", a.version());
+}
+
+#[test]
+fn acl_user_server_accepts_only_its_user() {
+    let s = RedisServer::with_acl_user("app", "apppass");
+    let mut c = RawConn::connect(s.port());
+    c.call_expect(&["AUTH", "default", "x"], WRONGPASS);
+    c.call_expect(&["AUTH", "app", "apppass"], b"+OK\r\n");
+    c.call_expect(&["ACL", "WHOAMI"], b"$3\r\napp\r\n");
+}
+
+#[test]
+fn restart_keeps_the_port_and_loses_data() {
+    let mut s = RedisServer::with_password("pw");
+    let port = s.port();
+    s.conn().call_expect(&["SET", "k", "v"], b"+OK\r\n");
+    s.kill();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    s.restart();
+    assert_eq!(s.port(), port);
+    s.conn().call_expect(&["GET", "k"], b"$-1\r\n");
+}
+
+#[test]
+fn frame_reader_delimits_resp2_and_resp3() {
+    let cases: &[&[u8]] = &[
+        b"+OK\r\n",
+        b"-ERR x\r\n",
+        b":12\r\n",
+        b"$-1\r\n",
+        b"$0\r\n\r\n",
+        b"$5\r\na\r\nbc\r\n",
+        b"*-1\r\n",
+        b"*0\r\n",
+        b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n",
+        b"%1\r\n+k\r\n~2\r\n_\r\n,1.5\r\n",
+        b">2\r\n+a\r\n#t\r\n",
+        b"|1\r\n+a\r\n+b\r\n+reply\r\n",
+    ];
+    for c in cases {
+        assert_eq!(frame_len(c), Some(c.len()), "{}", escape(c));
+        let mut longer = c.to_vec();
+        longer.extend_from_slice(b"+NEXT\r\n");
+        assert_eq!(frame_len(&longer), Some(c.len()), "{}", escape(c));
+        for cut in 0..c.len() {
+            assert_eq!(frame_len(&c[..cut]), None, "{} cut at {cut}", escape(c));
+        }
+    }
+    assert_eq!(escape(b"a\r\n\0\xff"), "a\\r\\n\\0\\xff");
+}
+
+#[test]
+fn hello_builder_matches_bare_redis() {
+    let s = RedisServer::start();
+    let v = s.version();
+    let mut c = s.conn();
+    let id = int_reply(&c.call(&["CLIENT", "ID"]));
+    c.call_expect(&["HELLO", "2"], &hello_reply(2, &v, id));
+    c.call_expect(&["HELLO", "3"], &hello_reply(3, &v, id));
+    c.call_expect(&["CLIENT", "GETNAME"], b"_\r\n");
+    c.call_expect(&["HELLO", "2"], &hello_reply(2, &v, id));
+}
+
+#[test]
+fn diff_helpers_work_against_redis_itself() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let got = diff_closing(a.port(), b.port(), b"*1\r\n$4\r\nPING\r\n*abc\r\n");
+    assert_eq!(
+        got,
+        b"+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n".to_vec()
+    );
+    let mut ca = a.conn();
+    let mut cb = b.conn();
+    let got = diff_open(&mut ca, &mut cb, b"\r\n*0\r\n*1\r\n$4\r\nPING\r\n");
+    assert_eq!(got, b"+PONG\r\n".to_vec());
+    let mut c = a.conn();
+    c.timeout = Duration::from_millis(300);
+    c.expect_silence(Duration::from_millis(100));
+}
