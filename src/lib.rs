@@ -12,6 +12,7 @@
 //! - [`command`]: the command table (what is local, refused, or forwarded).
 //! - [`session`]: one client's state machine and its read–plan–execute loop.
 //! - [`upstream`]: the bb8 pool of authenticated upstream connections.
+//! - [`metrics`]: metric names and the handles the hot path records through.
 //! - [`replies`]: every reply the proxy writes itself, with Redis's wording.
 //! - [`server`]: the listener and `max_clients`.
 //!
@@ -19,6 +20,7 @@
 
 pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod replies;
 pub mod secret;

@@ -44,11 +44,12 @@ pub async fn serve(
         };
         let local = stream.local_addr().unwrap_or(peer);
         let session = Session::new(shared.clone(), peer, local);
+        let closing = shutdown.child_token();
         let span = tracing::debug_span!("client", %peer);
         tokio::spawn(
             async move {
                 tracing::debug!("connected");
-                session.run(stream).await;
+                session.run(stream, closing).await;
                 tracing::debug!("disconnected");
                 drop(permit);
             }

@@ -4,6 +4,40 @@
 //!
 //! This module classifies; it does not act. `session` decides what each class means.
 
+mod names;
+
+pub use names::NAMES;
+
+/// A command's index in [`NAMES`], or [`CommandId::OTHER`]: the metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandId(u16);
+
+impl CommandId {
+    /// Any name not in the table.
+    pub const OTHER: CommandId = CommandId(u16::MAX);
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// The label value: the command's lower-case name, or `other`.
+    pub fn name(self) -> &'static str {
+        NAMES.get(self.index()).copied().unwrap_or("other")
+    }
+}
+
+/// The id of a command name, case-insensitively, without allocating.
+pub fn id(name: &[u8]) -> CommandId {
+    let mut buf = [0u8; MAX_NAME];
+    let Some(lower) = lowercase(name, &mut buf) else {
+        return CommandId::OTHER;
+    };
+    match NAMES.binary_search_by(|probe| probe.as_bytes().cmp(lower)) {
+        Ok(index) => u16::try_from(index).map_or(CommandId::OTHER, CommandId),
+        Err(_) => CommandId::OTHER,
+    }
+}
+
 /// What the proxy does with a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -51,7 +85,7 @@ const fn row(name: &'static str, kind: Kind, arity: i32) -> Command {
 }
 
 /// Longest name in the table; longer names cannot match.
-const MAX_NAME: usize = 16;
+const MAX_NAME: usize = 24;
 
 /// Lower-cases `name` into `buf` when it fits; `None` when it is too long to be in a table.
 fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME]) -> Option<&'a [u8]> {
@@ -204,6 +238,20 @@ mod tests {
             client_subcommand(b"TRACKINGINFO").unwrap().full_name,
             "client|trackinginfo"
         );
+    }
+
+    #[test]
+    fn ids() {
+        assert!(
+            NAMES.windows(2).all(|w| w[0] < w[1]),
+            "NAMES must stay sorted"
+        );
+        assert!(NAMES.iter().all(|n| n.len() <= MAX_NAME));
+        assert_eq!(id(b"GET").name(), "get");
+        assert_eq!(id(b"georadiusbymember_ro").name(), "georadiusbymember_ro");
+        assert_eq!(id(b"nosuchcommand"), CommandId::OTHER);
+        assert_eq!(id(b"").name(), "other");
+        assert_eq!(id(&[b'a'; 100]), CommandId::OTHER);
     }
 
     #[test]

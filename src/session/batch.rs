@@ -8,10 +8,14 @@
 //! connection's own state differs from what the first request needs, the same commands go
 //! first. So every forwarded request runs on a connection in its client's state.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use crate::command::CommandId;
+use crate::metrics::{self, ErrorClass};
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
 use crate::upstream::{ConnState, Upstream, UpstreamError};
@@ -30,8 +34,9 @@ pub const MAX_UPSTREAM_BYTES: usize = 8 * 1024 * 1024;
 enum Step {
     /// A local reply ending at this offset of `local`.
     Local(usize),
-    /// One upstream reply: passed to the client, or swallowed (a state change we added).
-    Upstream { pass: bool },
+    /// One upstream reply: passed to the client (and counted for `command`), or swallowed
+    /// (a state change the proxy added).
+    Upstream { pass: bool, command: CommandId },
 }
 
 #[derive(Debug)]
@@ -43,6 +48,9 @@ pub struct Batch {
     upstream_bytes: usize,
     first: Option<ConnState>,
     last: ConnState,
+    /// The command being planned, for metrics, and when the batch was read.
+    current: CommandId,
+    started: Instant,
 }
 
 impl Batch {
@@ -55,7 +63,14 @@ impl Batch {
             upstream_bytes: 0,
             first: None,
             last: ConnState::INITIAL,
+            current: CommandId::OTHER,
+            started: Instant::now(),
         }
+    }
+
+    /// Sets the command the next reply or forward belongs to (for metrics).
+    pub fn begin(&mut self, command: CommandId) {
+        self.current = command;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,7 +91,30 @@ impl Batch {
 
     /// Marks the bytes written to [`local`](Batch::local) since the last step as one reply.
     pub fn end_local(&mut self) {
+        let start = self.local_start();
+        let class = match self.local.get(start) {
+            Some(b'-') => Some(ErrorClass::of_reply(&self.local[start..])),
+            _ => None,
+        };
+        self.end_local_as(class);
+    }
+
+    /// Like [`end_local`](Batch::end_local), with the error class given.
+    pub fn end_local_as(&mut self, class: Option<ErrorClass>) {
+        metrics::record_command(self.current, class, self.started.elapsed());
         self.steps.push(Step::Local(self.local.len()));
+    }
+
+    /// Where the reply being written to `local` starts.
+    fn local_start(&self) -> usize {
+        self.steps
+            .iter()
+            .rev()
+            .find_map(|step| match step {
+                Step::Local(end) => Some(*end),
+                Step::Upstream { .. } => None,
+            })
+            .unwrap_or(0)
     }
 
     /// Appends a whole local reply.
@@ -91,8 +129,13 @@ impl Batch {
             None => self.first = Some(state),
             Some(_) if self.last != state => {
                 let n = transition(&mut self.pending, self.last, state);
-                self.steps
-                    .extend(std::iter::repeat_n(Step::Upstream { pass: false }, n));
+                self.steps.extend(std::iter::repeat_n(
+                    Step::Upstream {
+                        pass: false,
+                        command: CommandId::OTHER,
+                    },
+                    n,
+                ));
             }
             Some(_) => {}
         }
@@ -106,7 +149,10 @@ impl Batch {
             }
             self.chunks.push(request);
         }
-        self.steps.push(Step::Upstream { pass: true });
+        self.steps.push(Step::Upstream {
+            pass: true,
+            command: self.current,
+        });
     }
 
     /// Runs the batch: forwards its requests, and writes every reply, local and upstream, in
@@ -143,9 +189,9 @@ impl Batch {
         }
         let timeout = upstream.command_timeout;
         // Once set, every remaining forwarded request is answered with this error.
-        let mut failure: Option<String> = None;
+        let mut failure: Option<(String, ErrorClass)> = None;
         if let Err(error) = conn.write_all(&self.chunks, timeout).await {
-            failure = Some(error.to_string());
+            failure = Some((error.to_string(), error.class()));
         }
         for _ in 0..prelude_replies {
             if failure.is_some() {
@@ -157,7 +203,7 @@ impl Batch {
                     failure = Some(state_change_failed(&reply));
                 }
                 Ok(_) => {}
-                Err(error) => failure = Some(error.to_string()),
+                Err(error) => failure = Some((error.to_string(), error.class())),
             }
         }
         let mut start = 0;
@@ -167,15 +213,20 @@ impl Batch {
                     out.extend_from_slice(&self.local[start..end]);
                     start = end;
                 }
-                Step::Upstream { pass } => {
-                    if let Some(text) = &failure {
+                Step::Upstream { pass, command } => {
+                    if let Some((text, class)) = &failure {
                         if pass {
                             replies::proxy_error(out, text);
+                            metrics::record_command(command, Some(*class), self.started.elapsed());
                         }
                         continue;
                     }
                     match conn.read_reply(timeout).await {
-                        Ok((reply, _)) if pass => out.extend_from_slice(&reply),
+                        Ok((reply, frame)) if pass => {
+                            let class = frame.error.then(|| ErrorClass::of_reply(&reply));
+                            metrics::record_command(command, class, self.started.elapsed());
+                            out.extend_from_slice(&reply);
+                        }
                         Ok((reply, frame)) => {
                             if frame.error {
                                 conn.broken = true;
@@ -187,8 +238,13 @@ impl Batch {
                             let text = error.to_string();
                             if pass {
                                 replies::proxy_error(out, &text);
+                                metrics::record_command(
+                                    command,
+                                    Some(error.class()),
+                                    self.started.elapsed(),
+                                );
                             }
-                            failure = Some(text);
+                            failure = Some((text, error.class()));
                         }
                     }
                 }
@@ -209,6 +265,7 @@ impl Batch {
     /// request, nothing for the state changes.
     fn emit_without_upstream(&self, out: &mut BytesMut, error: &UpstreamError) {
         let text = error.to_string();
+        let class = Some(error.class());
         let mut start = 0;
         for step in &self.steps {
             match *step {
@@ -216,17 +273,24 @@ impl Batch {
                     out.extend_from_slice(&self.local[start..end]);
                     start = end;
                 }
-                Step::Upstream { pass: true } => replies::proxy_error(out, &text),
-                Step::Upstream { pass: false } => {}
+                Step::Upstream {
+                    pass: true,
+                    command,
+                } => {
+                    replies::proxy_error(out, &text);
+                    metrics::record_command(command, class, self.started.elapsed());
+                }
+                Step::Upstream { pass: false, .. } => {}
             }
         }
     }
 }
 
-fn state_change_failed(reply: &[u8]) -> String {
+fn state_change_failed(reply: &[u8]) -> (String, ErrorClass) {
     tracing::error!(reply = %error_text(reply), "upstream refused a connection-state change");
-    format!(
+    let text = format!(
         "upstream refused a connection-state change (SELECT/HELLO): {}",
         error_text(reply)
-    )
+    );
+    (text, ErrorClass::BadReply)
 }

@@ -16,8 +16,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::command::{self, ClientSub, Kind, Local};
+use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, RequestLimits, RequestScanner, encode};
 use crate::replies;
@@ -127,8 +129,18 @@ impl Session {
         }
     }
 
-    /// Serves the client until it leaves, breaks the protocol, or QUITs.
-    pub async fn run(mut self, stream: TcpStream) {
+    /// Serves the client until it leaves, breaks the protocol, QUITs, or `closing` fires.
+    /// `closing` is honoured between batches: requests already read are answered first.
+    pub async fn run(mut self, stream: TcpStream, closing: CancellationToken) {
+        let global = metrics::global();
+        global.client_connections.increment(1.0);
+        global.client_connections_total.increment(1);
+        self.serve(stream, closing).await;
+        global.client_connections.decrement(1.0);
+    }
+
+    async fn serve(&mut self, stream: TcpStream, closing: CancellationToken) {
+        let global = metrics::global();
         self.fd = fd_of(&stream);
         let (mut reader, mut writer) = stream.into_split();
         let mut scanner = RequestScanner::new(self.shared.limits);
@@ -148,6 +160,7 @@ impl Session {
                     Ok(None) => break,
                     Err(error) => {
                         tracing::debug!(%error, "protocol error from client");
+                        global.protocol_errors.increment(1);
                         match error.reply() {
                             Some(reply) => {
                                 batch.reply(&reply);
@@ -164,6 +177,7 @@ impl Session {
                 let _ = batch
                     .execute(&self.shared.upstream, &mut out, &mut writer)
                     .await;
+                global.bytes_out.increment(out.len() as u64);
                 let _ = writer.write_all(&out).await;
                 return;
             }
@@ -175,6 +189,7 @@ impl Session {
                 {
                     return;
                 }
+                global.bytes_out.increment(out.len() as u64);
                 if writer.write_all(&out).await.is_err() {
                     return;
                 }
@@ -188,9 +203,18 @@ impl Session {
                 continue;
             }
             inbuf.reserve(READ_CHUNK);
-            match reader.read_buf(&mut inbuf).await {
+            let read = tokio::select! {
+                read = reader.read_buf(&mut inbuf) => read,
+                _ = closing.cancelled() => {
+                    tracing::debug!("closing an idle client for shutdown");
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            };
+            match read {
                 Ok(0) => return,
-                Ok(_) => {
+                Ok(n) => {
+                    global.bytes_in.increment(n as u64);
                     self.last_activity = Instant::now();
                     if let Err(error) = scanner.check_buffer(&inbuf, self.requires_auth()) {
                         tracing::warn!(%error, bytes = inbuf.len(), "closing client over the query buffer limit");
@@ -207,6 +231,7 @@ impl Session {
 
     /// Dispatches one request: a local answer, a refusal, or a place in the batch.
     async fn handle(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        batch.begin(command::id(request.name()));
         let Some(command) = command::lookup(request.name()) else {
             return self.forward(request, batch);
         };
@@ -238,7 +263,7 @@ impl Session {
             batch.reply(replies::NOAUTH);
         } else {
             replies::unsupported(batch.local(), name);
-            batch.end_local();
+            batch.end_local_as(Some(ErrorClass::Unsupported));
         }
     }
 
@@ -312,6 +337,7 @@ impl Session {
         } else {
             // A failed AUTH does not undo an earlier success (Redis 6+).
             tracing::debug!(peer = %self.peer, "client authentication failed");
+            metrics::global().client_auth_failures.increment(1);
             batch.reply(replies::WRONGPASS);
         }
     }
@@ -351,6 +377,7 @@ impl Session {
         if let Some((username, password)) = credentials {
             if !self.shared.authenticate(username, password) {
                 tracing::debug!(peer = %self.peer, "client authentication failed (HELLO)");
+                metrics::global().client_auth_failures.increment(1);
                 return batch.reply(replies::WRONGPASS);
             }
             self.authenticated = true;

@@ -46,6 +46,21 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The metrics class of this error.
+    pub fn class(&self) -> crate::metrics::ErrorClass {
+        use crate::metrics::ErrorClass;
+        match self {
+            UpstreamError::Unavailable(_) | UpstreamError::Stale(_) => {
+                ErrorClass::UpstreamUnavailable
+            }
+            UpstreamError::AuthFailed(_) => ErrorClass::UpstreamAuth,
+            UpstreamError::PoolExhausted(_) => ErrorClass::PoolExhausted,
+            UpstreamError::Timeout(_) => ErrorClass::Timeout,
+            UpstreamError::Lost(_) => ErrorClass::UpstreamLost,
+            UpstreamError::BadReply(_) => ErrorClass::BadReply,
+        }
+    }
+
     /// Whether the error means the server could not be reached or let in (as opposed to a
     /// problem with one request).
     fn is_connect_failure(&self) -> bool {
@@ -114,10 +129,18 @@ struct HealthSink(Arc<Health>);
 
 impl ErrorSink<UpstreamError> for HealthSink {
     fn sink(&self, error: UpstreamError) {
+        let global = crate::metrics::global();
         if error.is_connect_failure() {
             tracing::warn!(%error, "upstream connect failed");
+            match error {
+                UpstreamError::AuthFailed(_) => global.upstream_connect_failures_auth.increment(1),
+                _ => global.upstream_connect_failures_unavailable.increment(1),
+            }
             self.0.failed(error);
         } else {
+            if matches!(error, UpstreamError::Stale(_)) {
+                global.stale_connections.increment(1);
+            }
             tracing::debug!(%error, "pooled upstream connection dropped");
         }
     }
@@ -226,7 +249,8 @@ impl Upstream {
         }
         let mut failures = self.health.failures.subscribe();
         failures.borrow_and_update();
-        tokio::select! {
+        let started = Instant::now();
+        let result = tokio::select! {
             biased;
             conn = self.pool.get() => conn.map_err(|e| match e {
                 RunError::User(e) => e,
@@ -235,6 +259,33 @@ impl Upstream {
             }),
             _ = failures.changed() => Err(self.health.last().unwrap_or_else(||
                 UpstreamError::Unavailable("connect failed".to_owned()))),
+        };
+        let global = crate::metrics::global();
+        global.pool_wait.record(started.elapsed().as_secs_f64());
+        if matches!(result, Err(UpstreamError::PoolExhausted(_))) {
+            global.pool_exhausted.increment(1);
+        }
+        result
+    }
+
+    /// Sets the upstream-connection gauges from the pool's state (called at scrape time).
+    pub fn update_gauges(&self) {
+        let state = self.pool.state();
+        let global = crate::metrics::global();
+        global.upstream_idle.set(f64::from(state.idle_connections));
+        global
+            .upstream_in_use
+            .set(f64::from(state.connections - state.idle_connections));
+        global.upstream_pinned.set(0.0);
+    }
+
+    /// Whether the upstream is usable: a connection has authenticated and no connect has
+    /// failed since. `Err` carries a one-line reason (for `/readyz`).
+    pub fn health(&self) -> Result<(), String> {
+        match self.health.last() {
+            Some(error) => Err(error.to_string()),
+            None if self.cached_info().is_none() => Err("no upstream connection yet".to_owned()),
+            None => Ok(()),
         }
     }
 
