@@ -27,6 +27,8 @@ pub const BAD_CLIENT_NAME: &[u8] =
 pub const EXEC_WITHOUT_MULTI: &[u8] = b"-ERR EXEC without MULTI\r\n";
 pub const DISCARD_WITHOUT_MULTI: &[u8] = b"-ERR DISCARD without MULTI\r\n";
 pub const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
+pub const QUEUED: &[u8] = b"+QUEUED\r\n";
+pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 
 /// `-ERR wrong number of arguments for '<name>' command`.
 pub fn wrong_arity(out: &mut BytesMut, name: &str) {
@@ -70,12 +72,22 @@ pub fn setinfo_bad_value(out: &mut BytesMut, attribute: &[u8]) {
     encode::error(out, &text);
 }
 
-/// A command that needs a dedicated upstream connection, refused until that exists.
-pub fn unsupported(out: &mut BytesMut, name: &str) {
+/// A command the proxy will not run, with the reason: `-ERR '<name>' is not supported by
+/// redis-ambassador: <reason>`.
+pub fn unsupported(out: &mut BytesMut, name: &str, reason: &str) {
     out.put_slice(b"-ERR '");
     out.put_slice(name.as_bytes());
+    out.put_slice(b"' is not supported by redis-ambassador: ");
+    out.put_slice(reason.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// Redis's refusal of a command in RESP2 subscribed mode.
+pub fn not_in_subscribed_context(out: &mut BytesMut, full_name: &str) {
+    out.put_slice(b"-ERR Can't execute '");
+    out.put_slice(full_name.as_bytes());
     out.put_slice(
-        b"' is not supported by redis-ambassador yet (it needs a dedicated upstream connection)\r\n",
+        b"': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
     );
 }
 

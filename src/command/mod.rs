@@ -1,5 +1,6 @@
 //! The command table: plain data saying, for the commands the proxy must treat specially,
-//! whether they are answered locally, refused for now, or forwarded. Lookup is
+//! whether they are answered locally, need a dedicated (pinned) upstream connection, put
+//! the connection in a push mode, are refused, or are forwarded. Lookup is
 //! case-insensitive and allocation-free. Everything not in the table is forwarded.
 //!
 //! This module classifies; it does not act. `session` decides what each class means.
@@ -43,9 +44,19 @@ pub fn id(name: &[u8]) -> CommandId {
 pub enum Kind {
     /// Answered by the session (AUTH, HELLO, SELECT, …).
     Local(Local),
-    /// Needs a dedicated upstream connection, which this version does not provide: refused
-    /// with a clear error, never forwarded on a shared connection.
-    Stateful,
+    /// Starts a transaction: the client is pinned to one upstream connection until EXEC or
+    /// DISCARD.
+    Multi,
+    /// Watches keys: pinned until EXEC, DISCARD or UNWATCH.
+    Watch,
+    /// Blocks on the server (BLPOP, WAIT, …): runs on a dedicated connection, with no
+    /// proxy timeout.
+    Blocking,
+    /// Puts the connection in a push mode (SUBSCRIBE family, MONITOR): the client is
+    /// relayed to a dedicated connection, frame for frame, while the mode lasts.
+    Relay,
+    /// Cannot work through a proxy (replication handshakes): refused with a clear error.
+    Refused,
     /// XREAD / XREADGROUP: stateful only with the BLOCK option.
     StreamRead,
     /// Redis closes the connection without a reply (`POST`, `Host:`): an HTTP request.
@@ -113,27 +124,27 @@ pub fn lookup(name: &[u8]) -> Option<Command> {
         b"exec" => row("exec", Local(self::Local::Exec), 1),
         b"discard" => row("discard", Local(self::Local::Discard), 1),
         b"unwatch" => row("unwatch", Local(self::Local::Unwatch), 1),
-        b"multi" => row("multi", Stateful, 1),
-        b"watch" => row("watch", Stateful, -2),
-        b"blpop" => row("blpop", Stateful, -3),
-        b"brpop" => row("brpop", Stateful, -3),
-        b"brpoplpush" => row("brpoplpush", Stateful, 4),
-        b"blmove" => row("blmove", Stateful, 6),
-        b"blmpop" => row("blmpop", Stateful, -5),
-        b"bzpopmin" => row("bzpopmin", Stateful, -3),
-        b"bzpopmax" => row("bzpopmax", Stateful, -3),
-        b"bzmpop" => row("bzmpop", Stateful, -5),
-        b"wait" => row("wait", Stateful, 3),
-        b"waitaof" => row("waitaof", Stateful, 4),
-        b"subscribe" => row("subscribe", Stateful, -2),
-        b"psubscribe" => row("psubscribe", Stateful, -2),
-        b"ssubscribe" => row("ssubscribe", Stateful, -2),
-        b"unsubscribe" => row("unsubscribe", Stateful, -1),
-        b"punsubscribe" => row("punsubscribe", Stateful, -1),
-        b"sunsubscribe" => row("sunsubscribe", Stateful, -1),
-        b"monitor" => row("monitor", Stateful, 1),
-        b"sync" => row("sync", Stateful, 1),
-        b"psync" => row("psync", Stateful, -3),
+        b"multi" => row("multi", Multi, 1),
+        b"watch" => row("watch", Watch, -2),
+        b"blpop" => row("blpop", Blocking, -3),
+        b"brpop" => row("brpop", Blocking, -3),
+        b"brpoplpush" => row("brpoplpush", Blocking, 4),
+        b"blmove" => row("blmove", Blocking, 6),
+        b"blmpop" => row("blmpop", Blocking, -5),
+        b"bzpopmin" => row("bzpopmin", Blocking, -3),
+        b"bzpopmax" => row("bzpopmax", Blocking, -3),
+        b"bzmpop" => row("bzmpop", Blocking, -5),
+        b"wait" => row("wait", Blocking, 3),
+        b"waitaof" => row("waitaof", Blocking, 4),
+        b"subscribe" => row("subscribe", Relay, -2),
+        b"psubscribe" => row("psubscribe", Relay, -2),
+        b"ssubscribe" => row("ssubscribe", Relay, -2),
+        b"unsubscribe" => row("unsubscribe", Relay, -1),
+        b"punsubscribe" => row("punsubscribe", Relay, -1),
+        b"sunsubscribe" => row("sunsubscribe", Relay, -1),
+        b"monitor" => row("monitor", Relay, 1),
+        b"sync" => row("sync", Refused, 1),
+        b"psync" => row("psync", Refused, -3),
         b"xread" => row("xread", StreamRead, -4),
         b"xreadgroup" => row("xreadgroup", StreamRead, -7),
         b"post" => row("post", HttpProbe, -1),
@@ -150,8 +161,13 @@ pub enum ClientSub {
     Id,
     Info,
     SetInfo,
-    /// Changes the state of the connection it runs on: refused for now.
-    Stateful,
+    /// CLIENT TRACKING: with ON, relayed on a dedicated connection.
+    Tracking,
+    /// CLIENT REPLY: with OFF or SKIP, relayed on a dedicated connection.
+    Reply,
+    /// Sets a flag on the connection it runs on (NO-EVICT, NO-TOUCH): refused, since the
+    /// flag would stay on a shared connection.
+    Refused,
     Forward,
 }
 
@@ -174,11 +190,11 @@ pub fn client_subcommand(sub: &[u8]) -> Option<Subcommand> {
         b"id" => ("client|id", Id, 2),
         b"info" => ("client|info", Info, 2),
         b"setinfo" => ("client|setinfo", SetInfo, 4),
-        b"caching" => ("client|caching", Stateful, 3),
-        b"no-evict" => ("client|no-evict", Stateful, 3),
-        b"no-touch" => ("client|no-touch", Stateful, 3),
-        b"reply" => ("client|reply", Stateful, 3),
-        b"tracking" => ("client|tracking", Stateful, -3),
+        b"caching" => ("client|caching", Forward, 3),
+        b"no-evict" => ("client|no-evict", Refused, 3),
+        b"no-touch" => ("client|no-touch", Refused, 3),
+        b"reply" => ("client|reply", Reply, 3),
+        b"tracking" => ("client|tracking", Tracking, -3),
         b"getredir" => ("client|getredir", Forward, 2),
         b"help" => ("client|help", Forward, 2),
         b"kill" => ("client|kill", Forward, -3),

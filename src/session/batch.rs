@@ -8,7 +8,7 @@
 //! connection's own state differs from what the first request needs, the same commands go
 //! first. So every forwarded request runs on a connection in its client's state.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -18,7 +18,7 @@ use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
-use crate::upstream::{ConnState, Upstream, UpstreamError};
+use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError};
 
 /// Replies buffered for a client beyond this are written out before reading more from
 /// the upstream, so a pipeline of large replies does not pile up in memory.
@@ -30,13 +30,34 @@ const COPY_BELOW: usize = 16 * 1024;
 pub const MAX_STEPS: usize = 4096;
 pub const MAX_UPSTREAM_BYTES: usize = 8 * 1024 * 1024;
 
+/// What happens to one upstream reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Written to the client, in its place.
+    Client,
+    /// A state change the proxy added (SELECT, HELLO): checked, not shown.
+    Swallow,
+    /// Kept for the session to finish (an EXEC whose queued local commands must be
+    /// spliced into its reply). Always the batch's last step.
+    Hold,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Step {
     /// A local reply ending at this offset of `local`.
     Local(usize),
-    /// One upstream reply: passed to the client (and counted for `command`), or swallowed
-    /// (a state change the proxy added).
-    Upstream { pass: bool, command: CommandId },
+    /// One upstream reply, counted for `command`.
+    Upstream { pass: Pass, command: CommandId },
+}
+
+/// How a batch ended, for the session to update its state.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The reply of a held EXEC, when it arrived.
+    pub held: Option<Bytes>,
+    /// The upstream failed (or no connection could be had): the connection-bound state the
+    /// plan assumed did not come about.
+    pub failed: bool,
 }
 
 #[derive(Debug)]
@@ -51,6 +72,11 @@ pub struct Batch {
     /// The command being planned, for metrics, and when the batch was read.
     current: CommandId,
     started: Instant,
+    /// A blocking command is in the batch: no command timeout, and a dedicated connection.
+    pub blocking: bool,
+    /// Planning must stop: the next request's meaning depends on this batch's replies.
+    pub barrier: bool,
+    db_unknown: bool,
 }
 
 impl Batch {
@@ -65,6 +91,9 @@ impl Batch {
             last: ConnState::INITIAL,
             current: CommandId::OTHER,
             started: Instant::now(),
+            blocking: false,
+            barrier: false,
+            db_unknown: false,
         }
     }
 
@@ -123,6 +152,35 @@ impl Batch {
         self.end_local();
     }
 
+    /// Appends an EXEC whose reply the session finishes itself; planning stops after it.
+    pub fn forward_held(&mut self, request: Bytes, state: ConnState) {
+        self.forward(request, state);
+        if let Some(Step::Upstream { pass, .. }) = self.steps.last_mut() {
+            *pass = Pass::Hold;
+        }
+        self.barrier = true;
+    }
+
+    /// Appends a request the proxy adds itself (DISCARD for an aborted transaction):
+    /// checked, not shown to the client.
+    pub fn forward_swallowed(&mut self, request: Bytes, state: ConnState) {
+        self.forward(request, state);
+        if let Some(Step::Upstream { pass, .. }) = self.steps.last_mut() {
+            *pass = Pass::Swallow;
+        }
+    }
+
+    /// After this batch the connection's database is not known (a transaction with a
+    /// queued SELECT ran): the next use selects it again.
+    pub fn db_unknown_after(&mut self) {
+        self.db_unknown = true;
+    }
+
+    /// The local replies written so far (for a scratch batch that never goes upstream).
+    pub fn into_local(self) -> BytesMut {
+        self.local
+    }
+
     /// Appends a request to forward on a connection in `state`.
     pub fn forward(&mut self, request: Bytes, state: ConnState) {
         match self.first {
@@ -131,7 +189,7 @@ impl Batch {
                 let n = transition(&mut self.pending, self.last, state);
                 self.steps.extend(std::iter::repeat_n(
                     Step::Upstream {
-                        pass: false,
+                        pass: Pass::Swallow,
                         command: CommandId::OTHER,
                     },
                     n,
@@ -150,44 +208,93 @@ impl Batch {
             self.chunks.push(request);
         }
         self.steps.push(Step::Upstream {
-            pass: true,
+            pass: Pass::Client,
             command: self.current,
         });
     }
 
-    /// Runs the batch: forwards its requests, and writes every reply, local and upstream, in
-    /// request order into `out`, flushing to `client` when `out` grows large.
+    /// Runs the batch: forwards its requests — on the client's pinned connection if it has
+    /// one or `pin` asks for one, else on a shared pooled connection — and writes every
+    /// reply, local and upstream, in request order into `out`, flushing to `client` when
+    /// `out` grows large.
     pub async fn execute(
         mut self,
         upstream: &Upstream,
+        pinned: &mut Option<Pinned>,
+        pin: bool,
         out: &mut BytesMut,
         client: &mut OwnedWriteHalf,
-    ) -> std::io::Result<()> {
-        let Some(first) = self.first else {
+    ) -> std::io::Result<Outcome> {
+        if self.first.is_none() {
             out.extend_from_slice(&self.local);
-            return Ok(());
-        };
+            return Ok(Outcome::default());
+        }
         if !self.pending.is_empty() {
             self.chunks.push(self.pending.split().freeze());
         }
-        let mut conn = match upstream.get().await {
-            Ok(conn) => conn,
-            Err(error) => {
-                tracing::debug!(%error, "no upstream connection for a batch");
-                self.emit_without_upstream(out, &error);
-                return Ok(());
+        // A blocking command waits as long as its own timeout says: never cut it short.
+        let timeout = if self.blocking {
+            None
+        } else {
+            upstream.command_timeout
+        };
+        if pin || self.blocking || pinned.is_some() {
+            if pinned.is_none() {
+                match upstream.pin().await {
+                    Ok(conn) => *pinned = Some(conn),
+                    Err(error) => {
+                        tracing::debug!(%error, "no dedicated upstream connection");
+                        self.emit_without_upstream(out, &error);
+                        return Ok(Outcome {
+                            held: None,
+                            failed: true,
+                        });
+                    }
+                }
             }
+            match pinned.as_mut() {
+                Some(conn) => self.run_on(conn, timeout, out, client).await,
+                None => Ok(Outcome {
+                    held: None,
+                    failed: true,
+                }),
+            }
+        } else {
+            let mut conn = match upstream.get().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::debug!(%error, "no upstream connection for a batch");
+                    self.emit_without_upstream(out, &error);
+                    return Ok(Outcome {
+                        held: None,
+                        failed: true,
+                    });
+                }
+            };
+            self.run_on(&mut conn, timeout, out, client).await
+        }
+    }
+
+    async fn run_on(
+        &mut self,
+        conn: &mut UpstreamConn,
+        timeout: Option<Duration>,
+        out: &mut BytesMut,
+        client: &mut OwnedWriteHalf,
+    ) -> std::io::Result<Outcome> {
+        let mut outcome = Outcome::default();
+        let Some(first) = self.first else {
+            return Ok(outcome);
         };
         // Armed until every reply has been read: if this future is dropped or returns early
-        // (the client went away mid-batch), the pool must drop the connection, never hand
-        // out one with replies still in flight.
+        // (the client went away mid-batch), the connection must be dropped, never handed
+        // out with replies still in flight.
         conn.broken = true;
         let mut prelude = BytesMut::new();
         let prelude_replies = transition(&mut prelude, conn.state, first);
         if prelude_replies > 0 {
             self.chunks.insert(0, prelude.freeze());
         }
-        let timeout = upstream.command_timeout;
         // Once set, every remaining forwarded request is answered with this error.
         let mut failure: Option<(String, ErrorClass)> = None;
         if let Err(error) = conn.write_all(&self.chunks, timeout).await {
@@ -198,10 +305,7 @@ impl Batch {
                 break;
             }
             match conn.read_reply(timeout).await {
-                Ok((reply, frame)) if frame.error => {
-                    conn.broken = true;
-                    failure = Some(state_change_failed(&reply));
-                }
+                Ok((reply, frame)) if frame.error => failure = Some(state_change_failed(&reply)),
                 Ok(_) => {}
                 Err(error) => failure = Some((error.to_string(), error.class())),
             }
@@ -215,28 +319,31 @@ impl Batch {
                 }
                 Step::Upstream { pass, command } => {
                     if let Some((text, class)) = &failure {
-                        if pass {
+                        if pass != Pass::Swallow {
                             replies::proxy_error(out, text);
                             metrics::record_command(command, Some(*class), self.started.elapsed());
                         }
                         continue;
                     }
                     match conn.read_reply(timeout).await {
-                        Ok((reply, frame)) if pass => {
+                        Ok((reply, frame)) if pass != Pass::Swallow => {
                             let class = frame.error.then(|| ErrorClass::of_reply(&reply));
                             metrics::record_command(command, class, self.started.elapsed());
-                            out.extend_from_slice(&reply);
+                            if pass == Pass::Hold {
+                                outcome.held = Some(reply);
+                            } else {
+                                out.extend_from_slice(&reply);
+                            }
                         }
                         Ok((reply, frame)) => {
                             if frame.error {
-                                conn.broken = true;
                                 failure = Some(state_change_failed(&reply));
                             }
                         }
                         Err(error) => {
                             tracing::debug!(%error, "upstream failed mid-batch");
                             let text = error.to_string();
-                            if pass {
+                            if pass != Pass::Swallow {
                                 replies::proxy_error(out, &text);
                                 metrics::record_command(
                                     command,
@@ -256,9 +363,14 @@ impl Batch {
         }
         if failure.is_none() {
             conn.state = self.last;
+            if self.db_unknown {
+                conn.state.db = ConnState::UNKNOWN_DB;
+            }
             conn.broken = false;
+        } else {
+            outcome.failed = true;
         }
-        Ok(())
+        Ok(outcome)
     }
 
     /// No connection could be had: local replies as planned, the error for each forwarded
@@ -274,13 +386,13 @@ impl Batch {
                     start = end;
                 }
                 Step::Upstream {
-                    pass: true,
-                    command,
-                } => {
+                    pass: Pass::Swallow,
+                    ..
+                } => {}
+                Step::Upstream { command, .. } => {
                     replies::proxy_error(out, &text);
                     metrics::record_command(command, class, self.started.elapsed());
                 }
-                Step::Upstream { pass: false, .. } => {}
             }
         }
     }

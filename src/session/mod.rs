@@ -7,6 +7,8 @@
 //! answered after the replies owed to earlier requests, and then the connection closes.
 
 mod batch;
+mod exec;
+mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{self, ClientSub, Kind, Local};
@@ -24,7 +27,7 @@ use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, RequestLimits, RequestScanner, encode};
 use crate::replies;
 use crate::secret::Secret;
-use crate::upstream::{ConnState, Upstream};
+use crate::upstream::{ConnState, Pinned, Upstream};
 use batch::Batch;
 
 /// What every session shares: the upstream, the client credentials, the limits.
@@ -34,7 +37,28 @@ pub struct Shared {
     pub client_password: Option<Secret>,
     pub client_username: String,
     pub limits: RequestLimits,
+    /// Bounds on what is buffered for a relayed (pub/sub, MONITOR) client.
+    pub output_limits: OutputLimits,
     next_client_id: AtomicU64,
+}
+
+/// Redis's `client-output-buffer-limit pubsub`: over `hard` bytes pending, or over `soft`
+/// for `soft_duration`, the client is disconnected.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLimits {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_duration: std::time::Duration,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            hard: 32 * 1024 * 1024,
+            soft: 8 * 1024 * 1024,
+            soft_duration: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl Shared {
@@ -49,6 +73,7 @@ impl Shared {
             client_password,
             client_username,
             limits,
+            output_limits: OutputLimits::default(),
             next_client_id: AtomicU64::new(1),
         }
     }
@@ -75,6 +100,36 @@ enum Flow {
     Close,
     /// Close at once with no reply (an HTTP request).
     Drop,
+    /// Run what is planned, then relay this request and what follows to a dedicated
+    /// connection (SUBSCRIBE, MONITOR, CLIENT TRACKING ON, CLIENT REPLY OFF|SKIP).
+    Relay(Request),
+}
+
+/// A command queued inside MULTI, as far as the proxy must remember it.
+#[derive(Debug)]
+enum Queued {
+    /// Queued upstream; its result comes in EXEC's array as it is.
+    Forwarded,
+    /// A SELECT queued upstream: if EXEC's array says `+OK`, the client's database changes.
+    Select(Option<u32>),
+    /// A command the proxy answers itself (AUTH, HELLO, CLIENT SETNAME, …): run at EXEC
+    /// time and its reply spliced into EXEC's array, as Redis would.
+    Local(Request),
+}
+
+/// An open transaction.
+#[derive(Debug, Default)]
+struct Multi {
+    queue: Vec<Queued>,
+    /// A command was refused while queuing: EXEC must abort, as Redis's does.
+    error: bool,
+}
+
+impl Multi {
+    /// Whether EXEC's reply needs the session's help (local commands or SELECT queued).
+    fn needs_finishing(&self) -> bool {
+        self.queue.iter().any(|q| !matches!(q, Queued::Forwarded))
+    }
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -94,6 +149,17 @@ pub struct Session {
     last_activity: Instant,
     /// The client socket's descriptor, for CLIENT INFO.
     fd: i64,
+    /// Inside MULTI (as planned: the batch carrying MULTI may not have run yet).
+    multi: Option<Multi>,
+    /// WATCH is in force.
+    watching: bool,
+    /// The transaction whose EXEC is held for finishing.
+    exec_queue: Option<Vec<Queued>>,
+    /// The dedicated upstream connection, while a connection-bound state lasts.
+    pinned: Option<Pinned>,
+    /// The pinned connection must be dropped after the running batch (RESET or QUIT
+    /// inside a connection-bound state left it dirty).
+    drop_pin: bool,
 }
 
 impl Session {
@@ -115,6 +181,11 @@ impl Session {
             created: now,
             last_activity: now,
             fd: -1,
+            multi: None,
+            watching: false,
+            exec_queue: None,
+            pinned: None,
+            drop_pin: false,
         }
     }
 
@@ -129,6 +200,11 @@ impl Session {
         }
     }
 
+    /// Whether the client's state needs its own upstream connection after this batch.
+    fn needs_pin(&self) -> bool {
+        self.multi.is_some() || self.watching
+    }
+
     /// Serves the client until it leaves, breaks the protocol, QUITs, or `closing` fires.
     /// `closing` is honoured between batches: requests already read are answered first.
     pub async fn run(mut self, stream: TcpStream, closing: CancellationToken) {
@@ -136,6 +212,13 @@ impl Session {
         global.client_connections.increment(1.0);
         global.client_connections_total.increment(1);
         self.serve(stream, closing).await;
+        // A client that leaves mid-transaction (or mid-anything) must not hand its
+        // dedicated connection, still in that state, to the next client.
+        if let Some(pinned) = self.pinned.as_mut() {
+            if self.multi.is_some() || self.watching || self.drop_pin {
+                pinned.broken = true;
+            }
+        }
         global.client_connections.decrement(1.0);
     }
 
@@ -149,7 +232,7 @@ impl Session {
         loop {
             let mut batch = Batch::new();
             let mut flow = Flow::Continue;
-            while !batch.is_full() {
+            while !batch.is_full() && !batch.barrier {
                 match scanner.next(&mut inbuf, self.requires_auth()) {
                     Ok(Some(request)) => {
                         flow = self.handle(request, &mut batch).await;
@@ -172,40 +255,43 @@ impl Session {
                     }
                 }
             }
-            if matches!(flow, Flow::Drop) {
-                // Redis answers earlier requests before dropping; so do we.
-                let _ = batch
-                    .execute(&self.shared.upstream, &mut out, &mut writer)
-                    .await;
-                global.bytes_out.increment(out.len() as u64);
-                let _ = writer.write_all(&out).await;
-                return;
-            }
             if !batch.is_empty() {
-                if batch
-                    .execute(&self.shared.upstream, &mut out, &mut writer)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                let ok = self.execute(batch, &mut out, &mut writer).await;
                 global.bytes_out.increment(out.len() as u64);
-                if writer.write_all(&out).await.is_err() {
+                if !ok || writer.write_all(&out).await.is_err() {
                     return;
                 }
                 out.clear();
             }
-            if matches!(flow, Flow::Close) {
-                let _ = writer.shutdown().await;
-                return;
+            match flow {
+                Flow::Drop => return,
+                Flow::Close => {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+                Flow::Relay(request) => {
+                    match self
+                        .relay(request, &mut reader, &mut writer, &mut inbuf, &mut scanner)
+                        .await
+                    {
+                        relay::Exit::Resume => continue,
+                        relay::Exit::Close => {
+                            let _ = writer.shutdown().await;
+                            return;
+                        }
+                    }
+                }
+                Flow::Continue => {}
             }
             if batch_was_full(&scanner, &inbuf) {
                 continue;
             }
             inbuf.reserve(READ_CHUNK);
+            // A client holding a connection-bound state is not idle: it is left to the
+            // end of the grace period.
             let read = tokio::select! {
                 read = reader.read_buf(&mut inbuf) => read,
-                _ = closing.cancelled() => {
+                _ = closing.cancelled(), if self.pinned.is_none() => {
                     tracing::debug!("closing an idle client for shutdown");
                     let _ = writer.shutdown().await;
                     return;
@@ -229,10 +315,55 @@ impl Session {
         }
     }
 
+    /// Runs a planned batch and settles the connection-bound state it leaves behind.
+    /// Returns `false` when the client cannot be written to any more.
+    async fn execute(
+        &mut self,
+        batch: Batch,
+        out: &mut BytesMut,
+        writer: &mut OwnedWriteHalf,
+    ) -> bool {
+        let pin = self.needs_pin();
+        let outcome = match batch
+            .execute(&self.shared.upstream, &mut self.pinned, pin, out, writer)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => return false,
+        };
+        if outcome.failed {
+            // The connection (and any transaction or watch on it) is gone.
+            self.multi = None;
+            self.watching = false;
+            self.exec_queue = None;
+            self.drop_pin = true;
+        }
+        if let Some(reply) = outcome.held {
+            let queue = self.exec_queue.take().unwrap_or_default();
+            self.finish_exec(&reply, queue, out).await;
+        }
+        self.exec_queue = None;
+        if self.drop_pin {
+            if let Some(pinned) = self.pinned.as_mut() {
+                pinned.broken = true;
+            }
+            self.pinned = None;
+            self.drop_pin = false;
+        } else if !self.needs_pin() {
+            // Back to the pinned pool: the state it held (transaction, watch, blocking
+            // command) is over.
+            self.pinned = None;
+        }
+        true
+    }
+
     /// Dispatches one request: a local answer, a refusal, or a place in the batch.
     async fn handle(&mut self, request: Request, batch: &mut Batch) -> Flow {
         batch.begin(command::id(request.name()));
         let Some(command) = command::lookup(request.name()) else {
+            if self.multi.is_some() {
+                return self.queue_forward(request, batch);
+            }
             return self.forward(request, batch);
         };
         if command.kind == Kind::HttpProbe {
@@ -242,29 +373,175 @@ impl Session {
         if !command::arity_ok(command.arity, request.args.len()) {
             replies::wrong_arity(batch.local(), command.name);
             batch.end_local();
+            self.flag_multi();
             return Flow::Continue;
+        }
+        if self.multi.is_some() {
+            return self
+                .handle_in_multi(command.kind, command.name, request, batch)
+                .await;
         }
         match command.kind {
             Kind::Local(local) => self.local(local, &request, batch).await,
-            Kind::Stateful => {
-                self.refuse(command.name, batch);
+            Kind::HttpProbe | Kind::Forward => self.forward(request, batch),
+            _ if self.requires_auth() => {
+                batch.reply(replies::NOAUTH);
                 Flow::Continue
             }
-            Kind::StreamRead if command::stream_read_blocks(&request.args) => {
-                self.refuse(command.name, batch);
+            Kind::Multi => {
+                self.multi = Some(Multi::default());
+                self.forward(request, batch)
+            }
+            Kind::Watch => {
+                self.watching = true;
+                self.forward(request, batch)
+            }
+            Kind::Blocking => {
+                batch.blocking = true;
+                self.forward(request, batch)
+            }
+            Kind::StreamRead => {
+                batch.blocking = command::stream_read_blocks(&request.args);
+                self.forward(request, batch)
+            }
+            Kind::Relay => Flow::Relay(request),
+            Kind::Refused => {
+                replies::unsupported(
+                    batch.local(),
+                    command.name,
+                    "replication cannot go through a proxy",
+                );
+                batch.end_local_as(Some(ErrorClass::Unsupported));
                 Flow::Continue
             }
-            Kind::StreamRead | Kind::Forward | Kind::HttpProbe => self.forward(request, batch),
         }
     }
 
-    fn refuse(&self, name: &str, batch: &mut Batch) {
-        if self.requires_auth() {
-            batch.reply(replies::NOAUTH);
-        } else {
-            replies::unsupported(batch.local(), name);
-            batch.end_local_as(Some(ErrorClass::Unsupported));
+    /// A command while MULTI is open: queued upstream, queued locally, or run at once
+    /// (EXEC, DISCARD, QUIT, RESET), as Redis's processCommand does.
+    async fn handle_in_multi(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        request: Request,
+        batch: &mut Batch,
+    ) -> Flow {
+        match kind {
+            Kind::Local(Local::Exec) => {
+                let Some(multi) = self.multi.take() else {
+                    return Flow::Continue;
+                };
+                self.watching = false;
+                if multi.error {
+                    // End the upstream transaction, answer as Redis does.
+                    batch.forward_swallowed(encode::command(&[&b"DISCARD"[..]]), self.conn_state());
+                    batch.reply(replies::EXECABORT);
+                    return Flow::Continue;
+                }
+                if multi.needs_finishing() {
+                    if multi.queue.iter().any(|q| matches!(q, Queued::Select(_))) {
+                        // Which SELECT ran is known only from EXEC's reply.
+                        batch.db_unknown_after();
+                    }
+                    self.exec_queue = Some(multi.queue);
+                    batch.forward_held(request_bytes(request), self.conn_state());
+                    return Flow::Continue;
+                }
+                self.forward(request, batch)
+            }
+            Kind::Local(Local::Discard) => {
+                self.multi = None;
+                self.watching = false;
+                self.forward(request, batch)
+            }
+            Kind::Local(Local::Quit) => {
+                self.drop_pin = true;
+                batch.reply(replies::OK);
+                Flow::Close
+            }
+            Kind::Local(Local::Reset) => {
+                // The upstream transaction is abandoned with the connection; planning
+                // stops so nothing after RESET reaches that connection.
+                self.drop_pin = true;
+                self.reset();
+                batch.reply(replies::RESET);
+                batch.barrier = true;
+                Flow::Continue
+            }
+            Kind::Local(Local::Select) => {
+                let index = parse_i32(&request.args[1]).and_then(|i| u32::try_from(i).ok());
+                if let Some(multi) = self.multi.as_mut() {
+                    multi.queue.push(Queued::Select(index));
+                }
+                batch.forward(request_bytes(request), self.conn_state());
+                Flow::Continue
+            }
+            Kind::Local(Local::Ping | Local::Echo | Local::Unwatch) => {
+                self.queue_forward(request, batch)
+            }
+            Kind::Local(Local::Client) => match command::client_subcommand(&request.args[1]) {
+                None => {
+                    replies::unknown_subcommand(batch.local(), &request.args[0], &request.args[1]);
+                    batch.end_local();
+                    self.flag_multi();
+                    Flow::Continue
+                }
+                Some(sub) if !command::arity_ok(sub.arity, request.args.len()) => {
+                    replies::wrong_arity(batch.local(), sub.full_name);
+                    batch.end_local();
+                    self.flag_multi();
+                    Flow::Continue
+                }
+                Some(sub) => match sub.kind {
+                    ClientSub::Forward => self.queue_forward(request, batch),
+                    ClientSub::Tracking | ClientSub::Reply | ClientSub::Refused => {
+                        replies::unsupported(batch.local(), sub.full_name, "not inside MULTI");
+                        batch.end_local_as(Some(ErrorClass::Unsupported));
+                        self.flag_multi();
+                        Flow::Continue
+                    }
+                    _ => self.queue_local(request, batch),
+                },
+            },
+            Kind::Local(Local::Auth | Local::Hello) => self.queue_local(request, batch),
+            Kind::Relay if name.ends_with("subscribe") => {
+                replies::unsupported(batch.local(), name, "not inside MULTI");
+                batch.end_local_as(Some(ErrorClass::Unsupported));
+                self.flag_multi();
+                Flow::Continue
+            }
+            Kind::Refused => {
+                replies::unsupported(batch.local(), name, "replication cannot go through a proxy");
+                batch.end_local_as(Some(ErrorClass::Unsupported));
+                self.flag_multi();
+                Flow::Continue
+            }
+            // MULTI and WATCH get Redis's own errors from the upstream; blocking commands
+            // and MONITOR are queued and run (or fail) inside EXEC, as in Redis.
+            _ => self.queue_forward(request, batch),
         }
+    }
+
+    /// Marks the open transaction as failed (a command was refused while queuing).
+    fn flag_multi(&mut self) {
+        if let Some(multi) = self.multi.as_mut() {
+            multi.error = true;
+        }
+    }
+
+    fn queue_forward(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        if let Some(multi) = self.multi.as_mut() {
+            multi.queue.push(Queued::Forwarded);
+        }
+        self.forward(request, batch)
+    }
+
+    fn queue_local(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        batch.reply(replies::QUEUED);
+        if let Some(multi) = self.multi.as_mut() {
+            multi.queue.push(Queued::Local(request));
+        }
+        Flow::Continue
     }
 
     fn forward(&self, request: Request, batch: &mut Batch) -> Flow {
@@ -272,11 +549,7 @@ impl Session {
             batch.reply(replies::NOAUTH);
             return Flow::Continue;
         }
-        let bytes = match request.canonical {
-            Some(frame) => frame,
-            None => encode::command(&request.args),
-        };
-        batch.forward(bytes, self.conn_state());
+        batch.forward(request_bytes(request), self.conn_state());
         Flow::Continue
     }
 
@@ -286,14 +559,23 @@ impl Session {
             Local::Auth => self.auth(args, batch),
             Local::Hello => self.hello(args, batch).await,
             Local::Quit => {
+                if self.needs_pin() {
+                    self.drop_pin = true;
+                }
                 batch.reply(replies::OK);
                 return Flow::Close;
             }
             Local::Reset => {
+                if self.needs_pin() {
+                    // WATCH is on the pinned connection: drop it, and plan nothing more
+                    // on it.
+                    self.drop_pin = true;
+                    batch.barrier = true;
+                }
                 self.reset();
                 batch.reply(replies::RESET);
             }
-            Local::Client => self.client(args, batch),
+            Local::Client => return self.client(request, batch),
             _ if self.requires_auth() => batch.reply(replies::NOAUTH),
             Local::Select => self.select(&args[1], batch).await,
             // PING's own check, made after authentication, as in Redis's pingCommand.
@@ -314,6 +596,10 @@ impl Session {
             }
             Local::Exec => batch.reply(replies::EXEC_WITHOUT_MULTI),
             Local::Discard => batch.reply(replies::DISCARD_WITHOUT_MULTI),
+            Local::Unwatch if self.watching => {
+                self.watching = false;
+                batch.forward(request_bytes(request.clone()), self.conn_state());
+            }
             Local::Unwatch => batch.reply(replies::OK),
         }
         Flow::Continue
@@ -467,24 +753,40 @@ impl Session {
     }
 
     fn reset(&mut self) {
+        self.multi = None;
+        self.watching = false;
         self.db = 0;
         self.proto = Proto::Resp2;
         self.name = None;
         self.authenticated = self.shared.client_password.is_none();
     }
 
-    fn client(&mut self, args: &[Bytes], batch: &mut Batch) {
+    fn client(&mut self, request: &Request, batch: &mut Batch) -> Flow {
+        let args = &request.args[..];
         let Some(sub) = command::client_subcommand(&args[1]) else {
             replies::unknown_subcommand(batch.local(), &args[0], &args[1]);
-            return batch.end_local();
+            batch.end_local();
+            return Flow::Continue;
         };
         if !command::arity_ok(sub.arity, args.len()) {
             replies::wrong_arity(batch.local(), sub.full_name);
-            return batch.end_local();
+            batch.end_local();
+            return Flow::Continue;
         }
         if self.requires_auth() {
-            return batch.reply(replies::NOAUTH);
+            batch.reply(replies::NOAUTH);
+            return Flow::Continue;
         }
+        self.client_sub(sub, request, batch)
+    }
+
+    fn client_sub(
+        &mut self,
+        sub: command::Subcommand,
+        request: &Request,
+        batch: &mut Batch,
+    ) -> Flow {
+        let args = &request.args[..];
         match sub.kind {
             ClientSub::GetName => {
                 match &self.name {
@@ -495,7 +797,8 @@ impl Session {
             }
             ClientSub::SetName => {
                 if !valid_client_attribute(&args[2]) {
-                    return batch.reply(replies::BAD_CLIENT_NAME);
+                    batch.reply(replies::BAD_CLIENT_NAME);
+                    return Flow::Continue;
                 }
                 self.name = (!args[2].is_empty()).then(|| args[2].clone());
                 batch.reply(replies::OK);
@@ -511,11 +814,13 @@ impl Session {
                     &mut self.lib_ver
                 } else {
                     replies::setinfo_unknown(batch.local(), &args[2]);
-                    return batch.end_local();
+                    batch.end_local();
+                    return Flow::Continue;
                 };
                 if !valid_client_attribute(&args[3]) {
                     replies::setinfo_bad_value(batch.local(), &args[2]);
-                    return batch.end_local();
+                    batch.end_local();
+                    return Flow::Continue;
                 }
                 *slot = (!args[3].is_empty()).then(|| args[3].clone());
                 batch.reply(replies::OK);
@@ -539,12 +844,38 @@ impl Session {
                 }
                 batch.end_local();
             }
-            ClientSub::Stateful => self.refuse(sub.full_name, batch),
-            ClientSub::Forward => {
-                let bytes = encode::command(args);
-                batch.forward(bytes, self.conn_state());
+            ClientSub::Tracking if args[2].eq_ignore_ascii_case(b"on") => {
+                if args
+                    .iter()
+                    .skip(3)
+                    .any(|a| a.eq_ignore_ascii_case(b"redirect"))
+                {
+                    replies::unsupported(
+                        batch.local(),
+                        sub.full_name,
+                        "REDIRECT names a connection the proxy shares; use RESP3 tracking",
+                    );
+                    batch.end_local_as(Some(ErrorClass::Unsupported));
+                } else {
+                    return Flow::Relay(request.clone());
+                }
+            }
+            ClientSub::Reply if !args[2].eq_ignore_ascii_case(b"on") => {
+                return Flow::Relay(request.clone());
+            }
+            ClientSub::Refused => {
+                replies::unsupported(
+                    batch.local(),
+                    sub.full_name,
+                    "it would set a flag on a shared upstream connection",
+                );
+                batch.end_local_as(Some(ErrorClass::Unsupported));
+            }
+            ClientSub::Tracking | ClientSub::Reply | ClientSub::Forward => {
+                batch.forward(encode::command(args), self.conn_state());
             }
         }
+        Flow::Continue
     }
 
     /// The `CLIENT INFO` line, in Redis 7.2's field order, with this session's own values
@@ -589,6 +920,14 @@ fn valid_client_attribute(value: &[u8]) -> bool {
         .iter()
         .take_while(|&&b| b != 0)
         .all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+/// The bytes to send upstream for a request: as received when canonical, else re-encoded.
+fn request_bytes(request: Request) -> Bytes {
+    match request.canonical {
+        Some(frame) => frame,
+        None => encode::command(&request.args),
+    }
 }
 
 /// Whether the scanner may already hold another complete request (the batch stopped

@@ -32,6 +32,9 @@ impl ConnState {
         db: 0,
         proto: Proto::Resp2,
     };
+    /// A database no client can select: forces a SELECT before the next use (after a
+    /// transaction whose queued SELECT may or may not have run).
+    pub const UNKNOWN_DB: u32 = u32::MAX;
 }
 
 /// Appends the commands that move a connection from `from` to `to`; returns how many
@@ -199,6 +202,29 @@ impl UpstreamConn {
             self.broken = true;
             UpstreamError::Lost(format!("write: {e}"))
         })
+    }
+
+    /// The next complete frame already buffered, push frames included, without reading.
+    /// For the relay (pub/sub, MONITOR), where every frame goes to the client.
+    pub fn next_frame(&mut self) -> Result<Option<(Bytes, ReplyFrame)>, UpstreamError> {
+        match self.scanner.scan(&self.rbuf) {
+            Ok(Some(frame)) => Ok(Some((self.rbuf.split_to(frame.len).freeze(), frame))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.broken = true;
+                Err(UpstreamError::BadReply(e))
+            }
+        }
+    }
+
+    /// Reads whatever bytes are available into the buffer (cancel-safe). `Ok(0)` is EOF.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        self.rbuf.reserve(READ_CHUNK);
+        let result = self.stream.read_buf(&mut self.rbuf).await;
+        if !matches!(result, Ok(n) if n > 0) {
+            self.broken = true;
+        }
+        result
     }
 
     /// Reads the next reply, skipping RESP3 push frames (out of band: no request asked for

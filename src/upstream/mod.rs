@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 pub use conn::{ConnState, UpstreamConn};
@@ -43,6 +43,12 @@ pub enum UpstreamError {
     /// replaces the connection and the checkout goes on.
     #[error("stale pooled connection: {0}")]
     Stale(&'static str),
+    /// The cap on pinned (dedicated) connections is reached.
+    #[error(
+        "too many clients hold a dedicated upstream connection \
+         (MULTI, WATCH, blocking commands, pub/sub, MONITOR): max_pinned = {0}"
+    )]
+    TooManyPinned(usize),
 }
 
 impl UpstreamError {
@@ -54,7 +60,9 @@ impl UpstreamError {
                 ErrorClass::UpstreamUnavailable
             }
             UpstreamError::AuthFailed(_) => ErrorClass::UpstreamAuth,
-            UpstreamError::PoolExhausted(_) => ErrorClass::PoolExhausted,
+            UpstreamError::PoolExhausted(_) | UpstreamError::TooManyPinned(_) => {
+                ErrorClass::PoolExhausted
+            }
             UpstreamError::Timeout(_) => ErrorClass::Timeout,
             UpstreamError::Lost(_) => ErrorClass::UpstreamLost,
             UpstreamError::BadReply(_) => ErrorClass::BadReply,
@@ -196,9 +204,35 @@ impl ManageConnection for Manager {
 
 pub type PooledConn<'a> = PooledConnection<'a, Manager>;
 
+/// A dedicated upstream connection held by one client for as long as its connection-bound
+/// state lasts (MULTI, WATCH, a blocking command, pub/sub, MONITOR, tracking). Dropping it
+/// returns the connection to the pinned pool if it is clean, and frees the pin.
+pub struct Pinned {
+    conn: PooledConnection<'static, Manager>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Pinned {
+    type Target = UpstreamConn;
+    fn deref(&self) -> &UpstreamConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pinned {
+    fn deref_mut(&mut self) -> &mut UpstreamConn {
+        &mut self.conn
+    }
+}
+
 /// The pool and what is known about the server behind it.
 pub struct Upstream {
     pool: Pool<Manager>,
+    /// Dedicated connections: a separate pool, so clients holding one never starve the
+    /// shared pool, bounded by `pins`.
+    pinned_pool: Pool<Manager>,
+    pins: Arc<Semaphore>,
+    max_pinned: usize,
     health: Arc<Health>,
     info: Arc<Mutex<Option<ServerInfo>>>,
     pool_wait_timeout: Duration,
@@ -214,10 +248,10 @@ impl Upstream {
             failures: watch::Sender::new(0),
         });
         let info = Arc::new(Mutex::new(None));
-        let manager = Manager {
+        let manager = || Manager {
             address: config.upstream.address.clone(),
             username: config.upstream.username.clone(),
-            password,
+            password: password.clone(),
             connect_timeout: config.upstream.connect_timeout(),
             max_reply_depth: config.limits.max_reply_depth,
             health: health.clone(),
@@ -230,9 +264,22 @@ impl Upstream {
             .retry_connection(false)
             .test_on_check_out(true)
             .error_sink(Box::new(HealthSink(health.clone())))
-            .build_unchecked(manager);
+            .build_unchecked(manager());
+        let max_pinned = config.upstream.max_pinned;
+        let pinned_pool = Pool::builder()
+            .max_size(u32::try_from(max_pinned).unwrap_or(u32::MAX))
+            .min_idle(None)
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .connection_timeout(config.upstream.pool_wait_timeout())
+            .retry_connection(false)
+            .test_on_check_out(true)
+            .error_sink(Box::new(HealthSink(health.clone())))
+            .build_unchecked(manager());
         Upstream {
             pool,
+            pinned_pool,
+            pins: Arc::new(Semaphore::new(max_pinned)),
+            max_pinned,
             health,
             info,
             pool_wait_timeout: config.upstream.pool_wait_timeout(),
@@ -276,7 +323,8 @@ impl Upstream {
         global
             .upstream_in_use
             .set(f64::from(state.connections - state.idle_connections));
-        global.upstream_pinned.set(0.0);
+        let pinned = self.max_pinned - self.pins.available_permits();
+        global.upstream_pinned.set(pinned as f64);
     }
 
     /// Whether the upstream is usable: a connection has authenticated and no connect has
@@ -287,6 +335,35 @@ impl Upstream {
             None if self.cached_info().is_none() => Err("no upstream connection yet".to_owned()),
             None => Ok(()),
         }
+    }
+
+    /// A dedicated connection for one client, or `TooManyPinned` at once when the cap is
+    /// reached (never a wait).
+    pub async fn pin(&self) -> Result<Pinned, UpstreamError> {
+        let permit = self
+            .pins
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| UpstreamError::TooManyPinned(self.max_pinned))?;
+        if let Some(error) = self.health.recent(self.reconnect_backoff) {
+            return Err(error);
+        }
+        let mut failures = self.health.failures.subscribe();
+        failures.borrow_and_update();
+        let conn = tokio::select! {
+            biased;
+            conn = self.pinned_pool.get_owned() => conn.map_err(|e| match e {
+                RunError::User(e) => e,
+                RunError::TimedOut => self.health.last().unwrap_or(
+                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
+            })?,
+            _ = failures.changed() => return Err(self.health.last().unwrap_or_else(||
+                UpstreamError::Unavailable("connect failed".to_owned()))),
+        };
+        Ok(Pinned {
+            conn,
+            _permit: permit,
+        })
     }
 
     /// What the server said about itself; connects first if no connection has succeeded

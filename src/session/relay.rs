@@ -1,0 +1,658 @@
+//! Relay mode: the client is joined to a dedicated upstream connection and frames flow
+//! both ways as they come, because the one-reply-per-request rule no longer holds — pub/sub
+//! (messages arrive unasked; RESP3 interleaves push frames with replies), MONITOR, CLIENT
+//! TRACKING (invalidation pushes), CLIENT REPLY OFF/SKIP (no replies at all).
+//!
+//! The upstream Redis enforces each mode's rules itself (RESP2's subscribed-mode command
+//! set, PING's subscribed form, transactions inside RESP3 pub/sub), so the relay forwards
+//! requests verbatim and passes every upstream frame through in order. What it must do
+//! itself: answer the proxy-local commands (AUTH, HELLO, SELECT, CLIENT SETNAME …) in their
+//! place — it first waits for everything already forwarded to be answered, using a PING
+//! with a random token as a barrier — follow the subscription counts to know when the mode
+//! is over, and bound the output it buffers for a client that does not read (Redis's
+//! `client-output-buffer-limit pubsub`).
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::batch::Batch;
+use super::{Session, request_bytes};
+use crate::command::{self, ClientSub, Kind, Local};
+use crate::metrics;
+use crate::protocol::{Proto, Request, RequestScanner, encode};
+use crate::replies;
+use crate::upstream::conn::transition;
+use crate::upstream::{ConnState, Pinned};
+
+/// How relay mode ended.
+pub(super) enum Exit {
+    /// The mode is over and nothing is in flight: back to batches.
+    Resume,
+    /// The client is done (it left, QUIT, broke the protocol, or overran its buffer).
+    Close,
+}
+
+/// What happens when the barrier's PING comes back.
+enum After {
+    /// Leave relay mode if no mode is active any more.
+    Leave,
+    /// Answer this proxy-local command now, in its place.
+    Local(Request),
+    /// Send this protocol error, then close.
+    Fatal(Vec<u8>),
+}
+
+/// A reply the relay swallows: the answer to a state change it sent itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// `+OK` (SELECT).
+    Ok,
+    /// A HELLO map.
+    Hello,
+}
+
+/// The connection modes that keep the relay going.
+#[derive(Default)]
+struct Modes {
+    /// Channels plus patterns subscribed (Redis's count in (P)(UN)SUBSCRIBE replies).
+    subscriptions: i64,
+    /// Shard channels subscribed.
+    shard_subscriptions: i64,
+    monitor: bool,
+    tracking: bool,
+    reply_off: bool,
+    /// CLIENT REPLY SKIP was sent: the next command's reply is suppressed.
+    skip_armed: bool,
+    /// MULTI or WATCH went through the relay: the connection holds state the session does
+    /// not track, so it stays relayed until RESET, QUIT or the client leaves.
+    sticky: bool,
+}
+
+impl Modes {
+    fn active(&self) -> bool {
+        self.subscriptions > 0
+            || self.shard_subscriptions > 0
+            || self.monitor
+            || self.tracking
+            || self.reply_off
+            || self.skip_armed
+            || self.sticky
+    }
+
+    fn subscribed(&self) -> bool {
+        self.subscriptions > 0 || self.shard_subscriptions > 0
+    }
+}
+
+struct Relay {
+    modes: Modes,
+    /// The token of the barrier PING in flight, and what to do when it returns.
+    barrier: Option<(Bytes, After)>,
+    swallow: std::collections::VecDeque<Expect>,
+    /// No more client requests are read (QUIT or RESET forwarded).
+    stop_client: bool,
+    quit: bool,
+    reset_pending: bool,
+    /// The connection must not be reused (RESET left it unauthenticated).
+    drop_conn: bool,
+    /// Since when the client's pending output has been over the soft limit.
+    over_soft_since: Option<Instant>,
+}
+
+enum Step {
+    Continue,
+    Exit(Exit),
+}
+
+impl Session {
+    /// Relays `first` and everything after it until the mode it starts is over.
+    pub(super) async fn relay(
+        &mut self,
+        first: Request,
+        reader: &mut OwnedReadHalf,
+        writer: &mut OwnedWriteHalf,
+        inbuf: &mut BytesMut,
+        scanner: &mut RequestScanner,
+    ) -> Exit {
+        let mut conn = match self.pinned.take() {
+            Some(conn) => conn,
+            None => match self.shared.upstream.pin().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    let mut out = BytesMut::new();
+                    replies::proxy_error(&mut out, &error.to_string());
+                    metrics::record_command(
+                        command::id(first.name()),
+                        Some(error.class()),
+                        std::time::Duration::ZERO,
+                    );
+                    return match writer.write_all(&out).await {
+                        Ok(()) => Exit::Resume,
+                        Err(_) => Exit::Close,
+                    };
+                }
+            },
+        };
+        // Until it is proven clean, a relayed connection is not reusable.
+        conn.broken = true;
+        let mut relay = Relay {
+            modes: Modes::default(),
+            barrier: None,
+            swallow: Default::default(),
+            stop_client: false,
+            quit: false,
+            reset_pending: false,
+            drop_conn: false,
+            over_soft_since: None,
+        };
+        let mut out = BytesMut::new();
+        let exit = self
+            .relay_loop(
+                first, &mut conn, &mut relay, reader, writer, inbuf, scanner, &mut out,
+            )
+            .await;
+        if matches!(exit, Exit::Resume) && !relay.drop_conn {
+            // Everything forwarded was answered and no mode is left: the connection is
+            // as clean as the proxy found it.
+            conn.broken = false;
+            self.pinned = Some(conn);
+            if !self.needs_pin() {
+                self.pinned = None;
+            }
+            if !out.is_empty() && writer.write_all(&out).await.is_err() {
+                return Exit::Close;
+            }
+        } else {
+            if !out.is_empty() && writer.write_all(&out).await.is_err() {
+                return Exit::Close;
+            }
+            // Dropped broken: the pool discards it.
+            self.watching = false;
+        }
+        exit
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_loop(
+        &mut self,
+        first: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+        reader: &mut OwnedReadHalf,
+        writer: &mut OwnedWriteHalf,
+        inbuf: &mut BytesMut,
+        scanner: &mut RequestScanner,
+        out: &mut BytesMut,
+    ) -> Exit {
+        let limits = self.shared.output_limits;
+        // The dedicated connection speaks the client's protocol on the client's database.
+        if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay).await {
+            return exit;
+        }
+        if let Step::Exit(exit) = self.relay_request(first, conn, relay).await {
+            return exit;
+        }
+        loop {
+            // Forward what the client has sent, unless waiting on a barrier.
+            while !relay.stop_client && relay.barrier.is_none() {
+                match scanner.next(inbuf, self.requires_auth()) {
+                    Ok(Some(request)) => {
+                        if let Step::Exit(exit) = self.relay_request(request, conn, relay).await {
+                            return exit;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        metrics::global().protocol_errors.increment(1);
+                        relay.stop_client = true;
+                        match error.reply() {
+                            Some(reply) if !relay.modes.reply_off => {
+                                if let Err(exit) =
+                                    start_barrier(conn, relay, After::Fatal(reply)).await
+                                {
+                                    return exit;
+                                }
+                            }
+                            _ => return Exit::Close,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                filled = conn.fill() => {
+                    match filled {
+                        Ok(n) if n > 0 => {}
+                        _ => {
+                            // QUIT's +OK, if any, is already in `out`.
+                            if !relay.quit {
+                                tracing::debug!("upstream closed a relayed connection");
+                            }
+                            return Exit::Close;
+                        }
+                    }
+                    loop {
+                        match conn.next_frame() {
+                            Ok(Some((bytes, _))) => {
+                                if let Step::Exit(exit) = self.relay_frame(bytes, conn, relay, out).await {
+                                    return exit;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(error) => {
+                                tracing::debug!(%error, "malformed frame on a relayed connection");
+                                return Exit::Close;
+                            }
+                        }
+                    }
+                }
+                written = writer.write_buf(out), if !out.is_empty() => {
+                    if written.is_err() {
+                        return Exit::Close;
+                    }
+                }
+                read = reader.read_buf(inbuf), if !relay.stop_client && relay.barrier.is_none() => {
+                    match read {
+                        Ok(0) | Err(_) => return Exit::Close,
+                        Ok(n) => {
+                            metrics::global().bytes_in.increment(n as u64);
+                            if scanner.check_buffer(inbuf, self.requires_auth()).is_err() {
+                                return Exit::Close;
+                            }
+                        }
+                    }
+                }
+            }
+            // Redis's client-output-buffer-limit for pub/sub: a hard cap, and a soft cap
+            // that may be exceeded only briefly.
+            if out.len() > limits.hard {
+                tracing::warn!(
+                    bytes = out.len(),
+                    "closing a relayed client over the hard output limit"
+                );
+                return Exit::Close;
+            }
+            if out.len() > limits.soft {
+                let since = *relay.over_soft_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= limits.soft_duration {
+                    tracing::warn!(
+                        bytes = out.len(),
+                        "closing a relayed client over the soft output limit"
+                    );
+                    return Exit::Close;
+                }
+            } else {
+                relay.over_soft_since = None;
+            }
+            if relay.barrier.is_none()
+                && !relay.modes.active()
+                && relay.swallow.is_empty()
+                && !relay.stop_client
+            {
+                return Exit::Resume;
+            }
+        }
+    }
+
+    /// One client request in relay mode.
+    async fn relay_request(
+        &mut self,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Step {
+        // Relayed commands are not timed: their replies are not told apart from pushes.
+        let Some(cmd) = command::lookup(request.name()) else {
+            return forward(conn, relay, request).await;
+        };
+        if cmd.kind == Kind::HttpProbe {
+            return Step::Exit(Exit::Close);
+        }
+        if !command::arity_ok(cmd.arity, request.args.len()) {
+            // Redis's arity error, in its place.
+            return self.local_in_relay(request, conn, relay).await;
+        }
+        match cmd.kind {
+            Kind::Local(Local::Quit) => {
+                relay.quit = true;
+                relay.stop_client = true;
+                forward(conn, relay, request).await
+            }
+            Kind::Local(Local::Reset) => {
+                relay.reset_pending = true;
+                relay.stop_client = true;
+                forward(conn, relay, request).await
+            }
+            Kind::Local(
+                Local::Ping | Local::Echo | Local::Exec | Local::Discard | Local::Unwatch,
+            ) => forward(conn, relay, request).await,
+            Kind::Local(Local::Client) => {
+                let sub = command::client_subcommand(&request.args[1]);
+                match sub.map(|s| s.kind) {
+                    Some(ClientSub::Tracking) if request.args.len() > 2 => {
+                        let on = request.args[2].eq_ignore_ascii_case(b"on");
+                        if on
+                            && request
+                                .args
+                                .iter()
+                                .skip(3)
+                                .any(|a| a.eq_ignore_ascii_case(b"redirect"))
+                        {
+                            return self.local_in_relay(request, conn, relay).await;
+                        }
+                        relay.modes.tracking = on;
+                        forward(conn, relay, request).await
+                    }
+                    Some(ClientSub::Reply) if request.args.len() == 3 => {
+                        let mode = &request.args[2];
+                        if mode.eq_ignore_ascii_case(b"off") {
+                            relay.modes.reply_off = true;
+                        } else if mode.eq_ignore_ascii_case(b"on") {
+                            relay.modes.reply_off = false;
+                        } else if mode.eq_ignore_ascii_case(b"skip") && !relay.modes.reply_off {
+                            // Forwarded as is; armed once it is on its way.
+                            let step = forward_raw(conn, request).await;
+                            relay.modes.skip_armed = true;
+                            return step;
+                        }
+                        forward(conn, relay, request).await
+                    }
+                    Some(ClientSub::Forward) => forward(conn, relay, request).await,
+                    _ => self.local_in_relay(request, conn, relay).await,
+                }
+            }
+            Kind::Local(_) | Kind::Refused => self.local_in_relay(request, conn, relay).await,
+            Kind::Multi | Kind::Watch => {
+                relay.modes.sticky = true;
+                forward(conn, relay, request).await
+            }
+            Kind::Relay if request.name().eq_ignore_ascii_case(b"monitor") => {
+                relay.modes.monitor = true;
+                forward(conn, relay, request).await
+            }
+            _ => forward(conn, relay, request).await,
+        }
+    }
+
+    /// A command the proxy answers itself, in relay mode: after everything forwarded
+    /// before it has been answered.
+    async fn local_in_relay(
+        &mut self,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Step {
+        if relay.modes.reply_off || relay.modes.skip_armed {
+            // No reply is owed, so there is nothing to order against: apply it, show
+            // nothing (Redis suppresses the reply too).
+            relay.modes.skip_armed = false;
+            let mut scratch = Batch::new();
+            let _ = self.handle(request, &mut scratch).await;
+            return sync_state(self.conn_target(), conn, relay).await;
+        }
+        match start_barrier(conn, relay, After::Local(request)).await {
+            Ok(()) => Step::Continue,
+            Err(exit) => Step::Exit(exit),
+        }
+    }
+
+    fn conn_target(&self) -> ConnState {
+        ConnState {
+            db: self.db,
+            proto: self.proto,
+        }
+    }
+
+    /// One frame from the upstream.
+    async fn relay_frame(
+        &mut self,
+        bytes: Bytes,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+        out: &mut BytesMut,
+    ) -> Step {
+        if let Some(&expect) = relay.swallow.front() {
+            let matches = match expect {
+                Expect::Ok => &bytes[..] == b"+OK\r\n",
+                Expect::Hello => bytes.starts_with(b"%") || bytes.starts_with(b"*14\r\n"),
+            };
+            if matches {
+                relay.swallow.pop_front();
+                return Step::Continue;
+            }
+        }
+        if let Some((token, _)) = &relay.barrier {
+            if is_barrier_reply(&bytes, token) {
+                let Some((_, after)) = relay.barrier.take() else {
+                    return Step::Continue;
+                };
+                return self.barrier_done(after, conn, relay, out).await;
+            }
+        }
+        if relay.reset_pending && &bytes[..] == b"+RESET\r\n" {
+            out.extend_from_slice(&bytes);
+            // The upstream connection is now unauthenticated: it goes, the client resets.
+            self.reset();
+            relay.reset_pending = false;
+            relay.drop_conn = true;
+            return Step::Exit(Exit::Resume);
+        }
+        if let Some((shard, count)) = subscription_count(&bytes) {
+            if shard {
+                relay.modes.shard_subscriptions = count;
+            } else {
+                relay.modes.subscriptions = count;
+            }
+        }
+        out.extend_from_slice(&bytes);
+        metrics::global().bytes_out.increment(bytes.len() as u64);
+        if !relay.modes.active() && relay.barrier.is_none() && !relay.stop_client {
+            // The last subscription is gone (or tracking/reply mode ended): make sure
+            // nothing is still in flight before handing the connection back.
+            if let Err(exit) = start_barrier(conn, relay, After::Leave).await {
+                return Step::Exit(exit);
+            }
+        }
+        Step::Continue
+    }
+
+    async fn barrier_done(
+        &mut self,
+        after: After,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+        out: &mut BytesMut,
+    ) -> Step {
+        match after {
+            After::Leave => Step::Continue,
+            After::Fatal(reply) => {
+                out.extend_from_slice(&reply);
+                Step::Exit(Exit::Close)
+            }
+            After::Local(request) => {
+                if self.proto == Proto::Resp2 && relay.modes.subscribed() {
+                    let full_name = full_name(&request);
+                    replies::not_in_subscribed_context(out, &full_name);
+                    return Step::Continue;
+                }
+                let mut scratch = Batch::new();
+                let flow = self.handle(request, &mut scratch).await;
+                out.extend_from_slice(&scratch.into_local());
+                if matches!(flow, super::Flow::Close | super::Flow::Drop) {
+                    return Step::Exit(Exit::Close);
+                }
+                sync_state(self.conn_target(), conn, relay).await
+            }
+        }
+    }
+}
+
+/// Forwards a request as received, clearing a pending REPLY SKIP once it has gone.
+async fn forward(conn: &mut Pinned, relay: &mut Relay, request: Request) -> Step {
+    let step = forward_raw(conn, request).await;
+    if relay.modes.skip_armed {
+        // SKIP applies to this command; once its (absent) reply has passed, leave if
+        // nothing else holds the mode.
+        relay.modes.skip_armed = false;
+        if !relay.modes.active() && relay.barrier.is_none() {
+            if let Err(exit) = start_barrier(conn, relay, After::Leave).await {
+                return Step::Exit(exit);
+            }
+        }
+    }
+    step
+}
+
+async fn forward_raw(conn: &mut Pinned, request: Request) -> Step {
+    match conn.write_all(&[request_bytes(request)], None).await {
+        Ok(()) => Step::Continue,
+        Err(error) => {
+            tracing::debug!(%error, "relayed connection failed");
+            Step::Exit(Exit::Close)
+        }
+    }
+}
+
+/// Brings the connection to the client's database and protocol after a local SELECT or
+/// HELLO, swallowing the replies.
+async fn sync_state(target: ConnState, conn: &mut Pinned, relay: &mut Relay) -> Step {
+    if conn.state == target {
+        return Step::Continue;
+    }
+    let mut fix = BytesMut::new();
+    if conn.state.proto != target.proto {
+        transition(
+            &mut fix,
+            conn.state,
+            ConnState {
+                db: conn.state.db,
+                proto: target.proto,
+            },
+        );
+        relay.swallow.push_back(Expect::Hello);
+    }
+    if conn.state.db != target.db {
+        transition(
+            &mut fix,
+            ConnState {
+                db: conn.state.db,
+                proto: target.proto,
+            },
+            target,
+        );
+        relay.swallow.push_back(Expect::Ok);
+    }
+    conn.state = target;
+    match conn.write_all(&[fix.freeze()], None).await {
+        Ok(()) => Step::Continue,
+        Err(_) => Step::Exit(Exit::Close),
+    }
+}
+
+/// Sends a PING carrying a fresh random token; client requests wait until it returns.
+async fn start_barrier(conn: &mut Pinned, relay: &mut Relay, after: After) -> Result<(), Exit> {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x5eed);
+    let token = Bytes::from(format!("redis-ambassador-barrier-{:016x}", hasher.finish()));
+    let ping = encode::command(&[&b"PING"[..], &token]);
+    relay.barrier = Some((token, after));
+    conn.write_all(&[ping], None).await.map_err(|_| Exit::Close)
+}
+
+/// Whether `frame` is the answer to the barrier PING: a bulk string in normal mode, or
+/// `["pong", token]` in RESP2 subscribed mode.
+fn is_barrier_reply(frame: &[u8], token: &[u8]) -> bool {
+    let mut bulk = BytesMut::new();
+    encode::bulk(&mut bulk, token);
+    frame == &bulk[..]
+        || (frame.starts_with(b"*2\r\n$4\r\npong\r\n")
+            && frame.ends_with(&bulk)
+            && frame.len() == 14 + bulk.len())
+}
+
+/// For a (p|s)(un)subscribe confirmation, whether it counts shard channels and the count.
+fn subscription_count(frame: &[u8]) -> Option<(bool, i64)> {
+    let rest = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
+    let rest = rest.strip_prefix(b"$")?;
+    let line_end = memchr::memchr(b'\r', rest)?;
+    let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
+    let kind = rest.get(line_end + 2..line_end + 2 + len)?;
+    let shard = match kind {
+        b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" => false,
+        b"ssubscribe" | b"sunsubscribe" => true,
+        _ => return None,
+    };
+    // The count is the last element: `:N\r\n`.
+    let body = frame.strip_suffix(b"\r\n")?;
+    let colon = body.iter().rposition(|&b| b == b':')?;
+    if colon < 2 || &body[colon - 2..colon] != b"\r\n" {
+        return None;
+    }
+    let count = std::str::from_utf8(&body[colon + 1..]).ok()?.parse().ok()?;
+    Some((shard, count))
+}
+
+/// A command's name as Redis prints it in errors: `client|setname` for subcommands.
+fn full_name(request: &Request) -> String {
+    let name = String::from_utf8_lossy(request.name()).to_ascii_lowercase();
+    if name == "client" {
+        if let Some(sub) = request
+            .args
+            .get(1)
+            .and_then(|s| command::client_subcommand(s))
+        {
+            return sub.full_name.to_owned();
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_counts() {
+        assert_eq!(
+            subscription_count(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"),
+            Some((false, 1))
+        );
+        assert_eq!(
+            subscription_count(b">3\r\n$12\r\nsunsubscribe\r\n$1\r\ns\r\n:0\r\n"),
+            Some((true, 0))
+        );
+        assert_eq!(
+            subscription_count(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"),
+            Some((false, 0))
+        );
+        assert_eq!(
+            subscription_count(b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n"),
+            Some((false, 0))
+        );
+        assert_eq!(
+            subscription_count(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\n:1\r\n"),
+            None
+        );
+        assert_eq!(subscription_count(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn barrier_replies() {
+        let token = b"tok";
+        assert!(is_barrier_reply(b"$3\r\ntok\r\n", token));
+        assert!(is_barrier_reply(
+            b"*2\r\n$4\r\npong\r\n$3\r\ntok\r\n",
+            token
+        ));
+        assert!(!is_barrier_reply(b"$3\r\ntoc\r\n", token));
+        assert!(!is_barrier_reply(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$3\r\ntok\r\n",
+            token
+        ));
+    }
+}
