@@ -76,6 +76,9 @@ pub struct Batch {
     pub blocking: bool,
     /// Planning must stop: the next request's meaning depends on this batch's replies.
     pub barrier: bool,
+    /// A request was planned inside a connection-bound state (MULTI, WATCH): the batch
+    /// must run on the client's dedicated connection, whatever state it ends in.
+    pub pin_required: bool,
     db_unknown: bool,
 }
 
@@ -93,6 +96,7 @@ impl Batch {
             started: Instant::now(),
             blocking: false,
             barrier: false,
+            pin_required: false,
             db_unknown: false,
         }
     }
@@ -238,7 +242,7 @@ impl Batch {
         } else {
             upstream.command_timeout
         };
-        if pin || self.blocking || pinned.is_some() {
+        if pin || self.pin_required || self.blocking || pinned.is_some() {
             if pinned.is_none() {
                 match upstream.pin().await {
                     Ok(conn) => *pinned = Some(conn),

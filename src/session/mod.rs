@@ -432,6 +432,7 @@ impl Session {
                     return Flow::Continue;
                 };
                 self.watching = false;
+                batch.pin_required = true;
                 if multi.error {
                     // End the upstream transaction, answer as Redis does.
                     batch.forward_swallowed(encode::command(&[&b"DISCARD"[..]]), self.conn_state());
@@ -473,6 +474,7 @@ impl Session {
                 if let Some(multi) = self.multi.as_mut() {
                     multi.queue.push(Queued::Select(index));
                 }
+                batch.pin_required = true;
                 batch.forward(request_bytes(request), self.conn_state());
                 Flow::Continue
             }
@@ -549,6 +551,9 @@ impl Session {
             batch.reply(replies::NOAUTH);
             return Flow::Continue;
         }
+        if self.needs_pin() {
+            batch.pin_required = true;
+        }
         batch.forward(request_bytes(request), self.conn_state());
         Flow::Continue
     }
@@ -597,6 +602,7 @@ impl Session {
             Local::Exec => batch.reply(replies::EXEC_WITHOUT_MULTI),
             Local::Discard => batch.reply(replies::DISCARD_WITHOUT_MULTI),
             Local::Unwatch if self.watching => {
+                batch.pin_required = true;
                 self.watching = false;
                 batch.forward(request_bytes(request.clone()), self.conn_state());
             }
@@ -872,6 +878,9 @@ impl Session {
                 batch.end_local_as(Some(ErrorClass::Unsupported));
             }
             ClientSub::Tracking | ClientSub::Reply | ClientSub::Forward => {
+                if self.needs_pin() {
+                    batch.pin_required = true;
+                }
                 batch.forward(encode::command(args), self.conn_state());
             }
         }
