@@ -99,6 +99,8 @@ struct Relay {
     reset_pending: bool,
     /// The connection must not be reused (RESET left it unauthenticated).
     drop_conn: bool,
+    /// A barrier returned with no mode active: every reply is in, relay mode is over.
+    left: bool,
     /// Since when the client's pending output has been over the soft limit.
     over_soft_since: Option<Instant>,
 }
@@ -147,6 +149,7 @@ impl Session {
             quit: false,
             reset_pending: false,
             drop_conn: false,
+            left: false,
             over_soft_since: None,
         };
         let mut out = BytesMut::new();
@@ -287,11 +290,8 @@ impl Session {
             } else {
                 relay.over_soft_since = None;
             }
-            if relay.barrier.is_none()
-                && !relay.modes.active()
-                && relay.swallow.is_empty()
-                && !relay.stop_client
-            {
+            // Leave only when a barrier has proved nothing is in flight.
+            if relay.left {
                 return Exit::Resume;
             }
         }
@@ -391,7 +391,10 @@ impl Session {
             relay.modes.skip_armed = false;
             let mut scratch = Batch::new();
             let _ = self.handle(request, &mut scratch).await;
-            return sync_state(self.conn_target(), conn, relay).await;
+            if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay).await {
+                return Step::Exit(exit);
+            }
+            return leave_if_idle(conn, relay).await;
         }
         match start_barrier(conn, relay, After::Local(request)).await {
             Ok(()) => Step::Continue,
@@ -449,14 +452,9 @@ impl Session {
         }
         out.extend_from_slice(&bytes);
         metrics::global().bytes_out.increment(bytes.len() as u64);
-        if !relay.modes.active() && relay.barrier.is_none() && !relay.stop_client {
-            // The last subscription is gone (or tracking/reply mode ended): make sure
-            // nothing is still in flight before handing the connection back.
-            if let Err(exit) = start_barrier(conn, relay, After::Leave).await {
-                return Step::Exit(exit);
-            }
-        }
-        Step::Continue
+        // The last subscription gone: make sure nothing is still in flight before handing
+        // the connection back.
+        leave_if_idle(conn, relay).await
     }
 
     async fn barrier_done(
@@ -467,7 +465,12 @@ impl Session {
         out: &mut BytesMut,
     ) -> Step {
         match after {
-            After::Leave => Step::Continue,
+            After::Leave => {
+                if !relay.modes.active() && relay.swallow.is_empty() && !relay.stop_client {
+                    relay.left = true;
+                }
+                Step::Continue
+            }
             After::Fatal(reply) => {
                 out.extend_from_slice(&reply);
                 Step::Exit(Exit::Close)
@@ -484,7 +487,10 @@ impl Session {
                 if matches!(flow, super::Flow::Close | super::Flow::Drop) {
                     return Step::Exit(Exit::Close);
                 }
-                sync_state(self.conn_target(), conn, relay).await
+                if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay).await {
+                    return Step::Exit(exit);
+                }
+                leave_if_idle(conn, relay).await
             }
         }
     }
@@ -493,17 +499,25 @@ impl Session {
 /// Forwards a request as received, clearing a pending REPLY SKIP once it has gone.
 async fn forward(conn: &mut Pinned, relay: &mut Relay, request: Request) -> Step {
     let step = forward_raw(conn, request).await;
-    if relay.modes.skip_armed {
-        // SKIP applies to this command; once its (absent) reply has passed, leave if
-        // nothing else holds the mode.
-        relay.modes.skip_armed = false;
-        if !relay.modes.active() && relay.barrier.is_none() {
-            if let Err(exit) = start_barrier(conn, relay, After::Leave).await {
-                return Step::Exit(exit);
-            }
-        }
+    if !matches!(step, Step::Continue) {
+        return step;
     }
-    step
+    // SKIP applies to this command only.
+    relay.modes.skip_armed = false;
+    leave_if_idle(conn, relay).await
+}
+
+/// When no mode is (yet, or any longer) active — a SUBSCRIBE whose confirmation has not
+/// come, an UNSUBSCRIBE, TRACKING OFF, REPLY ON — sends a barrier: when it returns, the
+/// counts are known and every reply is in, and relay mode ends if nothing holds it.
+async fn leave_if_idle(conn: &mut Pinned, relay: &mut Relay) -> Step {
+    if relay.modes.active() || relay.barrier.is_some() || relay.stop_client {
+        return Step::Continue;
+    }
+    match start_barrier(conn, relay, After::Leave).await {
+        Ok(()) => Step::Continue,
+        Err(exit) => Step::Exit(exit),
+    }
 }
 
 async fn forward_raw(conn: &mut Pinned, request: Request) -> Step {
