@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{self, ClientSub, Kind, Local};
@@ -62,6 +62,12 @@ impl Default for OutputLimits {
 }
 
 impl Shared {
+    /// Sets the bounds for relayed clients' output (Redis's defaults otherwise).
+    pub fn with_output_limits(mut self, limits: OutputLimits) -> Shared {
+        self.output_limits = limits;
+        self
+    }
+
     pub fn new(
         upstream: Upstream,
         client_password: Option<Secret>,
@@ -256,7 +262,9 @@ impl Session {
                 }
             }
             if !batch.is_empty() {
-                let ok = self.execute(batch, &mut out, &mut writer).await;
+                let ok = self
+                    .execute(batch, &mut out, &mut writer, &mut reader, &mut inbuf)
+                    .await;
                 global.bytes_out.increment(out.len() as u64);
                 if !ok || writer.write_all(&out).await.is_err() {
                     return;
@@ -322,12 +330,37 @@ impl Session {
         batch: Batch,
         out: &mut BytesMut,
         writer: &mut OwnedWriteHalf,
+        reader: &mut OwnedReadHalf,
+        inbuf: &mut BytesMut,
     ) -> bool {
         let pin = self.needs_pin();
-        let outcome = match batch
-            .execute(&self.shared.upstream, &mut self.pinned, pin, out, writer)
-            .await
-        {
+        let blocking = batch.blocking;
+        let run = batch.execute(&self.shared.upstream, &mut self.pinned, pin, out, writer);
+        let result = if blocking {
+            // A blocking command may wait for ever: watch the client meanwhile, so one that
+            // leaves releases its connection (and Redis its block) at once. Bytes it sends
+            // meanwhile are kept for after.
+            tokio::pin!(run);
+            loop {
+                inbuf.reserve(READ_CHUNK);
+                tokio::select! {
+                    result = &mut run => break result,
+                    read = reader.read_buf(inbuf), if inbuf.len() < self.shared.limits.query_buffer_limit => {
+                        match read {
+                            Ok(n) if n > 0 => metrics::global().bytes_in.increment(n as u64),
+                            _ => {
+                                tracing::debug!("client left during a blocking command");
+                                // The pinned connection is still armed (broken): dropped.
+                                return false;
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            run.await
+        };
+        let outcome = match result {
             Ok(outcome) => outcome,
             Err(_) => return false,
         };

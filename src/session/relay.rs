@@ -193,7 +193,7 @@ impl Session {
     ) -> Exit {
         let limits = self.shared.output_limits;
         // The dedicated connection speaks the client's protocol on the client's database.
-        if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay).await {
+        if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, true).await {
             return exit;
         }
         if let Step::Exit(exit) = self.relay_request(first, conn, relay).await {
@@ -388,11 +388,21 @@ impl Session {
         if relay.modes.reply_off || relay.modes.skip_armed {
             // No reply is owed, so there is nothing to order against: apply it, show
             // nothing (Redis suppresses the reply too).
-            relay.modes.skip_armed = false;
+            let skipping = std::mem::take(&mut relay.modes.skip_armed);
             let mut scratch = Batch::new();
             let _ = self.handle(request, &mut scratch).await;
-            if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay).await {
+            let changes = conn.state != self.conn_target();
+            if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, false).await {
                 return Step::Exit(exit);
+            }
+            if skipping && !changes {
+                // The upstream's SKIP still waits for a command: give it one whose
+                // reply nobody wants, so it does not swallow the client's next reply.
+                if let Step::Exit(exit) =
+                    forward_raw_bytes(conn, encode::command(&[&b"PING"[..]])).await
+                {
+                    return Step::Exit(exit);
+                }
             }
             return leave_if_idle(conn, relay).await;
         }
@@ -477,8 +487,10 @@ impl Session {
             }
             After::Local(request) => {
                 if self.proto == Proto::Resp2 && relay.modes.subscribed() {
-                    let full_name = full_name(&request);
-                    replies::not_in_subscribed_context(out, &full_name);
+                    // Redis checks the command's existence and arity first.
+                    if !precheck(&request, out) {
+                        replies::not_in_subscribed_context(out, &full_name(&request));
+                    }
                     return Step::Continue;
                 }
                 let mut scratch = Batch::new();
@@ -487,7 +499,7 @@ impl Session {
                 if matches!(flow, super::Flow::Close | super::Flow::Drop) {
                     return Step::Exit(Exit::Close);
                 }
-                if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay).await {
+                if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, true).await {
                     return Step::Exit(exit);
                 }
                 leave_if_idle(conn, relay).await
@@ -521,7 +533,11 @@ async fn leave_if_idle(conn: &mut Pinned, relay: &mut Relay) -> Step {
 }
 
 async fn forward_raw(conn: &mut Pinned, request: Request) -> Step {
-    match conn.write_all(&[request_bytes(request)], None).await {
+    forward_raw_bytes(conn, request_bytes(request)).await
+}
+
+async fn forward_raw_bytes(conn: &mut Pinned, bytes: Bytes) -> Step {
+    match conn.write_all(&[bytes], None).await {
         Ok(()) => Step::Continue,
         Err(error) => {
             tracing::debug!(%error, "relayed connection failed");
@@ -532,7 +548,14 @@ async fn forward_raw(conn: &mut Pinned, request: Request) -> Step {
 
 /// Brings the connection to the client's database and protocol after a local SELECT or
 /// HELLO, swallowing the replies.
-async fn sync_state(target: ConnState, conn: &mut Pinned, relay: &mut Relay) -> Step {
+/// `replies` is false when the upstream will not answer (CLIENT REPLY OFF, or the command
+/// a SKIP applies to).
+async fn sync_state(
+    target: ConnState,
+    conn: &mut Pinned,
+    relay: &mut Relay,
+    replies: bool,
+) -> Step {
     if conn.state == target {
         return Step::Continue;
     }
@@ -546,7 +569,9 @@ async fn sync_state(target: ConnState, conn: &mut Pinned, relay: &mut Relay) -> 
                 proto: target.proto,
             },
         );
-        relay.swallow.push_back(Expect::Hello);
+        if replies {
+            relay.swallow.push_back(Expect::Hello);
+        }
     }
     if conn.state.db != target.db {
         transition(
@@ -557,7 +582,9 @@ async fn sync_state(target: ConnState, conn: &mut Pinned, relay: &mut Relay) -> 
             },
             target,
         );
-        relay.swallow.push_back(Expect::Ok);
+        if replies {
+            relay.swallow.push_back(Expect::Ok);
+        }
     }
     conn.state = target;
     match conn.write_all(&[fix.freeze()], None).await {
@@ -609,6 +636,32 @@ fn subscription_count(frame: &[u8]) -> Option<(bool, i64)> {
     }
     let count = std::str::from_utf8(&body[colon + 1..]).ok()?.parse().ok()?;
     Some((shard, count))
+}
+
+/// Redis's unknown-subcommand and arity checks, which come before the subscribed-mode
+/// rule; writes the error and returns true if one fails.
+fn precheck(request: &Request, out: &mut BytesMut) -> bool {
+    let Some(cmd) = command::lookup(request.name()) else {
+        return false;
+    };
+    if !command::arity_ok(cmd.arity, request.args.len()) {
+        replies::wrong_arity(out, cmd.name);
+        return true;
+    }
+    if cmd.kind == Kind::Local(Local::Client) {
+        match command::client_subcommand(&request.args[1]) {
+            None => {
+                replies::unknown_subcommand(out, &request.args[0], &request.args[1]);
+                return true;
+            }
+            Some(sub) if !command::arity_ok(sub.arity, request.args.len()) => {
+                replies::wrong_arity(out, sub.full_name);
+                return true;
+            }
+            Some(_) => {}
+        }
+    }
+    false
 }
 
 /// A command's name as Redis prints it in errors: `client|setname` for subcommands.

@@ -45,7 +45,7 @@ pub enum UpstreamError {
     Stale(&'static str),
     /// The cap on pinned (dedicated) connections is reached.
     #[error(
-        "too many clients hold a dedicated upstream connection \
+        "upstream pool exhausted: too many clients hold a dedicated upstream connection \
          (MULTI, WATCH, blocking commands, pub/sub, MONITOR): max_pinned = {0}"
     )]
     TooManyPinned(usize),
