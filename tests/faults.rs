@@ -312,54 +312,48 @@ fn upstream_connection_lost_mid_request() {
     );
 }
 
+/// D6, as this design answers it: blocking commands hold dedicated connections, never the
+/// shared ones, so two clients in `BLPOP … 0` do not keep a third client's GET waiting;
+/// the cap on dedicated connections refuses the next blocking command at once.
 #[test]
-fn d6_pool_exhausted_after_the_wait_timeout() {
+fn d6_blocked_clients_do_not_exhaust_the_shared_pool() {
     let upstream = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&upstream)
         .pool_size(2)
-        .pool_wait_timeout_ms(500)
+        .max_pinned(2)
+        .pool_wait_timeout_ms(60_000)
         .start();
-    let mut a = proxy.conn();
-    let mut b = proxy.conn();
     let mut c = proxy.conn();
     c.call_expect(&["SET", "k", "v"], b"+OK\r\n");
-    // Warm the pool so both connections exist: a new connection could not finish its
-    // handshake while DEBUG SLEEP blocks the server.
+    let mut a = proxy.conn();
+    let mut b = proxy.conn();
+    a.send(&resp(&["BLPOP", "wait:a", "0"]));
+    b.send(&resp(&["BLPOP", "wait:b", "0"]));
+    // Both are blocked upstream once Redis counts them.
     let mut direct = upstream.conn();
-    let warmed = wait_until(Duration::from_secs(5), || {
-        let many: Vec<u8> = (0..50).flat_map(|_| resp(&["GET", "k"])).collect();
-        a.send(&many);
-        b.send(&many);
-        for _ in 0..50 {
-            a.expect(b"$1\r\nv\r\n");
-            b.expect(b"$1\r\nv\r\n");
-        }
-        let list = direct.call(&["CLIENT", "LIST"]);
-        list.split(|&x| x == b'\n')
-            .filter(|l| l.starts_with(b"id="))
-            .count()
-            >= 3
-    });
     assert!(
-        warmed,
-        "the proxy never opened a second pooled connection (pool_size 2)"
+        wait_until(Duration::from_secs(5), || {
+            let info = direct.call(&["INFO", "clients"]);
+            String::from_utf8_lossy(&info).contains("blocked_clients:2")
+        }),
+        "the two BLPOPs never blocked upstream"
     );
-    // Both pooled connections busy for ~1 s each (Redis runs them one after the other).
-    a.send(&resp(&["DEBUG", "SLEEP", "1"]));
-    b.send(&resp(&["DEBUG", "SLEEP", "1"]));
-    thread::sleep(Duration::from_millis(150));
-    let (r, took) = timed_call(&mut c, &["GET", "k"]);
-    assert_err_prefix(&r, "-ERR upstream pool exhausted");
-    // Only the deterministic bound: the pool's timer cannot fire before 500 ms.
-    assert!(
-        took >= Duration::from_millis(400),
-        "pool wait lasted only {took:?}"
-    );
-    a.timeout = Duration::from_secs(4);
-    b.timeout = Duration::from_secs(4);
-    a.expect(b"+OK\r\n");
-    b.expect(b"+OK\r\n");
+    // The shared path is free: a wait for the 60 s pool timeout would fail the read.
     c.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
+    // The dedicated connections are all taken: refused at once, connection still usable.
+    let r = c.call(&["BLPOP", "wait:c", "0"]);
+    assert_err_prefix(&r, "-ERR upstream pool exhausted");
+    c.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
+    // Released by their pushes, the blocked clients get their values.
+    direct.call_expect(&["LPUSH", "wait:a", "x"], b":1\r\n");
+    direct.call_expect(&["LPUSH", "wait:b", "y"], b":1\r\n");
+    a.expect(b"*2\r\n$6\r\nwait:a\r\n$1\r\nx\r\n");
+    b.expect(b"*2\r\n$6\r\nwait:b\r\n$1\r\ny\r\n");
+    direct.call_expect(&["LPUSH", "wait:c", "z"], b":1\r\n");
+    c.call_expect(
+        &["BLPOP", "wait:c", "0"],
+        b"*2\r\n$6\r\nwait:c\r\n$1\r\nz\r\n",
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
-use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError};
+use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError, mux};
 
 /// Replies buffered for a client beyond this are written out before reading more from
 /// the upstream, so a pipeline of large replies does not pile up in memory.
@@ -264,19 +264,85 @@ impl Batch {
                 }),
             }
         } else {
-            let mut conn = match upstream.get().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::debug!(%error, "no upstream connection for a batch");
-                    self.emit_without_upstream(out, &error);
-                    return Ok(Outcome {
-                        held: None,
-                        failed: true,
-                    });
-                }
-            };
-            self.run_on(&mut conn, timeout, out, client).await
+            let first = self.first.unwrap_or(ConnState::INITIAL);
+            self.run_shared(upstream, first, out, client).await
         }
+    }
+
+    /// Runs the batch on a shared, multiplexed lane.
+    async fn run_shared(
+        &mut self,
+        upstream: &Upstream,
+        first: ConnState,
+        out: &mut BytesMut,
+        client: &mut OwnedWriteHalf,
+    ) -> std::io::Result<Outcome> {
+        let expected = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Upstream { .. }))
+            .count();
+        let (reply_tx, mut replies) = tokio::sync::mpsc::channel(mux::REPLY_BUFFER);
+        let job = mux::Job {
+            first,
+            last: self.last,
+            db_unknown: self.db_unknown,
+            chunks: std::mem::take(&mut self.chunks),
+            replies: expected,
+            reply_tx,
+        };
+        let mut failure: Option<(String, ErrorClass)> = None;
+        if let Err(error) = upstream.mux.submit(job).await {
+            failure = Some((error.to_string(), error.class()));
+        }
+        let mut start = 0;
+        for step in &self.steps {
+            match *step {
+                Step::Local(end) => {
+                    out.extend_from_slice(&self.local[start..end]);
+                    start = end;
+                }
+                Step::Upstream { pass, command } => {
+                    if failure.is_none() {
+                        match replies.recv().await {
+                            Some(Ok((reply, frame))) => {
+                                if pass == Pass::Swallow {
+                                    if frame.error {
+                                        failure = Some(state_change_failed(&reply));
+                                    }
+                                    continue;
+                                }
+                                let class = frame.error.then(|| ErrorClass::of_reply(&reply));
+                                metrics::record_command(command, class, self.started.elapsed());
+                                out.extend_from_slice(&reply);
+                            }
+                            Some(Err(error)) => failure = Some((error.to_string(), error.class())),
+                            None => {
+                                let error = UpstreamError::Lost("connection closed".to_owned());
+                                failure = Some((error.to_string(), error.class()));
+                            }
+                        }
+                        if failure.is_none() {
+                            if out.len() >= CLIENT_FLUSH_BYTES {
+                                client.write_all(out).await?;
+                                out.clear();
+                            }
+                            continue;
+                        }
+                    }
+                    if let Some((text, class)) = &failure {
+                        if pass != Pass::Swallow {
+                            replies::proxy_error(out, text);
+                            metrics::record_command(command, Some(*class), self.started.elapsed());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Outcome {
+            held: None,
+            failed: failure.is_some(),
+        })
     }
 
     async fn run_on(

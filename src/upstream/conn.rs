@@ -276,6 +276,11 @@ impl UpstreamConn {
         }
     }
 
+    /// The socket and any bytes already read, for a lane that splits it in two.
+    pub(super) fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
+    }
+
     /// Checks, without waiting, that an idle connection is still usable: not broken, no
     /// unread bytes, not closed by the peer. A pooled connection whose server restarted
     /// is caught here, before a request is written to it.
@@ -301,7 +306,10 @@ fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-async fn write_chunks(stream: &mut TcpStream, chunks: &[Bytes]) -> std::io::Result<()> {
+pub(super) async fn write_chunks(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    chunks: &[Bytes],
+) -> std::io::Result<()> {
     const MAX_SLICES: usize = 64;
     let (mut index, mut offset) = (0usize, 0usize);
     while index < chunks.len() {

@@ -1,5 +1,6 @@
-//! The upstream side: a bb8 pool of authenticated connections to the real Redis, what the
-//! proxy knows about that server, and the health that makes failures fast and distinct.
+//! The upstream side: the shared, multiplexed lanes (`mux`) that carry most traffic, a bb8
+//! pool of dedicated connections for clients in a connection-bound state (`Pinned`), what
+//! the proxy knows about the server, and the health that makes failures fast and distinct.
 //!
 //! bb8 on its own makes a waiter sit out the whole pool timeout when connecting fails
 //! (bb8#141). Every connect failure is therefore also published here, and a checkout that
@@ -8,6 +9,7 @@
 //! reconnect rate while the upstream is down.
 
 pub mod conn;
+pub mod mux;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -227,7 +229,9 @@ impl std::ops::DerefMut for Pinned {
 
 /// The pool and what is known about the server behind it.
 pub struct Upstream {
-    pool: Pool<Manager>,
+    /// The shared path: multiplexed lanes (see `mux`).
+    pub mux: mux::Mux,
+    lanes: usize,
     /// Dedicated connections: a separate pool, so clients holding one never starve the
     /// shared pool, bounded by `pins`.
     pinned_pool: Pool<Manager>,
@@ -257,14 +261,7 @@ impl Upstream {
             health: health.clone(),
             info: info.clone(),
         };
-        let pool = Pool::builder()
-            .max_size(config.upstream.pool_size)
-            .min_idle(None)
-            .connection_timeout(config.upstream.pool_wait_timeout())
-            .retry_connection(false)
-            .test_on_check_out(true)
-            .error_sink(Box::new(HealthSink(health.clone())))
-            .build_unchecked(manager());
+
         let max_pinned = config.upstream.max_pinned;
         let pinned_pool = Pool::builder()
             .max_size(u32::try_from(max_pinned).unwrap_or(u32::MAX))
@@ -275,8 +272,17 @@ impl Upstream {
             .test_on_check_out(true)
             .error_sink(Box::new(HealthSink(health.clone())))
             .build_unchecked(manager());
+        let mux = mux::Mux::new(
+            config.upstream.pool_size as usize,
+            pinned_pool.clone(),
+            health.clone(),
+            config.upstream.command_timeout(),
+            config.upstream.reconnect_backoff(),
+            config.limits.max_reply_depth,
+        );
         Upstream {
-            pool,
+            mux,
+            lanes: config.upstream.pool_size as usize,
             pinned_pool,
             pins: Arc::new(Semaphore::new(max_pinned)),
             max_pinned,
@@ -288,8 +294,9 @@ impl Upstream {
         }
     }
 
-    /// Checks a connection out of the pool. Fails at once with the connect error when the
-    /// upstream cannot be reached or refuses the credentials.
+    /// Checks a connection out of the dedicated pool for a short exchange (the readiness
+    /// probe, server information). Fails at once with the connect error when the upstream
+    /// cannot be reached or refuses the credentials.
     pub async fn get(&self) -> Result<PooledConn<'_>, UpstreamError> {
         if let Some(error) = self.health.recent(self.reconnect_backoff) {
             return Err(error);
@@ -299,7 +306,7 @@ impl Upstream {
         let started = Instant::now();
         let result = tokio::select! {
             biased;
-            conn = self.pool.get() => conn.map_err(|e| match e {
+                        conn = self.pinned_pool.get() => conn.map_err(|e| match e {
                 RunError::User(e) => e,
                 RunError::TimedOut => self.health.last().unwrap_or(
                     UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
@@ -315,14 +322,14 @@ impl Upstream {
         result
     }
 
-    /// Sets the upstream-connection gauges from the pool's state (called at scrape time).
+    /// Sets the upstream-connection gauges (called at scrape time): `in_use` counts the
+    /// shared lanes, `idle` the dedicated connections waiting in their pool, `pinned` those
+    /// held by clients.
     pub fn update_gauges(&self) {
-        let state = self.pool.state();
+        let state = self.pinned_pool.state();
         let global = crate::metrics::global();
         global.upstream_idle.set(f64::from(state.idle_connections));
-        global
-            .upstream_in_use
-            .set(f64::from(state.connections - state.idle_connections));
+        global.upstream_in_use.set(self.lanes as f64);
         let pinned = self.max_pinned - self.pins.available_permits();
         global.upstream_pinned.set(pinned as f64);
     }

@@ -1,0 +1,695 @@
+#!/usr/bin/env bash
+# Comparison anyone can rerun: redis-benchmark straight at a password-protected Redis, through
+# redis-ambassador (release build, no client password) and through twemproxy (nutcracker, with
+# redis_auth), all three interleaved in one run so that machine noise spreads evenly.
+#
+#   benches/compare.sh              quick mode (the default): 3 repetitions, ~0.8 s per run
+#   benches/compare.sh --quick      the same
+#   benches/compare.sh --full       5 repetitions, ~3 s per run (about 12 minutes on 2 cores)
+#   benches/compare.sh --out FILE   also write the results as Markdown to FILE
+#
+# Matrix: tests SET, GET, INCR, LPUSH, MSET (redis-benchmark -t, one test per run), random keys
+# (-r 100000), each at 50 clients pipeline 1, 50 clients pipeline 16 and 1 client pipeline 1.
+# For every repetition, case and test the three targets run back to back (the order rotates
+# from one repetition to the next). -n is calibrated once per case and test, on short warm-up
+# runs against all three targets, so that the three runs together take about 3 x the run time;
+# it is bounded, and so is every run (timeout). The table gives, per case, test and target,
+# the median requests/s over the repetitions, the ratios to direct and to twemproxy, and the
+# median p50/p99 latencies with their deltas to direct, in microseconds.
+#
+# On Debian it installs redis-server, redis-tools and nutcracker when they are missing (as
+# root, or through sudo), and builds the ambassador (cargo build --release). Everything listens
+# on 127.0.0.1 only, on free ports picked at random. Everything it starts is stopped, and its
+# temporary directory removed, on exit. The generated Redis password lives in 0600 files and
+# is never printed; redis-benchmark has no other way to take it than -a, so it does appear on
+# redis-benchmark's command line (direct and twemproxy runs) while the benchmark runs.
+set -euo pipefail
+
+usage() {
+    sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+mode=quick
+out_file=""
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --quick) mode=quick ;;
+        --full) mode=full ;;
+        --out)
+            [ "$#" -ge 2 ] || { usage >&2; exit 2; }
+            out_file=$2
+            shift
+            ;;
+        --out=*) out_file=${1#--out=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -n "$out_file" ]; then
+    # Resolve it against the caller's directory before we cd.
+    case "$out_file" in
+        /*) ;;
+        *) out_file="$(pwd)/$out_file" ;;
+    esac
+    # Fail now rather than after the benchmark.
+    : >"$out_file" || { echo "error: cannot write $out_file" >&2; exit 2; }
+fi
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo_root=$(pwd)
+# shellcheck source=scripts/common.sh disable=SC1091  # followed with shellcheck -x
+. scripts/common.sh
+
+# --- parameters ----------------------------------------------------------------------------
+
+keyspace=100000                      # redis-benchmark -r
+tests=(set get incr lpush mset)      # redis-benchmark -t, one per run
+case_ids=(c50p1 c50p16 c1p1)
+case_clients=(50 50 1)
+case_pipeline=(1 16 1)
+case_labels=("50 clients, pipeline 1" "50 clients, pipeline 16" "1 client, pipeline 1")
+targets=(direct ambassador twemproxy)
+# Requests per warm-up (calibration) run, per case: ~0.1-0.5 s each.
+case_cal_n=(20000 100000 2000)
+n_min=1000
+if [ "$mode" = full ]; then
+    reps=5
+    run_ms=3000        # aimed duration of one run (the mean over the three targets)
+    n_max=20000000
+    run_timeout=60     # seconds; a run that takes longer is killed and counted as failed
+else
+    reps=3
+    run_ms=800
+    n_max=4000000
+    run_timeout=20
+fi
+expected_header='"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"'
+
+# --- helpers -------------------------------------------------------------------------------
+
+# True when nothing can be bound / is listening on 127.0.0.1:$1.
+port_is_free() {
+    local port=$1
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$port" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+PY
+    else
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 1
+        fi
+        return 0
+    fi
+}
+
+# Print a free TCP port on 127.0.0.1, different from the ones given as arguments.
+free_port() {
+    local port taken tries=0
+    while [ "$tries" -lt 200 ]; do
+        tries=$((tries + 1))
+        port=$((20000 + RANDOM % 40000))
+        taken=false
+        for t in "$@"; do
+            [ "$port" = "$t" ] && taken=true
+        done
+        if ! $taken && port_is_free "$port"; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "could not find a free TCP port on 127.0.0.1"
+}
+
+# Print the last lines of a log file, to explain a failure.
+show_log() {
+    local name=$1 file=$2
+    if [ -s "$file" ]; then
+        printf '\n--- last lines of the %s log ---\n' "$name" >&2
+        tail -n 30 "$file" >&2
+        printf -- '---\n' >&2
+    fi
+}
+
+nutcracker_bin() {
+    if command -v nutcracker >/dev/null 2>&1; then
+        command -v nutcracker
+    elif [ -x /usr/sbin/nutcracker ]; then
+        echo /usr/sbin/nutcracker
+    else
+        return 1
+    fi
+}
+
+# Install, from Debian's packages, whichever of redis-server, redis-tools (redis-cli,
+# redis-benchmark) and nutcracker is missing.
+ensure_tools() {
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+        missing+=(redis-tools)
+    fi
+    nutcracker_bin >/dev/null || missing+=(nutcracker)
+    command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) not found"
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 \
+        || die "missing ${missing[*]} and apt-get is not available: install them yourself"
+    step "Installing ${missing[*]} (apt-get)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
+    command -v redis-benchmark >/dev/null 2>&1 || die "redis-benchmark still not on PATH after apt-get install"
+    nutcracker_bin >/dev/null || die "nutcracker still not found after apt-get install"
+}
+
+# Wait (at most 10 s) until `redis-cli -p PORT SET …` answers OK; $1 is the pid to watch.
+# The password, if any, goes through the environment (REDISCLI_AUTH), never the command line.
+wait_ready() {
+    local pid=$1 port=$2 auth=$3 reply
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if [ -n "$auth" ]; then
+            reply=$(REDISCLI_AUTH="$auth" redis-cli -h 127.0.0.1 -p "$port" SET compare:probe 1 2>/dev/null) || true
+        else
+            reply=$(redis-cli -h 127.0.0.1 -p "$port" SET compare:probe 1 2>/dev/null) || true
+        fi
+        [ "$reply" = OK ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Stop one process we started: TERM, up to 10 s, then KILL.
+stop_pid() {
+    local pid=$1
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# --- clean-up ------------------------------------------------------------------------------
+
+tmp=""
+redis_pid=""
+amb_pid=""
+twem_pid=""
+bench_pid=""
+
+# shellcheck disable=SC2317  # invoked through the EXIT trap
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    stop_pid "$bench_pid"
+    stop_pid "$amb_pid"
+    stop_pid "$twem_pid"
+    stop_pid "$redis_pid"
+    if [ -n "$tmp" ] && [ -d "$tmp" ]; then
+        rm -rf -- "$tmp"
+    fi
+    if [ -n "$redis_pid" ]; then
+        echo "compare: stopped what it started, removed its temporary directory" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- prerequisites and build ---------------------------------------------------------------
+
+ensure_tools
+ensure_cargo
+nutcracker=$(nutcracker_bin)
+
+step "Building redis-ambassador (cargo build --release)"
+cargo build --release
+ambassador="$repo_root/target/release/redis-ambassador"
+[ -x "$ambassador" ] || die "$ambassador was not built"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/redis-ambassador-compare.XXXXXX")
+chmod 700 "$tmp"
+
+# --- a password-protected Redis ------------------------------------------------------------
+
+step "Starting redis-server, redis-ambassador and twemproxy on 127.0.0.1"
+password_file="$tmp/redis-password"
+(
+    umask 077
+    head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$password_file"
+    echo >>"$password_file"
+    # The password goes into redis.conf, never onto redis-server's command line.
+    { printf 'requirepass '; cat "$password_file"; } >"$tmp/redis.conf"
+)
+password=$(<"$password_file")
+
+redis_port=$(free_port 6379)
+redis-server "$tmp/redis.conf" \
+    --port "$redis_port" --bind 127.0.0.1 \
+    --save "" --appendonly no \
+    --dir "$tmp" --logfile "$tmp/redis.log" \
+    </dev/null >/dev/null 2>&1 &
+redis_pid=$!
+if ! wait_ready "$redis_pid" "$redis_port" "$password"; then
+    show_log redis-server "$tmp/redis.log"
+    die "redis-server did not come up on 127.0.0.1:$redis_port"
+fi
+echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 0600 file"
+
+# --- the ambassador, with a config derived from the repo's config.toml ----------------------
+
+amb_port=$(free_port 6379 "$redis_port")
+metrics_port=$(free_port 6379 "$redis_port" "$amb_port")
+config="$tmp/ambassador.toml"
+# Same keys as config.toml; only these values change:
+#   [listen]   address        -> 127.0.0.1:<free port>
+#   [upstream] address        -> 127.0.0.1:<redis port>
+#   [upstream] password_file  -> the generated password file (any password_* line is replaced)
+#   [metrics]  address        -> 127.0.0.1:<free port>
+#   [shutdown] drain_delay_ms -> 0, when config.toml has that key (so clean-up is quick)
+has_drain=false
+if grep -Eq '^[[:space:]]*drain_delay_ms[[:space:]]*=' config.toml; then
+    has_drain=true
+fi
+awk -v listen="127.0.0.1:$amb_port" \
+    -v upstream="127.0.0.1:$redis_port" \
+    -v pwfile="$password_file" \
+    -v metrics="127.0.0.1:$metrics_port" '
+    /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
+        section = $0
+        sub(/^[[:space:]]*\[/, "", section)
+        sub(/\].*$/, "", section)
+    }
+    section == "upstream" && /^[[:space:]]*#?[[:space:]]*password_(file|env)[[:space:]]*=/ { next }
+    section == "shutdown" && /^[[:space:]]*drain_delay_ms[[:space:]]*=/ { print "drain_delay_ms = 0"; next }
+    /^[[:space:]]*address[[:space:]]*=/ {
+        if (section == "listen")   { print "address = \"" listen "\"";   next }
+        if (section == "metrics")  { print "address = \"" metrics "\"";  next }
+        if (section == "upstream") {
+            print "address = \"" upstream "\""
+            print "password_file = \"" pwfile "\""
+            next
+        }
+    }
+    { print }
+' config.toml >"$config"
+wants=("address = \"127.0.0.1:$amb_port\""
+    "address = \"127.0.0.1:$redis_port\""
+    "password_file = \"$password_file\""
+    "address = \"127.0.0.1:$metrics_port\"")
+if $has_drain; then
+    wants+=("drain_delay_ms = 0")
+fi
+for want in "${wants[@]}"; do
+    grep -qF "$want" "$config" || die "could not derive the ambassador's config from config.toml (missing: $want)"
+done
+if ! check_out=$("$ambassador" --config "$config" --check 2>&1); then
+    printf '%s\n' "$check_out" >&2
+    die "redis-ambassador --check rejected the config derived from config.toml"
+fi
+
+"$ambassador" --config "$config" </dev/null >"$tmp/ambassador.log" 2>&1 &
+amb_pid=$!
+if ! wait_ready "$amb_pid" "$amb_port" ""; then
+    show_log redis-ambassador "$tmp/ambassador.log"
+    die "redis-ambassador did not come up on 127.0.0.1:$amb_port"
+fi
+drain_note=""
+if $has_drain; then
+    drain_note=", drain_delay_ms = 0"
+fi
+echo "redis-ambassador  127.0.0.1:$amb_port (pid $amb_pid), metrics 127.0.0.1:$metrics_port, no client password$drain_note"
+
+# --- twemproxy -----------------------------------------------------------------------------
+
+twem_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port")
+twem_stats_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port" "$twem_port")
+twem_conf="$tmp/nutcracker.yml"
+(
+    umask 077
+    # With redis_auth, twemproxy authenticates to Redis and also requires its clients to send
+    # AUTH with the same password (redis-benchmark -a).
+    cat >"$twem_conf" <<EOF
+bench:
+  listen: 127.0.0.1:$twem_port
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  redis_auth: "$password"
+  preconnect: true
+  auto_eject_hosts: false
+  server_connections: 1
+  servers:
+   - 127.0.0.1:$redis_port:1
+EOF
+)
+"$nutcracker" --test-conf --conf-file="$twem_conf" >"$tmp/nutcracker-test.log" 2>&1 \
+    || { show_log nutcracker "$tmp/nutcracker-test.log"; die "nutcracker rejected its config"; }
+"$nutcracker" --conf-file="$twem_conf" --output="$tmp/nutcracker.log" \
+    --stats-addr=127.0.0.1 --stats-port="$twem_stats_port" --pid-file="$tmp/nutcracker.pid" \
+    </dev/null >/dev/null 2>&1 &
+twem_pid=$!
+if ! wait_ready "$twem_pid" "$twem_port" "$password"; then
+    show_log nutcracker "$tmp/nutcracker.log"
+    die "twemproxy did not come up on 127.0.0.1:$twem_port"
+fi
+echo "twemproxy         127.0.0.1:$twem_port (pid $twem_pid), stats 127.0.0.1:$twem_stats_port, redis_auth set, 1 server connection"
+
+# --- about this run ------------------------------------------------------------------------
+
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+[ -n "$cpu_model" ] || cpu_model=$(uname -m)
+redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+bench_version=$(redis-benchmark --version 2>/dev/null | awk '{ print $2 }')
+twem_version=$("$nutcracker" --version 2>&1 | sed -n 's/.*nutcracker-\([^ ]*\).*/\1/p' | head -n 1)
+rustc_version=$(rustc --version 2>/dev/null | awk '{ print $2 }')
+git_rev=$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$git_rev" != unknown ] && [ -n "$(git -C "$repo_root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    git_rev="$git_rev + uncommitted changes"
+fi
+started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- benchmark -----------------------------------------------------------------------------
+
+results="$tmp/results.tsv"   # case test target rep rps p50_ms p99_ms
+sizes="$tmp/sizes.tsv"       # case test n
+: >"$results"
+: >"$sizes"
+failures=0
+
+target_port() {
+    case "$1" in
+        direct) echo "$redis_port" ;;
+        ambassador) echo "$amb_port" ;;
+        twemproxy) echo "$twem_port" ;;
+    esac
+}
+target_pid() {
+    case "$1" in
+        direct) echo "$redis_pid" ;;
+        ambassador) echo "$amb_pid" ;;
+        twemproxy) echo "$twem_pid" ;;
+    esac
+}
+
+# One redis-benchmark run: target clients pipeline test n. Sets r_rps, r_p50, r_p99 (ms);
+# returns 1 when the run failed or timed out.
+run_bench() {
+    local target=$1 clients=$2 pipeline=$3 test=$4 n=$5 port rc=0 header line
+    local auth=()
+    port=$(target_port "$target")
+    # The ambassador has no client password: the application connects without one.
+    [ "$target" = ambassador ] || auth=(-a "$password")
+    timeout -k 5 "$run_timeout" redis-benchmark -h 127.0.0.1 -p "$port" "${auth[@]}" \
+        -c "$clients" -P "$pipeline" -n "$n" -r "$keyspace" -t "$test" --csv \
+        </dev/null >"$tmp/run.csv" 2>"$tmp/run.err" &
+    bench_pid=$!
+    wait "$bench_pid" || rc=$?
+    bench_pid=""
+    header=$(sed -n '1{s/\r$//;p;}' "$tmp/run.csv")
+    if [ -n "$header" ] && [ "$header" != "$expected_header" ]; then
+        die "unexpected redis-benchmark --csv header: $header (expected $expected_header)"
+    fi
+    line=$(sed -n '2{s/\r$//;p;}' "$tmp/run.csv")
+    if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
+        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+            echo "  (timed out after ${run_timeout}s)" >"$tmp/run.why"
+        else
+            { echo "  (exit status $rc)"; tail -n 3 "$tmp/run.err" | grep -v 'Could not fetch server CONFIG' | sed 's/^/  /'; } >"$tmp/run.why"
+        fi
+        return 1
+    fi
+    read -r r_rps r_p50 r_p99 < <(printf '%s\n' "$line" | awk -F, '{ gsub(/"/, ""); print $2, $5, $7 }')
+    [[ "$r_rps" =~ ^[0-9.]+$ && "$r_p50" =~ ^[0-9.]+$ && "$r_p99" =~ ^[0-9.]+$ ]] || {
+        echo "  (could not read: $line)" >"$tmp/run.why"
+        return 1
+    }
+}
+
+# Die if a target's process has exited (everything after would fail the same way).
+check_alive() {
+    local target=$1 pid log
+    pid=$(target_pid "$target")
+    kill -0 "$pid" 2>/dev/null && return 0
+    case "$target" in
+        direct) log=redis.log ;;
+        ambassador) log=ambassador.log ;;
+        twemproxy) log=nutcracker.log ;;
+    esac
+    show_log "$target" "$tmp/$log"
+    die "the $target target (pid $pid) has exited"
+}
+
+# redis-benchmark's LPUSH always pushes onto one list: empty it between trios so that it
+# cannot grow without bound (not timed).
+reset_list() {
+    REDISCLI_AUTH="$password" redis-cli -h 127.0.0.1 -p "$redis_port" DEL mylist >/dev/null 2>&1 || true
+}
+
+step "Calibrating -n (short warm-up runs, all three targets, aiming at ~${run_ms} ms per run)"
+for ci in "${!case_ids[@]}"; do
+    line="  ${case_labels[$ci]}:"
+    for test in "${tests[@]}"; do
+        inv_sum=0
+        for target in "${targets[@]}"; do
+            if ! run_bench "$target" "${case_clients[$ci]}" "${case_pipeline[$ci]}" "$test" "${case_cal_n[$ci]}"; then
+                cat "$tmp/run.why" >&2
+                check_alive "$target"
+                die "warm-up run failed: $target, ${case_labels[$ci]}, $test"
+            fi
+            inv_sum=$(awk -v s="$inv_sum" -v r="$r_rps" 'BEGIN { printf "%.12f", s + 1 / r }')
+        done
+        [ "$test" = lpush ] && reset_list
+        # n such that the three runs together take ~3 x run_ms: run_ms x the harmonic mean
+        # of the three rates, rounded to a thousand and bounded.
+        n=$(awk -v s="$inv_sum" -v ms="$run_ms" -v lo="$n_min" -v hi="$n_max" \
+            'BEGIN { n = int(3 / s * ms / 1000 / 1000 + 0.5) * 1000; if (n < lo) n = lo; if (n > hi) n = hi; print n }')
+        printf '%s\t%s\t%s\n' "${case_ids[$ci]}" "$test" "$n" >>"$sizes"
+        line="$line $test=$n"
+    done
+    echo "$line"
+done
+
+step "Running: $reps repetitions x ${#case_ids[@]} cases x ${#tests[@]} tests x ${#targets[@]} targets, interleaved"
+bench_start=$SECONDS
+for rep in $(seq 1 "$reps"); do
+    # Rotate the order of the targets from one repetition to the next.
+    shift_by=$(((rep - 1) % ${#targets[@]}))
+    order=("${targets[@]:$shift_by}" "${targets[@]:0:$shift_by}")
+    for ci in "${!case_ids[@]}"; do
+        line="  rep $rep/$reps  ${case_labels[$ci]}:"
+        for test in "${tests[@]}"; do
+            n=$(awk -v c="${case_ids[$ci]}" -v t="$test" -F'\t' '$1 == c && $2 == t { print $3 }' "$sizes")
+            mark=""
+            for target in "${order[@]}"; do
+                if run_bench "$target" "${case_clients[$ci]}" "${case_pipeline[$ci]}" "$test" "$n"; then
+                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${case_ids[$ci]}" "$test" "$target" "$rep" \
+                        "$r_rps" "$r_p50" "$r_p99" >>"$results"
+                else
+                    failures=$((failures + 1))
+                    mark="$mark!"
+                    {
+                        echo "warning: run failed: $target, ${case_labels[$ci]}, $test, n=$n"
+                        cat "$tmp/run.why"
+                    } >&2
+                    check_alive "$target"
+                fi
+            done
+            [ "$test" = lpush ] && reset_list
+            line="$line $test$mark"
+        done
+        echo "$line"
+    done
+done
+bench_secs=$((SECONDS - bench_start))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report --------------------------------------------------------------------------------
+
+# The table, as tab-separated rows (first row: header), with medians over the repetitions.
+table="$tmp/table.tsv"
+summary="$tmp/summary.tsv"
+LC_ALL=C awk -F'\t' -v OFS='\t' \
+    -v cases="${case_ids[*]}" -v labels="$(printf '%s|' "${case_labels[@]}")" \
+    -v tests="${tests[*]}" -v targets="${targets[*]}" -v summary="$summary" '
+    function median(key,    k, m, i, j, v, a) {
+        if (!(key in vals)) return ""
+        m = split(vals[key], a, " ")
+        for (i = 2; i <= m; i++) {       # insertion sort (mawk has no asort)
+            v = a[i] + 0
+            for (j = i - 1; j >= 1 && a[j] + 0 > v; j--) a[j + 1] = a[j]
+            a[j + 1] = v
+        }
+        if (m % 2) return a[(m + 1) / 2] + 0
+        return (a[m / 2] + a[m / 2 + 1]) / 2
+    }
+    function ratio(x, y) { return (x == "" || y == "" || y == 0) ? "-" : sprintf("%.2f×", x / y) }
+    function us(x) { return x == "" ? "-" : sprintf("%.0f", x * 1000) }
+    function delta(x, y) { return (x == "" || y == "") ? "-" : sprintf("%+.0f", (x - y) * 1000) }
+    function minmax(name, v) {
+        if (v == "") return
+        if (!(name in lo) || v < lo[name]) lo[name] = v
+        if (!(name in hi) || v > hi[name]) hi[name] = v
+    }
+    function range(name) {
+        if (!(name in lo)) return "-"
+        if (sprintf("%.2f", lo[name]) == sprintf("%.2f", hi[name])) return sprintf("%.2f×", lo[name])
+        return sprintf("%.2f–%.2f×", lo[name], hi[name])
+    }
+    function urange(name) {
+        if (!(name in lo)) return "-"
+        if (sprintf("%+.0f", lo[name]) == sprintf("%+.0f", hi[name])) return sprintf("%+.0f µs", lo[name])
+        return sprintf("%+.0f to %+.0f µs", lo[name], hi[name])
+    }
+    FILENAME == ARGV[1] { size[$1 SUBSEP $2] = $3; next }
+    {
+        k = $1 SUBSEP $2 SUBSEP $3
+        vals[k "rps"] = vals[k "rps"] " " $5
+        vals[k "p50"] = vals[k "p50"] " " $6
+        vals[k "p99"] = vals[k "p99"] " " $7
+        count[k]++
+    }
+    END {
+        nc = split(cases, C, " "); split(labels, L, "|")
+        nt = split(tests, T, " "); ng = split(targets, G, " ")
+        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct", "×twemproxy", "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs"
+        for (c = 1; c <= nc; c++) {
+            for (t = 1; t <= nt; t++) {
+                for (g = 1; g <= ng; g++) {
+                    k = C[c] SUBSEP T[t] SUBSEP G[g]
+                    rps[G[g]] = median(k "rps"); p50[G[g]] = median(k "p50"); p99[G[g]] = median(k "p99")
+                }
+                for (g = 1; g <= ng; g++) {
+                    x = G[g]
+                    vd = (x == "direct") ? "1.00×" : ratio(rps[x], rps["direct"])
+                    vt = (x == "twemproxy") ? "" : ratio(rps[x], rps["twemproxy"])
+                    d50 = (x == "direct") ? "" : delta(p50[x], p50["direct"])
+                    d99 = (x == "direct") ? "" : delta(p99[x], p99["direct"])
+                    if (rps[x] == "") vd = "-"
+                    print L[c], (g == 1 ? toupper(T[t]) : ""), (g == 1 ? size[C[c] SUBSEP T[t]] : ""), x, \
+                        count[C[c] SUBSEP T[t] SUBSEP x] + 0, (rps[x] == "" ? "failed" : sprintf("%.0f", rps[x])), \
+                        vd, vt, us(p50[x]), d50, us(p99[x]), d99
+                }
+                if (rps["direct"] != "" && rps["ambassador"] != "") minmax(C[c] "ad", rps["ambassador"] / rps["direct"])
+                if (rps["twemproxy"] != "" && rps["ambassador"] != "") minmax(C[c] "at", rps["ambassador"] / rps["twemproxy"])
+                if (rps["direct"] != "" && rps["twemproxy"] != "") minmax(C[c] "td", rps["twemproxy"] / rps["direct"])
+                if (p50["direct"] != "" && p50["ambassador"] != "") minmax(C[c] "a50", (p50["ambassador"] - p50["direct"]) * 1000)
+                if (p50["direct"] != "" && p50["twemproxy"] != "") minmax(C[c] "t50", (p50["twemproxy"] - p50["direct"]) * 1000)
+            }
+        }
+        print "Case", "ambassador/direct", "ambassador/twemproxy", "twemproxy/direct", "ambassador Δp50", "twemproxy Δp50" > summary
+        for (c = 1; c <= nc; c++)
+            print L[c], range(C[c] "ad"), range(C[c] "at"), range(C[c] "td"), urange(C[c] "a50"), urange(C[c] "t50") > summary
+    }
+' "$sizes" "$results" >"$table"
+
+# Display width of a string (UTF-8: count the bytes that do not continue a character).
+# Text rendering: aligned columns; column 1 (the case) becomes a heading when it changes.
+render_text() {
+    LC_ALL=C awk -F'\t' -v grouped="$1" '
+        function w(s) { gsub(/[\200-\277]/, "", s); return length(s) }
+        function pad(s, n, left,    p) { p = sprintf("%" (n - w(s) > 0 ? n - w(s) : 0) "s", ""); return left ? s p : p s }
+        { for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (w($i) > width[i]) width[i] = w($i) } ; nf[NR] = NF }
+        END {
+            first = grouped ? 2 : 1
+            for (r = 1; r <= NR; r++) {
+                if (grouped && r > 1 && cell[r, 1] != prev) { printf "\n%s\n", cell[r, 1]; prev = cell[r, 1] }
+                out = ""
+                for (i = first; i <= nf[r]; i++) {
+                    left = grouped ? (i == 2 || i == 4) : (i == 1)   # text columns left-aligned
+                    out = out (i > first ? "  " : "") pad(cell[r, i], width[i], left)
+                }
+                sub(/ +$/, "", out)
+                print out
+            }
+        }
+    ' "$2"
+}
+
+# Markdown rendering: a pipe table, the text columns left-aligned.
+render_markdown() {
+    awk -F'\t' '
+        {
+            out = "|"
+            for (i = 1; i <= NF; i++) out = out " " ($i == "" ? " " : $i) " |"
+            print out
+            if (NR == 1) {
+                out = "|"
+                for (i = 1; i <= NF; i++) out = out ($i == "Case" || $i == "Test" || $i == "Target" ? " --- |" : " ---: |")
+                print out
+            }
+        }
+    ' "$1"
+}
+
+about="$tmp/about.tsv"
+{
+    printf 'date\t%s\n' "$started"
+    printf 'machine\t%s CPUs (nproc), %s, %s\n' "$(nproc)" "$cpu_model" "$(uname -srm)"
+    printf 'load average\t%s at the start, %s at the end\n' "$load_start" "$load_end"
+    printf 'versions\tredis-server %s, redis-benchmark %s, nutcracker %s, rustc %s\n' \
+        "$redis_version" "${bench_version:-?}" "${twem_version:-?}" "${rustc_version:-?}"
+    printf 'ambassador\tgit %s, cargo build --release, config.toml with listen/upstream/metrics addresses%s, no client password\n' \
+        "$git_rev" "$drain_note"
+    printf 'twemproxy\tone pool, redis: true, redis_auth, server_connections: 1, preconnect\n'
+    printf 'mode\t%s: %s repetitions, medians; runs interleaved (direct, ambassador, twemproxy back to back, order rotated per repetition); %s s of benchmark runs\n' \
+        "$mode" "$reps" "$bench_secs"
+    printf 'command\tredis-benchmark -h 127.0.0.1 -p PORT [-a PASSWORD] -c C -P P -n N -r %s -t TEST --csv\n' "$keyspace"
+}>"$about"
+
+print_report() {
+    echo "redis-ambassador vs direct Redis vs twemproxy (redis-benchmark, $mode mode)"
+    echo
+    LC_ALL=C awk -F'\t' '{ printf "%-13s %s\n", $1 ":", $2 }' "$about"
+    echo
+    echo "Median over the repetitions. ×direct / ×twemproxy: this target's req/s divided by theirs."
+    echo "Latencies in microseconds (redis-benchmark's per-request latency); Δ: minus direct's."
+    render_text 1 "$table"
+    echo
+    echo "Summary (range over the five tests):"
+    echo
+    render_text 0 "$summary"
+}
+
+step "Results"
+echo
+print_report
+
+if [ -n "$out_file" ]; then
+    {
+        echo "## redis-ambassador vs direct Redis vs twemproxy ($mode mode)"
+        echo
+        awk -F'\t' '{ printf "- **%s**: %s\n", $1, $2 }' "$about"
+        echo
+        echo "Median over the repetitions. ×direct / ×twemproxy: this target's requests/s divided by theirs."
+        echo "Latencies in µs (redis-benchmark's per-request latency); Δ: minus direct's."
+        echo
+        render_markdown "$table"
+        echo
+        echo "Summary (range over the five tests):"
+        echo
+        render_markdown "$summary"
+    } >"$out_file"
+    echo
+    echo "Markdown written to $out_file"
+fi
+
+echo
+echo "Total time: $SECONDS s (benchmark runs: $bench_secs s)."
+if [ "$failures" -ne 0 ]; then
+    die "$failures run(s) failed (see the warnings above); their medians use the runs that succeeded"
+fi
