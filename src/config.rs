@@ -38,6 +38,10 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub shutdown: Shutdown,
+    #[serde(default)]
+    pub log: Log,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +93,8 @@ pub struct Upstream {
     pub command_timeout_ms: u64,
     #[serde(default = "defaults::reconnect_backoff_ms")]
     pub reconnect_backoff_ms: u64,
+    #[serde(default = "defaults::max_pinned")]
+    pub max_pinned: usize,
 }
 
 mod defaults {
@@ -107,6 +113,9 @@ mod defaults {
     pub fn reconnect_backoff_ms() -> u64 {
         250
     }
+    pub fn max_pinned() -> usize {
+        256
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +125,11 @@ pub struct Limits {
     pub query_buffer_limit: usize,
     pub unauthenticated_query_buffer_limit: usize,
     pub max_reply_depth: usize,
+    /// Redis's `client-output-buffer-limit pubsub` (hard, soft, soft seconds): bounds what
+    /// is buffered for a relayed (pub/sub, MONITOR, tracking) client that does not read.
+    pub pubsub_output_hard_limit: usize,
+    pub pubsub_output_soft_limit: usize,
+    pub pubsub_output_soft_seconds: u64,
 }
 
 impl Default for Limits {
@@ -126,22 +140,134 @@ impl Default for Limits {
             query_buffer_limit: request.query_buffer_limit,
             unauthenticated_query_buffer_limit: request.unauthenticated_query_buffer_limit,
             max_reply_depth: 128,
+            pubsub_output_hard_limit: 32 * 1024 * 1024,
+            pubsub_output_soft_limit: 8 * 1024 * 1024,
+            pubsub_output_soft_seconds: 60,
         }
     }
 }
 
+/// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     pub address: SocketAddr,
+    /// How often the readiness prober checks out an upstream connection and PINGs it.
+    pub readiness_interval_ms: u64,
+    /// Admin connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time an admin connection has to send its request headers and receive the whole
+    /// response; then it is closed.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             address: SocketAddr::from(([127, 0, 0, 1], 9121)),
+            readiness_interval_ms: 1000,
+            max_connections: 16,
+            request_timeout_ms: 5000,
         }
     }
+}
+
+impl Metrics {
+    pub fn readiness_interval(&self) -> Duration {
+        Duration::from_millis(self.readiness_interval_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// What happens on SIGTERM/SIGINT (see `shutdown`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// After the signal, `/readyz` answers 503 but the proxy goes on serving (and accepting)
+    /// for this long, so that Kubernetes can take the pod out of its endpoints first.
+    pub drain_delay_ms: u64,
+    /// Then the listener closes and clients are closed as they go idle; those still busy
+    /// after this long are dropped and the process exits.
+    pub grace_period_ms: u64,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain_delay_ms: 5000,
+            grace_period_ms: 20_000,
+        }
+    }
+}
+
+impl Shutdown {
+    /// The largest `drain_delay_ms + grace_period_ms` accepted: a typo guard. Keep the sum
+    /// below the pod's `terminationGracePeriodSeconds` (30 s by default in Kubernetes).
+    pub const MAX_TOTAL_MS: u64 = 300_000;
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+}
+
+/// Logging. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`), or a comma-separated list
+    /// of `target=level` directives with an optional bare default level, as in `RUST_LOG`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `[log] level` value: every comma-separated directive is a level name or
+/// `target=level`. Stricter than `RUST_LOG` (where a bare word is a target), so that a
+/// typo such as `inf` is an error instead of silence.
+fn check_log_level(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("[log] level is empty".to_owned());
+    }
+    for directive in level.split(',').map(str::trim) {
+        let level_part = match directive.rsplit_once('=') {
+            Some((target, lvl)) if !target.is_empty() => lvl,
+            _ => directive,
+        };
+        if !LEVELS.contains(&level_part.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "[log] level: `{directive}` is not a level ({}) or `target=level`",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| format!("[log] level `{level}`: {e}"))
 }
 
 /// The secrets the config points at, read.
@@ -228,6 +354,9 @@ impl Config {
         if self.upstream.pool_size == 0 {
             return invalid("[upstream] pool_size must be at least 1");
         }
+        if self.upstream.max_pinned == 0 || self.upstream.max_pinned > 65_535 {
+            return invalid("[upstream] max_pinned must be between 1 and 65535");
+        }
         if self.upstream.connect_timeout_ms == 0 || self.upstream.pool_wait_timeout_ms == 0 {
             return invalid(
                 "[upstream] connect_timeout_ms and pool_wait_timeout_ms must be at least 1",
@@ -244,9 +373,42 @@ impl Config {
                  unauthenticated_query_buffer_limit at least 65536",
             );
         }
+        if self.limits.pubsub_output_hard_limit == 0
+            || self.limits.pubsub_output_soft_limit > self.limits.pubsub_output_hard_limit
+        {
+            return invalid(
+                "[limits] pubsub_output_hard_limit must be at least 1 and not below \
+                 pubsub_output_soft_limit",
+            );
+        }
         if self.limits.max_reply_depth == 0 {
             return invalid("[limits] max_reply_depth must be at least 1");
         }
+        if self.metrics.address == self.listen.address {
+            return invalid("[metrics] address must differ from [listen] address");
+        }
+        if self.metrics.readiness_interval_ms == 0
+            || self.metrics.max_connections == 0
+            || self.metrics.request_timeout_ms == 0
+        {
+            return invalid(
+                "[metrics] readiness_interval_ms, max_connections and request_timeout_ms \
+                 must be at least 1",
+            );
+        }
+        if self
+            .shutdown
+            .drain_delay_ms
+            .saturating_add(self.shutdown.grace_period_ms)
+            > Shutdown::MAX_TOTAL_MS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[shutdown] drain_delay_ms + grace_period_ms must be at most {} (and should \
+                 stay below the pod's terminationGracePeriodSeconds, 30 s by default)",
+                Shutdown::MAX_TOTAL_MS
+            )));
+        }
+        check_log_level(&self.log.level).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -276,6 +438,15 @@ impl Config {
             max_bulk_len: self.limits.max_bulk_len,
             query_buffer_limit: self.limits.query_buffer_limit,
             unauthenticated_query_buffer_limit: self.limits.unauthenticated_query_buffer_limit,
+        }
+    }
+
+    /// The output bounds for relayed clients.
+    pub fn output_limits(&self) -> crate::session::OutputLimits {
+        crate::session::OutputLimits {
+            hard: self.limits.pubsub_output_hard_limit,
+            soft: self.limits.pubsub_output_soft_limit,
+            soft_duration: Duration::from_secs(self.limits.pubsub_output_soft_seconds),
         }
     }
 
@@ -348,5 +519,76 @@ mod tests {
         let remote = "[listen]\naddress = \"0.0.0.0:6379\"\nallow_unauthenticated_remote = true\n\
                       [upstream]\naddress = \"x:1\"\n";
         assert!(Config::from_str(remote).is_ok());
+    }
+
+    const UPSTREAM: &str = "[upstream]\naddress = \"x:1\"\n";
+
+    #[test]
+    fn admin_shutdown_and_log_defaults() {
+        let config = Config::from_str(UPSTREAM).unwrap();
+        assert_eq!(config.metrics.address.to_string(), "127.0.0.1:9121");
+        assert_eq!(config.metrics.readiness_interval_ms, 1000);
+        assert_eq!(config.metrics.max_connections, 16);
+        assert_eq!(config.metrics.request_timeout_ms, 5000);
+        assert_eq!(config.shutdown.drain_delay_ms, 5000);
+        assert_eq!(config.shutdown.grace_period_ms, 20_000);
+        assert_eq!(config.log.level, "info");
+        assert_eq!(config.log.format, LogFormat::Text);
+        // The defaults fit Kubernetes' default terminationGracePeriodSeconds (30 s).
+        assert!(config.shutdown.drain_delay_ms + config.shutdown.grace_period_ms < 30_000);
+        // config.toml shows every one of them at its default.
+        let example = Config::from_str(include_str!("../config.toml")).unwrap();
+        assert_eq!(
+            format!("{:?}", example.metrics),
+            format!("{:?}", config.metrics)
+        );
+        assert_eq!(
+            format!("{:?}", example.shutdown),
+            format!("{:?}", config.shutdown)
+        );
+        assert_eq!(format!("{:?}", example.log), format!("{:?}", config.log));
+    }
+
+    #[test]
+    fn log_settings_are_checked() {
+        for ok in [
+            "level = \"debug\"",
+            "level = \"WARN\"",
+            "level = \"info,redis_ambassador::upstream=debug\"",
+            "level = \"off\"\nformat = \"json\"",
+        ] {
+            let text = format!("{UPSTREAM}[log]\n{ok}\n");
+            assert!(Config::from_str(&text).is_ok(), "{ok}");
+        }
+        for (bad, named) in [
+            ("level = \"inf\"", "inf"),
+            ("level = \"\"", "level"),
+            ("level = \"info,x=loud\"", "x=loud"),
+            ("format = \"xml\"", "xml"),
+            ("colour = true", "colour"),
+        ] {
+            let text = format!("{UPSTREAM}[log]\n{bad}\n");
+            let err = Config::from_str(&text).unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_and_shutdown_bounds() {
+        for bad in [
+            "[metrics]\nreadiness_interval_ms = 0\n",
+            "[metrics]\nmax_connections = 0\n",
+            "[metrics]\nrequest_timeout_ms = 0\n",
+            "[metrics]\naddress = \"127.0.0.1:6379\"\n",
+            "[shutdown]\ndrain_delay_ms = 200000\ngrace_period_ms = 100001\n",
+            "[shutdown]\ngrace_period_ms = 18446744073709551615\ndrain_delay_ms = 1\n",
+            "[shutdown]\ngrace_ms = 1\n",
+        ] {
+            let text = format!("{UPSTREAM}{bad}");
+            assert!(Config::from_str(&text).is_err(), "{bad}");
+        }
+        let edge = format!("{UPSTREAM}[shutdown]\ndrain_delay_ms = 0\ngrace_period_ms = 300000\n");
+        let config = Config::from_str(&edge).unwrap();
+        assert_eq!(config.shutdown.grace_period(), Duration::from_secs(300));
     }
 }

@@ -15,9 +15,13 @@
 //! - [`metrics`]: metric names and the handles the hot path records through.
 //! - [`replies`]: every reply the proxy writes itself, with Redis's wording.
 //! - [`server`]: the listener and `max_clients`.
+//! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) and the
+//!   readiness prober.
+//! - [`shutdown`]: signals, and the drain that ends the process.
 //!
 //! [`run`] ties them together.
 
+pub mod admin;
 pub mod command;
 pub mod config;
 pub mod metrics;
@@ -26,6 +30,7 @@ pub mod replies;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -33,16 +38,24 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use admin::{Admin, ProbeSettings, Readiness};
 use config::{Config, Secrets};
 use session::Shared;
+use shutdown::Lifecycle;
 use upstream::Upstream;
 
-/// Runs the proxy until `shutdown` fires. Fails only if the listener cannot be bound.
+/// Runs the proxy: installs the metrics recorder, binds the admin address and the Redis
+/// listener, serves until `shutdown` fires (the first SIGTERM/SIGINT), then drains as
+/// [`shutdown`] describes and returns. Fails only at start-up, when an address cannot be
+/// bound.
 pub async fn run(
     config: Config,
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Before anything records: handles made earlier would be no-ops for good.
+    let metrics_handle = metrics::install();
+    let admin_listener = admin::bind(config.metrics.address).await?;
     let listener = TcpListener::bind(config.listen.address)
         .await
         .map_err(|e| {
@@ -53,19 +66,53 @@ pub async fn run(
         })?;
     tracing::info!(
         address = %config.listen.address,
+        admin = %config.metrics.address,
         upstream = %config.upstream.address,
         client_auth = secrets.client_password.is_some(),
         "redis-ambassador listening"
     );
     let upstream = Upstream::new(&config, secrets.upstream_password);
-    let shared = Arc::new(Shared::new(
-        upstream,
-        secrets.client_password,
-        config.client_username().to_owned(),
-        config.request_limits(),
+    let shared = Arc::new(
+        Shared::new(
+            upstream,
+            secrets.client_password,
+            config.client_username().to_owned(),
+            config.request_limits(),
+        )
+        .with_output_limits(config.output_limits()),
+    );
+
+    // The admin endpoint and the prober live as long as this function.
+    let admin_stop = CancellationToken::new();
+    let _admin_guard = admin_stop.clone().drop_guard();
+    let probe = ProbeSettings::new(&config);
+    let readiness = Arc::new(Readiness::new(
+        probe.stale_after(config.upstream.pool_wait_timeout()),
     ));
-    let warm = shared.clone();
-    tokio::spawn(async move { warm.upstream.warm_up().await });
-    server::serve(listener, shared, config.listen.max_clients, shutdown).await;
+    let admin = Arc::new(Admin::new(
+        metrics_handle.clone(),
+        shared.clone(),
+        readiness.clone(),
+    ));
+    tokio::spawn(admin.serve(admin_listener, config.metrics.clone(), admin_stop.clone()));
+    // The first probe runs at once: it also opens the pool's first connection, so that
+    // HELLO and SELECT can answer without waiting for a connect.
+    tokio::spawn(admin::probe_upstream(
+        shared.clone(),
+        readiness.clone(),
+        probe,
+        admin_stop.clone(),
+    ));
+
+    let lifecycle = Lifecycle::new();
+    readiness.set_listening();
+    let server = tokio::spawn(server::serve(
+        listener,
+        shared,
+        config.listen.max_clients,
+        lifecycle.clone(),
+    ));
+    shutdown.cancelled().await;
+    lifecycle.drain(&config.shutdown, &readiness, server).await;
     Ok(())
 }

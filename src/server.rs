@@ -1,28 +1,30 @@
 //! The listener: accepts clients, enforces `max_clients`, and spawns one session per
 //! client. Over the limit a client gets Redis's `-ERR max number of clients reached` and is
-//! closed. It stops accepting when the shutdown token fires.
+//! closed. It stops accepting (and drops the listener) when the lifecycle's
+//! `stop_accepting` token fires; every session is spawned on the lifecycle's task tracker
+//! with its `closing` token, so that the drain in `shutdown` can close and await them.
 
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::replies;
 use crate::session::{Session, Shared};
+use crate::shutdown::Lifecycle;
 
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     max_clients: usize,
-    shutdown: CancellationToken,
+    lifecycle: Lifecycle,
 ) {
     let permits = Arc::new(Semaphore::new(max_clients));
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = lifecycle.stop_accepting.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (mut stream, peer) = match accepted {
@@ -36,7 +38,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
+            lifecycle.sessions.spawn(async move {
                 let _ = stream.write_all(replies::MAX_CLIENTS).await;
                 let _ = stream.shutdown().await;
             });
@@ -44,9 +46,9 @@ pub async fn serve(
         };
         let local = stream.local_addr().unwrap_or(peer);
         let session = Session::new(shared.clone(), peer, local);
-        let closing = shutdown.child_token();
+        let closing = lifecycle.closing.clone();
         let span = tracing::debug_span!("client", %peer);
-        tokio::spawn(
+        lifecycle.sessions.spawn(
             async move {
                 tracing::debug!("connected");
                 session.run(stream, closing).await;

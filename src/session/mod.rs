@@ -298,6 +298,8 @@ impl Session {
             // A client holding a connection-bound state is not idle: it is left to the
             // end of the grace period.
             let read = tokio::select! {
+                // Bytes already sent are served before a shutdown closes the client.
+                biased;
                 read = reader.read_buf(&mut inbuf) => read,
                 _ = closing.cancelled(), if self.pinned.is_none() => {
                     tracing::debug!("closing an idle client for shutdown");

@@ -141,7 +141,16 @@ impl ErrorSink<UpstreamError> for HealthSink {
     fn sink(&self, error: UpstreamError) {
         let global = crate::metrics::global();
         if error.is_connect_failure() {
-            tracing::warn!(%error, "upstream connect failed");
+            // Warn when the upstream goes down (or its error changes), not at every retry.
+            let repeated = self
+                .0
+                .last()
+                .is_some_and(|last| last.to_string() == error.to_string());
+            if repeated {
+                tracing::debug!(%error, "upstream connect failed again");
+            } else {
+                tracing::warn!(%error, "upstream connect failed");
+            }
             match error {
                 UpstreamError::AuthFailed(_) => global.upstream_connect_failures_auth.increment(1),
                 _ => global.upstream_connect_failures_unavailable.increment(1),

@@ -218,7 +218,15 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         Ok(conn) => conn,
         Err(error) => {
             if error.is_connect_failure() {
-                tracing::warn!(%error, "upstream connect failed");
+                let repeated = context
+                    .health
+                    .last()
+                    .is_some_and(|last| last.to_string() == error.to_string());
+                if repeated {
+                    tracing::debug!(%error, "upstream connect failed again");
+                } else {
+                    tracing::warn!(%error, "upstream connect failed");
+                }
                 context.health.failed(error.clone());
             }
             return Err(error);

@@ -911,6 +911,14 @@ pub struct AmbassadorBuilder {
     max_clients: Option<u64>,
     limits: Vec<String>,
     log_level: Option<String>,
+    /// `key = value` lines for `[metrics]` (its `address` is always set by `start`).
+    metrics_lines: Vec<String>,
+    /// `key = value` lines for `[shutdown]`.
+    shutdown_lines: Vec<String>,
+    /// `key = value` lines for `[log]`.
+    log_lines: Vec<String>,
+    /// Extra `key = value` lines for `[upstream]` (see `upstream_option`).
+    upstream_lines: Vec<String>,
 }
 
 impl AmbassadorBuilder {
@@ -1038,6 +1046,10 @@ impl AmbassadorBuilder {
                 let _ = writeln!(t, "{k} = {v}");
             }
         }
+        for l in &self.upstream_lines {
+            t.push_str(l);
+            t.push('\n');
+        }
         if !self.limits.is_empty() {
             t.push_str("\n[limits]\n");
             for l in &self.limits {
@@ -1060,14 +1072,20 @@ impl AmbassadorBuilder {
         let mut amb = Ambassador {
             child: None,
             port: 0,
+            metrics_port: 0,
             dir,
             config,
             log,
         };
         for attempt in 0..5 {
             amb.port = free_port();
+            amb.metrics_port = free_port();
             let port = amb.port;
-            fs::write(&amb.config, self.render(amb.dir.path(), port)).unwrap();
+            fs::write(
+                &amb.config,
+                self.render_full(amb.dir.path(), port, amb.metrics_port),
+            )
+            .unwrap();
             let out = fs::File::create(&amb.log).unwrap();
             let mut cmd = Command::new(PROXY_BIN);
             cmd.arg("--config")
@@ -1122,6 +1140,8 @@ impl AmbassadorBuilder {
 pub struct Ambassador {
     child: Option<Child>,
     port: u16,
+    /// The admin endpoint's port (`[metrics] address`).
+    metrics_port: u16,
     dir: TempDir,
     config: PathBuf,
     log: PathBuf,
@@ -1257,5 +1277,202 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Admin endpoint, shutdown and logging options; HTTP and signal helpers
+// ---------------------------------------------------------------------------
+
+impl AmbassadorBuilder {
+    /// A `key = value` line for `[metrics]` (`value` as TOML, e.g. `"5"` or `"\"x\""`).
+    pub fn metrics_option(mut self, key: &str, value: &str) -> Self {
+        self.metrics_lines.push(format!("{key} = {value}"));
+        self
+    }
+    pub fn readiness_interval_ms(self, n: u64) -> Self {
+        self.metrics_option("readiness_interval_ms", &n.to_string())
+    }
+    pub fn drain_delay_ms(mut self, n: u64) -> Self {
+        self.shutdown_lines.push(format!("drain_delay_ms = {n}"));
+        self
+    }
+    pub fn grace_period_ms(mut self, n: u64) -> Self {
+        self.shutdown_lines.push(format!("grace_period_ms = {n}"));
+        self
+    }
+    /// A `key = value` line for `[log]` (`value` as TOML).
+    pub fn log_option(mut self, key: &str, value: &str) -> Self {
+        self.log_lines.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// `render`, plus `[metrics] address` on `metrics_port` (every proxy a test starts
+    /// needs its own admin port) and the `[metrics]`, `[shutdown]` and `[log]` options.
+    pub fn render_full(&self, dir: &Path, listen_port: u16, metrics_port: u16) -> String {
+        let mut t = self.render(dir, listen_port);
+        let _ = writeln!(t, "\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"");
+        for l in &self.metrics_lines {
+            t.push_str(l);
+            t.push('\n');
+        }
+        for (section, lines) in [("shutdown", &self.shutdown_lines), ("log", &self.log_lines)] {
+            if !lines.is_empty() {
+                let _ = writeln!(t, "\n[{section}]");
+                for l in lines {
+                    t.push_str(l);
+                    t.push('\n');
+                }
+            }
+        }
+        t
+    }
+}
+
+/// An HTTP response from the admin endpoint.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The head after the status line, as received.
+    pub headers: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends raw `request` bytes to 127.0.0.1:`port` and reads the response until EOF.
+/// `None` when the connection fails, closes without a status line, or `timeout` passes.
+pub fn http_raw(port: u16, request: &[u8], timeout: Duration) -> Option<HttpResponse> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(request).ok()?;
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if Instant::now() > deadline {
+            return None;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(_) => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    let status = status_line.split(' ').nth(1)?.parse().ok()?;
+    Some(HttpResponse {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    })
+}
+
+/// `METHOD path` on 127.0.0.1:`port`, one request per connection. Panics on failure.
+#[track_caller]
+pub fn http(port: u16, method: &str, path: &str) -> HttpResponse {
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    http_raw(port, request.as_bytes(), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{method} {path} on 127.0.0.1:{port}: no HTTP response"))
+}
+
+impl Ambassador {
+    /// The admin endpoint's port.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+    /// `GET path` on the admin endpoint.
+    #[track_caller]
+    pub fn http_get(&self, path: &str) -> HttpResponse {
+        http(self.metrics_port, "GET", path)
+    }
+    /// The `/metrics` text.
+    #[track_caller]
+    pub fn scrape(&self) -> String {
+        let r = self.http_get("/metrics");
+        assert_eq!(r.status, 200, "/metrics: {r:?}");
+        r.body
+    }
+    /// Sends a signal (`"TERM"`, `"INT"`, …) to the proxy with kill(1).
+    #[track_caller]
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+    /// Waits up to `timeout` for the proxy to exit; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl RedisServer {
+    /// A server on a given `port` (for a proxy started before its upstream).
+    #[track_caller]
+    pub fn start_on_port(port: u16, auth: ServerAuth, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("ambassador-redis-")
+            .tempdir()
+            .expect("tempdir");
+        let conf = dir.path().join("redis.conf");
+        let log = dir.path().join("redis.log");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            conf,
+            log,
+            auth,
+        };
+        server.write_conf(extra);
+        if let Err(log) = server.spawn_and_wait() {
+            panic!("redis-server on port {port} failed to start:\n{log}");
+        }
+        server
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stateful commands: pinned-connection options
+// ---------------------------------------------------------------------------
+
+impl AmbassadorBuilder {
+    /// A `key = value` line for `[upstream]` (`value` as TOML).
+    pub fn upstream_option(mut self, key: &str, value: &str) -> Self {
+        self.upstream_lines.push(format!("{key} = {value}"));
+        self
+    }
+    /// `[upstream] max_pinned`: the cap on dedicated (pinned) upstream connections.
+    pub fn max_pinned(self, n: u64) -> Self {
+        self.upstream_option("max_pinned", &n.to_string())
     }
 }

@@ -1,0 +1,308 @@
+//! The sidecar's lifecycle against the real binary: liveness that never depends on Redis,
+//! readiness that follows the upstream (down, wrong password, recovered), SIGTERM with
+//! clients in flight (every reply delivered, idle clients closed, exit 0), serving during
+//! the drain delay, a second signal, the end of the grace period, start-up errors, and
+//! logging (level and format from the config, no secret, key or value in the log).
+//!
+//! Waits are bounded by generous deadlines that only detect hangs; no assertion depends on
+//! how fast the machine is.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::*;
+
+/// Deadline for anything expected "soon": a hang detector, not a performance bound.
+const SOON: Duration = Duration::from_secs(20);
+
+/// Polls `/readyz` until its status is `status`; returns the last response.
+#[track_caller]
+fn wait_readyz(amb: &Ambassador, status: u16) -> HttpResponse {
+    let mut last = None;
+    let reached = wait_until(SOON, || {
+        let r = amb.http_get("/readyz");
+        let done = r.status == status;
+        last = Some(r);
+        done
+    });
+    let last = last.expect("no /readyz response");
+    assert!(reached, "/readyz never answered {status}; last: {last:?}");
+    last
+}
+
+#[track_caller]
+fn assert_one_line_reason(r: &HttpResponse) {
+    assert_eq!(r.status, 503, "{r:?}");
+    let reason = r.body.strip_suffix('\n').unwrap_or(&r.body);
+    assert!(
+        !reason.is_empty() && !reason.contains(['\n', '\r']),
+        "not a one-line reason: {:?}",
+        r.body
+    );
+}
+
+#[test]
+fn readiness_follows_the_upstream_and_liveness_does_not() {
+    let port = closed_port();
+    let mut amb = AmbassadorBuilder::new(&format!("127.0.0.1:{port}"))
+        .readiness_interval_ms(100)
+        .reconnect_backoff_ms(50)
+        .start();
+    assert_eq!(amb.http_get("/healthz").status, 200);
+    // Down: 503 with the connect error as the reason.
+    let mut last = None;
+    assert!(
+        wait_until(SOON, || {
+            let r = amb.http_get("/readyz");
+            let done = r.body.contains("upstream unavailable");
+            last = Some(r);
+            done
+        }),
+        "no 'upstream unavailable' reason: {last:?}"
+    );
+    assert_one_line_reason(last.as_ref().unwrap());
+    assert_eq!(amb.http_get("/healthz").status, 200);
+
+    // Redis comes up on that port: ready.
+    let mut redis = RedisServer::start_on_port(port, ServerAuth::None, &[]);
+    let ok = wait_readyz(&amb, 200);
+    assert_eq!(ok.body, "ok\n");
+    let mut c = amb.conn();
+    c.call_expect(&["SET", "k", "v"], b"+OK\r\n");
+
+    // Redis goes away again: not ready, still alive.
+    redis.kill();
+    let down = wait_readyz(&amb, 503);
+    assert_one_line_reason(&down);
+    assert_eq!(amb.http_get("/healthz").status, 200);
+    assert!(amb.is_running());
+}
+
+#[test]
+fn readiness_is_503_while_the_upstream_password_is_wrong() {
+    let right = "Right-Upstream-Pass-118";
+    let wrong = "Wrong-Upstream-Pass-229";
+    let redis = RedisServer::with_password(right);
+    let amb = AmbassadorBuilder::for_server(&redis)
+        .upstream_password(wrong.as_bytes())
+        .readiness_interval_ms(100)
+        .start();
+    let mut last = None;
+    assert!(
+        wait_until(SOON, || {
+            let r = amb.http_get("/readyz");
+            let done = r.body.contains("authentication failed");
+            last = Some(r);
+            done
+        }),
+        "no 'authentication failed' reason: {last:?}"
+    );
+    let r = last.unwrap();
+    assert_one_line_reason(&r);
+    assert!(!r.body.contains(wrong) && !r.body.contains(right), "{r:?}");
+    assert_eq!(amb.http_get("/healthz").status, 200);
+    let metrics = amb.scrape();
+    assert!(
+        metrics.contains("redis_ambassador_upstream_connect_failures_total{reason=\"auth\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(wrong) && !metrics.contains(right));
+    assert!(!amb.log().contains(wrong) && !amb.log().contains(right));
+}
+
+#[test]
+fn sigterm_delivers_every_in_flight_reply_closes_idle_clients_and_exits_zero() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        .drain_delay_ms(200)
+        .grace_period_ms(30_000)
+        .start();
+    wait_readyz(&amb, 200);
+    let mut idle = amb.conn();
+    idle.call_expect(&["PING"], b"+PONG\r\n");
+
+    // 1000 commands in one write, well under one read of the proxy (16 KiB), so that the
+    // proxy holds all of them when the first one, a half-second sleep, is executing.
+    let mut pipeline = b"DEBUG SLEEP 0.5\r\n".to_vec();
+    for _ in 0..999 {
+        pipeline.extend_from_slice(b"INCR counter\r\n");
+    }
+    assert!(pipeline.len() < 16 * 1024);
+    let mut busy = amb.conn();
+    busy.timeout = SOON;
+    busy.send(&pipeline);
+    amb.signal("TERM");
+
+    busy.expect(b"+OK\r\n");
+    for i in 1..=999 {
+        busy.expect(format!(":{i}\r\n").as_bytes());
+    }
+    // Then both clients are closed, and the process exits 0.
+    busy.expect_eof();
+    let (rest, eof) = idle.read_to_eof(SOON);
+    assert!(
+        eof && rest.is_empty(),
+        "idle client: eof={eof} {:?}",
+        escape(&rest)
+    );
+    let status = amb.wait_exit(SOON).expect("still running after the drain");
+    assert!(status.success(), "exit status {status}\n{}", amb.log());
+    let log = amb.log();
+    assert!(log.contains("shutdown signal received"), "{log}");
+    assert!(log.contains("every client closed"), "{log}");
+    // Every INCR reached Redis exactly once.
+    let mut direct = redis.conn();
+    direct.call_expect(&["GET", "counter"], b"$3\r\n999\r\n");
+}
+
+#[test]
+fn during_the_drain_delay_it_serves_but_is_not_ready_and_a_second_signal_exits() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        // Longer than any wait below: the second signal ends the test.
+        .drain_delay_ms(120_000)
+        .start();
+    wait_readyz(&amb, 200);
+    let mut before = amb.conn();
+    before.call_expect(&["PING"], b"+PONG\r\n");
+
+    amb.signal("TERM");
+    let r = wait_readyz(&amb, 503);
+    assert_eq!(r.body, "shutting down\n");
+    assert_eq!(amb.http_get("/healthz").status, 200);
+    assert_eq!(amb.http_get("/metrics").status, 200);
+    // Existing clients are served, and new ones accepted.
+    before.call_expect(&["SET", "k", "v"], b"+OK\r\n");
+    let mut after = amb.conn();
+    after.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
+
+    amb.signal("INT");
+    let status = amb
+        .wait_exit(SOON)
+        .expect("a second signal did not end the process");
+    assert_eq!(status.code(), Some(1), "{}", amb.log());
+    assert!(amb.log().contains("second signal"), "{}", amb.log());
+}
+
+#[test]
+fn clients_still_busy_at_the_end_of_the_grace_period_are_dropped() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        .drain_delay_ms(0)
+        .grace_period_ms(100)
+        .command_timeout_ms(0)
+        .connect_timeout_ms(300)
+        .readiness_interval_ms(100)
+        .start();
+    wait_readyz(&amb, 200);
+    let mut busy = amb.conn();
+    busy.timeout = SOON;
+    // Far longer than the grace period: the reply never comes.
+    busy.send(b"DEBUG SLEEP 10\r\n");
+    // Redis is blocked once the sleep runs: the prober's PING then fails, which shows
+    // that the command is in flight.
+    wait_readyz(&amb, 503);
+    amb.signal("TERM");
+    let status = amb
+        .wait_exit(SOON)
+        .expect("still running after the grace period");
+    assert!(status.success(), "exit status {status}\n{}", amb.log());
+    let (rest, eof) = busy.read_to_eof(SOON);
+    assert!(eof, "the busy client was not closed");
+    assert!(rest.is_empty(), "{:?}", escape(&rest));
+}
+
+#[test]
+fn an_admin_address_in_use_is_a_startup_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("a.toml");
+    fs::write(
+        &config,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:{}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n\
+             [metrics]\naddress = \"127.0.0.1:{admin_port}\"\n",
+            free_port(),
+            closed_port()
+        ),
+    )
+    .unwrap();
+    let (status, out) = run_proxy_to_exit(&["--config", config.to_str().unwrap()], &[], SOON);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("admin endpoint") && out.contains(&admin_port.to_string()),
+        "{out}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn log_level_and_format_come_from_the_config_and_hold_no_secrets() {
+    let upstream_pw = "Log-Upstream-Pass-3310";
+    let client_pw = "Log-Client-Pass-4421";
+    let redis = RedisServer::with_password(upstream_pw);
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        .client_password(client_pw.as_bytes())
+        // RUST_LOG empty counts as unset: [log] applies.
+        .log_level("")
+        .log_option("level", "\"debug\"")
+        .log_option("format", "\"json\"")
+        .drain_delay_ms(0)
+        .start();
+    wait_readyz(&amb, 200);
+    let mut c = amb.conn();
+    c.call_expect(&["AUTH", "Wrong-Client-Pass-5532"], WRONGPASS);
+    c.call_expect(&["AUTH", client_pw], b"+OK\r\n");
+    c.call_expect(&["SET", "Secret-Key-6643", "Secret-Value-7754"], b"+OK\r\n");
+    c.call_expect(&["GET", "Secret-Key-6643"], b"$17\r\nSecret-Value-7754\r\n");
+    drop(c);
+    amb.signal("TERM");
+    let status = amb.wait_exit(SOON).expect("did not exit");
+    assert!(status.success());
+
+    let log = amb.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"),
+            "not a JSON log line: {line}"
+        );
+    }
+    // Debug events, inside the per-connection span that names the peer.
+    assert!(log.contains("\"level\":\"DEBUG\""), "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"name\":\"client\"") && l.contains("\"peer\":\"127.0.0.1:")),
+        "{log}"
+    );
+    for secret in [
+        upstream_pw,
+        client_pw,
+        "Wrong-Client-Pass-5532",
+        "Secret-Key-6643",
+        "Secret-Value-7754",
+    ] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+}
+
+#[test]
+fn a_quieter_config_level_applies_without_rust_log() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        .log_level("")
+        .log_option("level", "\"warn\"")
+        .drain_delay_ms(0)
+        .start();
+    wait_readyz(&amb, 200);
+    amb.signal("TERM");
+    assert!(amb.wait_exit(SOON).expect("did not exit").success());
+    let log = amb.log();
+    assert!(!log.contains("INFO"), "info lines at level warn:\n{log}");
+}
