@@ -16,6 +16,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
+use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
 use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError, mux};
@@ -291,60 +292,12 @@ impl Batch {
             replies: expected,
             reply_tx,
         };
-        let mut failure: Option<(String, ErrorClass)> = None;
-        if let Err(error) = upstream.mux.submit(job).await {
-            failure = Some((error.to_string(), error.class()));
-        }
-        let mut start = 0;
-        for step in &self.steps {
-            match *step {
-                Step::Local(end) => {
-                    out.extend_from_slice(&self.local[start..end]);
-                    start = end;
-                }
-                Step::Upstream { pass, command } => {
-                    if failure.is_none() {
-                        match replies.recv().await {
-                            Some(Ok((reply, frame))) => {
-                                if pass == Pass::Swallow {
-                                    if frame.error {
-                                        failure = Some(state_change_failed(&reply));
-                                    }
-                                    continue;
-                                }
-                                let class = frame.error.then(|| ErrorClass::of_reply(&reply));
-                                metrics::record_command(command, class, self.started.elapsed());
-                                out.extend_from_slice(&reply);
-                            }
-                            Some(Err(error)) => failure = Some((error.to_string(), error.class())),
-                            None => {
-                                let error = UpstreamError::Lost("connection closed".to_owned());
-                                failure = Some((error.to_string(), error.class()));
-                            }
-                        }
-                        if failure.is_none() {
-                            if out.len() >= CLIENT_FLUSH_BYTES {
-                                client.write_all(out).await?;
-                                out.clear();
-                            }
-                            continue;
-                        }
-                    }
-                    if let Some((text, class)) = &failure {
-                        if pass != Pass::Swallow {
-                            replies::proxy_error(out, text);
-                            metrics::record_command(command, Some(*class), self.started.elapsed());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Outcome {
-            held: None,
-            failed: failure.is_some(),
-        })
+        let failure = upstream.mux.submit(job).await.err().map(|e| failure_of(&e));
+        self.emit(out, client, failure, Source::Lane(&mut replies))
+            .await
     }
 
+    /// Runs the batch on the client's dedicated connection.
     async fn run_on(
         &mut self,
         conn: &mut UpstreamConn,
@@ -352,9 +305,8 @@ impl Batch {
         out: &mut BytesMut,
         client: &mut OwnedWriteHalf,
     ) -> std::io::Result<Outcome> {
-        let mut outcome = Outcome::default();
         let Some(first) = self.first else {
-            return Ok(outcome);
+            return Ok(Outcome::default());
         };
         // Armed until every reply has been read: if this future is dropped or returns early
         // (the client went away mid-batch), the connection must be dropped, never handed
@@ -366,10 +318,11 @@ impl Batch {
             self.chunks.insert(0, prelude.freeze());
         }
         // Once set, every remaining forwarded request is answered with this error.
-        let mut failure: Option<(String, ErrorClass)> = None;
-        if let Err(error) = conn.write_all(&self.chunks, timeout).await {
-            failure = Some((error.to_string(), error.class()));
-        }
+        let mut failure = conn
+            .write_all(&self.chunks, timeout)
+            .await
+            .err()
+            .map(|e| failure_of(&e));
         for _ in 0..prelude_replies {
             if failure.is_some() {
                 break;
@@ -377,68 +330,18 @@ impl Batch {
             match conn.read_reply(timeout).await {
                 Ok((reply, frame)) if frame.error => failure = Some(state_change_failed(&reply)),
                 Ok(_) => {}
-                Err(error) => failure = Some((error.to_string(), error.class())),
+                Err(error) => failure = Some(failure_of(&error)),
             }
         }
-        let mut start = 0;
-        for step in &self.steps {
-            match *step {
-                Step::Local(end) => {
-                    out.extend_from_slice(&self.local[start..end]);
-                    start = end;
-                }
-                Step::Upstream { pass, command } => {
-                    if let Some((text, class)) = &failure {
-                        if pass != Pass::Swallow {
-                            replies::proxy_error(out, text);
-                            metrics::record_command(command, Some(*class), self.started.elapsed());
-                        }
-                        continue;
-                    }
-                    match conn.read_reply(timeout).await {
-                        Ok((reply, frame)) if pass != Pass::Swallow => {
-                            let class = frame.error.then(|| ErrorClass::of_reply(&reply));
-                            metrics::record_command(command, class, self.started.elapsed());
-                            if pass == Pass::Hold {
-                                outcome.held = Some(reply);
-                            } else {
-                                out.extend_from_slice(&reply);
-                            }
-                        }
-                        Ok((reply, frame)) => {
-                            if frame.error {
-                                failure = Some(state_change_failed(&reply));
-                            }
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, "upstream failed mid-batch");
-                            let text = error.to_string();
-                            if pass != Pass::Swallow {
-                                replies::proxy_error(out, &text);
-                                metrics::record_command(
-                                    command,
-                                    Some(error.class()),
-                                    self.started.elapsed(),
-                                );
-                            }
-                            failure = Some((text, error.class()));
-                        }
-                    }
-                }
-            }
-            if out.len() >= CLIENT_FLUSH_BYTES {
-                client.write_all(out).await?;
-                out.clear();
-            }
-        }
-        if failure.is_none() {
+        let outcome = self
+            .emit(out, client, failure, Source::Conn(conn, timeout))
+            .await?;
+        if !outcome.failed {
             conn.state = self.last;
             if self.db_unknown {
                 conn.state.db = ConnState::UNKNOWN_DB;
             }
             conn.broken = false;
-        } else {
-            outcome.failed = true;
         }
         Ok(outcome)
     }
@@ -466,6 +369,89 @@ impl Batch {
             }
         }
     }
+
+    /// Writes every reply in request order: local ones from the plan, upstream ones as
+    /// `next` yields them. After the first failure (`failure`, or one met on the way) every
+    /// forwarded request left gets that error. Flushes to `client` when `out` grows large.
+    async fn emit(
+        &self,
+        out: &mut BytesMut,
+        client: &mut OwnedWriteHalf,
+        mut failure: Option<(String, ErrorClass)>,
+        mut source: Source<'_>,
+    ) -> std::io::Result<Outcome> {
+        let mut outcome = Outcome::default();
+        let mut start = 0;
+        for step in &self.steps {
+            match *step {
+                Step::Local(end) => {
+                    out.extend_from_slice(&self.local[start..end]);
+                    start = end;
+                }
+                Step::Upstream { pass, command } => {
+                    if failure.is_none() {
+                        match source.next().await {
+                            Ok((reply, frame)) if pass == Pass::Swallow => {
+                                if frame.error {
+                                    failure = Some(state_change_failed(&reply));
+                                }
+                            }
+                            Ok((reply, frame)) => {
+                                let class = frame.error.then(|| ErrorClass::of_reply(&reply));
+                                metrics::record_command(command, class, self.started.elapsed());
+                                if pass == Pass::Hold {
+                                    outcome.held = Some(reply);
+                                } else {
+                                    out.extend_from_slice(&reply);
+                                }
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "upstream failed mid-batch");
+                                failure = Some(failure_of(&error));
+                            }
+                        }
+                    }
+                    // A failure met at this very step is this step's answer too.
+                    if let Some((text, class)) = &failure {
+                        if pass != Pass::Swallow {
+                            replies::proxy_error(out, text);
+                            metrics::record_command(command, Some(*class), self.started.elapsed());
+                        }
+                    }
+                }
+            }
+            if out.len() >= CLIENT_FLUSH_BYTES {
+                client.write_all(out).await?;
+                out.clear();
+            }
+        }
+        outcome.failed = failure.is_some();
+        Ok(outcome)
+    }
+}
+
+/// Where a batch's upstream replies come from.
+enum Source<'a> {
+    /// Read from the client's dedicated connection.
+    Conn(&'a mut UpstreamConn, Option<Duration>),
+    /// Handed over by a shared lane's reader.
+    Lane(&'a mut tokio::sync::mpsc::Receiver<Result<(Bytes, ReplyFrame), UpstreamError>>),
+}
+
+impl Source<'_> {
+    async fn next(&mut self) -> Result<(Bytes, ReplyFrame), UpstreamError> {
+        match self {
+            Source::Conn(conn, timeout) => conn.read_reply(*timeout).await,
+            Source::Lane(replies) => match replies.recv().await {
+                Some(reply) => reply,
+                None => Err(UpstreamError::Lost("connection closed".to_owned())),
+            },
+        }
+    }
+}
+
+fn failure_of(error: &UpstreamError) -> (String, ErrorClass) {
+    (error.to_string(), error.class())
 }
 
 fn state_change_failed(reply: &[u8]) -> (String, ErrorClass) {

@@ -103,6 +103,25 @@ struct Health {
 }
 
 impl Health {
+    /// Records a failed connect: logged when the upstream goes down or its error changes
+    /// (not at every retry), counted, and published to waiting checkouts.
+    fn connect_failed(&self, error: UpstreamError) {
+        let repeated = self
+            .last()
+            .is_some_and(|last| last.to_string() == error.to_string());
+        if repeated {
+            tracing::debug!(%error, "upstream connect failed again");
+        } else {
+            tracing::warn!(%error, "upstream connect failed");
+        }
+        let global = crate::metrics::global();
+        match error {
+            UpstreamError::AuthFailed(_) => global.upstream_connect_failures_auth.increment(1),
+            _ => global.upstream_connect_failures_unavailable.increment(1),
+        }
+        self.failed(error);
+    }
+
     fn failed(&self, error: UpstreamError) {
         if let Ok(mut last) = self.last_failure.lock() {
             *last = Some((Instant::now(), error));
@@ -139,26 +158,11 @@ struct HealthSink(Arc<Health>);
 
 impl ErrorSink<UpstreamError> for HealthSink {
     fn sink(&self, error: UpstreamError) {
-        let global = crate::metrics::global();
         if error.is_connect_failure() {
-            // Warn when the upstream goes down (or its error changes), not at every retry.
-            let repeated = self
-                .0
-                .last()
-                .is_some_and(|last| last.to_string() == error.to_string());
-            if repeated {
-                tracing::debug!(%error, "upstream connect failed again");
-            } else {
-                tracing::warn!(%error, "upstream connect failed");
-            }
-            match error {
-                UpstreamError::AuthFailed(_) => global.upstream_connect_failures_auth.increment(1),
-                _ => global.upstream_connect_failures_unavailable.increment(1),
-            }
-            self.0.failed(error);
+            self.0.connect_failed(error);
         } else {
             if matches!(error, UpstreamError::Stale(_)) {
-                global.stale_connections.increment(1);
+                crate::metrics::global().stale_connections.increment(1);
             }
             tracing::debug!(%error, "pooled upstream connection dropped");
         }

@@ -218,16 +218,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         Ok(conn) => conn,
         Err(error) => {
             if error.is_connect_failure() {
-                let repeated = context
-                    .health
-                    .last()
-                    .is_some_and(|last| last.to_string() == error.to_string());
-                if repeated {
-                    tracing::debug!(%error, "upstream connect failed again");
-                } else {
-                    tracing::warn!(%error, "upstream connect failed");
-                }
-                context.health.failed(error.clone());
+                context.health.connect_failed(error.clone());
             }
             return Err(error);
         }
