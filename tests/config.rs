@@ -23,6 +23,36 @@ fn minimal(extra_upstream: &str) -> String {
     )
 }
 
+/// `--check` on `p` exits with status 1 and names `name` in its output.
+#[track_caller]
+fn assert_check_rejects_naming(what: &str, p: &Path, name: &str) {
+    let (status, out) = check_config(p);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{what}: --check exit status; output:\n{out}"
+    );
+    assert!(
+        out.contains(name),
+        "{what}: \"{name}\" is not named:\n{out}"
+    );
+}
+
+/// Running the proxy on `p` fails at start-up and names `path` in its output.
+#[track_caller]
+fn assert_start_fails_naming(what: &str, p: &Path, path: &Path) {
+    let (status, out) = run_proxy_to_exit(
+        &["--config", p.to_str().unwrap()],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success(), "started with {what}:\n{out}");
+    assert!(
+        out.contains(path.to_str().unwrap()),
+        "{what}: path not named:\n{out}"
+    );
+}
+
 #[test]
 fn check_accepts_the_repo_config() {
     let (status, out) = check_config(Path::new(REPO_CONFIG));
@@ -47,44 +77,21 @@ fn check_accepts_a_minimal_config() {
 fn check_rejects_an_unknown_key_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "typo.toml", &minimal("pool_sise = 3\n"));
-    let (status, out) = check_config(&p);
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "--check exit status; output:\n{out}"
-    );
-    assert!(
-        out.contains("pool_sise"),
-        "the unknown key is not named:\n{out}"
-    );
+    assert_check_rejects_naming("unknown key", &p, "pool_sise");
 
     let p = write(
         dir.path(),
         "section.toml",
         &format!("{}\n[upstreem]\naddress = \"x:1\"\n", minimal("")),
     );
-    let (status, out) = check_config(&p);
-    assert_eq!(status.code(), Some(1), "unknown section; output:\n{out}");
-    assert!(
-        out.contains("upstreem"),
-        "the unknown section is not named:\n{out}"
-    );
+    assert_check_rejects_naming("unknown section", &p, "upstreem");
 }
 
 #[test]
 fn check_rejects_a_zero_pool() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "zero.toml", &minimal("pool_size = 0\n"));
-    let (status, out) = check_config(&p);
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "pool_size = 0 accepted; output:\n{out}"
-    );
-    assert!(
-        out.contains("pool_size"),
-        "the bad key is not named:\n{out}"
-    );
+    assert_check_rejects_naming("pool_size = 0", &p, "pool_size");
 }
 
 #[test]
@@ -96,30 +103,9 @@ fn missing_secret_file_is_named() {
         "missing.toml",
         &minimal(&format!("password_file = \"{}\"\n", missing.display())),
     );
-    let (status, out) = check_config(&p);
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "--check with a missing secret; output:\n{out}"
-    );
-    assert!(
-        out.contains(missing.to_str().unwrap()),
-        "the missing file's path is not named:\n{out}"
-    );
+    assert_check_rejects_naming("a missing secret file", &p, missing.to_str().unwrap());
     // Running (not just checking) fails at start-up the same way.
-    let (status, out) = run_proxy_to_exit(
-        &["--config", p.to_str().unwrap()],
-        &[],
-        Duration::from_secs(10),
-    );
-    assert!(
-        !status.success(),
-        "started with a missing secret file:\n{out}"
-    );
-    assert!(
-        out.contains(missing.to_str().unwrap()),
-        "path not named:\n{out}"
-    );
+    assert_start_fails_naming("a missing secret file", &p, &missing);
 }
 
 #[test]
@@ -132,19 +118,7 @@ fn empty_client_secret_file_is_a_startup_error() {
         empty.display()
     );
     let p = write(dir.path(), "empty.toml", &text);
-    let (status, out) = run_proxy_to_exit(
-        &["--config", p.to_str().unwrap()],
-        &[],
-        Duration::from_secs(10),
-    );
-    assert!(
-        !status.success(),
-        "started with an empty secret file:\n{out}"
-    );
-    assert!(
-        out.contains(empty.to_str().unwrap()),
-        "path not named:\n{out}"
-    );
+    assert_start_fails_naming("an empty secret file", &p, &empty);
     // A file holding only the newline is empty too.
     fs::write(&empty, "\n").unwrap();
     let (status, out) = check_config(&p);

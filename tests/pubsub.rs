@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::script::*;
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,154 +15,8 @@ use std::thread;
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------
-// Scripts run against bare Redis and through the proxy
+// Pub/Sub frames (the script runner is in common::script)
 // ---------------------------------------------------------------------------
-
-fn cmds(list: &[&[&str]]) -> Vec<u8> {
-    list.iter().flat_map(|c| resp(c)).collect()
-}
-
-/// Where a scripted client connects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
-    /// The server under test: bare Redis, or the proxy.
-    Main,
-    /// The Redis behind it, directly: bare Redis itself, or the proxy's upstream.
-    Direct,
-}
-
-struct Step {
-    c: usize,
-    input: Vec<u8>,
-    /// Replies to read (frames: a pushed message counts as one).
-    n: usize,
-    /// Compare the bytes (HELLO carries the client id, which differs).
-    compare: bool,
-}
-
-fn send(c: usize, list: &[&[&str]], n: usize) -> Step {
-    Step {
-        c,
-        input: cmds(list),
-        n,
-        compare: true,
-    }
-}
-
-fn hello3(c: usize) -> Step {
-    Step {
-        c,
-        input: resp(&["HELLO", "3"]),
-        n: 1,
-        compare: false,
-    }
-}
-
-/// Runs `steps`; with `want` (the bare run's transcript) each compared step must give the
-/// same bytes. A client whose last step QUITs is expected to be closed, not silent.
-fn run_script(
-    main: u16,
-    direct: u16,
-    clients: &[Via],
-    steps: &[Step],
-    want: Option<&[Vec<u8>]>,
-) -> Vec<Vec<u8>> {
-    let who = if want.is_some() {
-        "proxy"
-    } else {
-        "bare Redis"
-    };
-    let mut conns: Vec<RawConn> = clients
-        .iter()
-        .map(|v| {
-            RawConn::connect(match v {
-                Via::Main => main,
-                Via::Direct => direct,
-            })
-        })
-        .collect();
-    let mut transcript = Vec::new();
-    let mut mismatches = Vec::new();
-    for (i, step) in steps.iter().enumerate() {
-        let conn = &mut conns[step.c];
-        conn.send(&step.input);
-        let mut got = Vec::new();
-        for k in 0..step.n {
-            match conn.try_read_reply(conn.timeout) {
-                Some(r) => got.extend_from_slice(&r),
-                None => panic!(
-                    "{who}: step {i} (client {}: \"{}\"): reply {} of {} did not come (EOF or timeout); had \"{}\"",
-                    step.c,
-                    escape_short(&step.input, 300),
-                    k + 1,
-                    step.n,
-                    escape_short(&got, 1000)
-                ),
-            }
-        }
-        if let (Some(want), true) = (want, step.compare) {
-            if want[i] != got {
-                mismatches.push(mismatch(
-                    &format!(
-                        "step {i} (client {}: \"{}\")",
-                        step.c,
-                        escape_short(&step.input, 300)
-                    ),
-                    &want[i],
-                    &got,
-                ));
-            }
-        }
-        transcript.push(got);
-    }
-    // Every differing step is reported, not only the first.
-    assert!(
-        mismatches.is_empty(),
-        "{who} differs from bare Redis:\n{}",
-        mismatches.join("\n")
-    );
-    for (c, conn) in conns.iter_mut().enumerate() {
-        if let Some(extra) = conn.try_read_reply(Duration::from_millis(150)) {
-            panic!(
-                "{who}: client {c} got an unexpected extra reply \"{}\"",
-                escape_short(&extra, 500)
-            );
-        }
-    }
-    transcript
-}
-
-/// One differing step, for the end-of-script report.
-fn mismatch(what: &str, want: &[u8], got: &[u8]) -> String {
-    format!(
-        "{what}: bytes differ\n  expected: \"{}\"\n  got:      \"{}\"",
-        escape_short(want, 1500),
-        escape_short(got, 1500)
-    )
-}
-
-#[track_caller]
-fn diff_script(
-    bare: &RedisServer,
-    up: &RedisServer,
-    proxy: &Ambassador,
-    clients: &[Via],
-    steps: &[Step],
-) -> Vec<Vec<u8>> {
-    let want = run_script(bare.port(), bare.port(), clients, steps, None);
-    run_script(proxy.port(), up.port(), clients, steps, Some(&want));
-    want
-}
-
-fn setup(pool_size: u32, max_pinned: u64) -> (RedisServer, RedisServer, Ambassador) {
-    let bare = RedisServer::start();
-    let up = RedisServer::start();
-    let proxy = AmbassadorBuilder::for_server(&up)
-        .pool_size(pool_size)
-        .max_pinned(max_pinned)
-        .start();
-    (bare, up, proxy)
-}
 
 /// A pub/sub message frame as Redis sends it (`*` in RESP2, `>` in RESP3).
 fn message(kind: u8, channel: &str, payload: &[u8]) -> Vec<u8> {
@@ -260,7 +115,7 @@ fn resp2_ten_thousand_messages_match_a_direct_subscriber() {
 
 #[test]
 fn resp2_subscribed_mode_command_set_matches_redis() {
-    let (bare, up, proxy) = setup(1, 1);
+    let (bare, up, proxy) = setup(1, Some(1));
     let steps = [
         send(0, &[&["SET", "x", "1"]], 1),
         send(0, &[&["SUBSCRIBE", "c"], &["PSUBSCRIBE", "p*"]], 2),
@@ -337,7 +192,7 @@ fn resp2_subscribed_mode_command_set_matches_redis() {
 #[test]
 fn resp2_subscribed_mode_checks_arity_before_context_like_redis() {
     // Redis checks unknown command and arity before the subscribed-mode rule.
-    let (bare, up, proxy) = setup(1, 1);
+    let (bare, up, proxy) = setup(1, Some(1));
     let steps = [
         send(0, &[&["SUBSCRIBE", "c"]], 1),
         send(0, &[&["GET"], &["FOO"], &["PING", "a", "b"]], 3),
@@ -356,7 +211,7 @@ fn resp2_subscribed_mode_checks_arity_before_context_like_redis() {
 
 #[test]
 fn ssubscribe_matches_redis() {
-    let (bare, up, proxy) = setup(1, 1);
+    let (bare, up, proxy) = setup(1, Some(1));
     let steps = [
         send(0, &[&["SSUBSCRIBE", "s1", "s2"]], 2),
         send(0, &[&["GET", "x"], &["PING"]], 2),
@@ -377,7 +232,7 @@ fn ssubscribe_matches_redis() {
 
 #[test]
 fn resp3_pushes_interleave_with_replies_like_redis() {
-    let (bare, up, proxy) = setup(1, 1);
+    let (bare, up, proxy) = setup(1, Some(1));
     let steps = [
         hello3(0),
         send(0, &[&["SUBSCRIBE", "c"]], 1),
@@ -628,7 +483,7 @@ fn slow_subscriber_is_disconnected_and_memory_stays_bounded() {
 
 #[test]
 fn reset_while_subscribed_matches_redis_and_leaves_a_clean_connection() {
-    let (bare, up, proxy) = setup(1, 1);
+    let (bare, up, proxy) = setup(1, Some(1));
     let steps = [
         send(0, &[&["SET", "x", "1"], &["SELECT", "2"]], 2),
         send(0, &[&["SUBSCRIBE", "c"], &["PSUBSCRIBE", "p*"]], 2),
@@ -678,7 +533,7 @@ fn reset_while_subscribed_matches_redis_and_leaves_a_clean_connection() {
 
 #[test]
 fn quit_while_subscribed_matches_redis_and_releases_the_connection() {
-    let (bare, up, proxy) = setup(1, 1);
+    let (bare, up, proxy) = setup(1, Some(1));
     let input = cmds(&[&["SUBSCRIBE", "c"], &["QUIT"], &["GET", "x"]]);
     let got = diff_closing(bare.port(), proxy.port(), &input);
     assert_bytes_eq(

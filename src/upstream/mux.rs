@@ -141,6 +141,10 @@ struct Writer {
 async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: Arc<AtomicUsize>) {
     let mut writer: Option<Writer> = None;
     while let Some(first) = rx.recv().await {
+        // Let the other clients that are ready right now hand in their batches too, so
+        // they travel in this write: this one yield is what turns many clients' single
+        // commands into one pipeline for Redis.
+        tokio::task::yield_now().await;
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_WRITE {
             match rx.try_recv() {

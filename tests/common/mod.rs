@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// The script runner: the same steps against bare Redis and through the proxy.
+pub mod script;
+
 /// Default deadline for one read helper.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -892,6 +895,24 @@ impl Drop for RedisServer {
 // The proxy
 // ---------------------------------------------------------------------------
 
+/// Writes `secret` with a trailing newline (which the proxy strips) to `dir/name` and
+/// adds its `password_file` line to the config text `t`.
+fn write_secret_file(t: &mut String, dir: &Path, name: &str, secret: &[u8]) {
+    let p = dir.join(name);
+    let mut content = secret.to_vec();
+    content.push(b'\n');
+    fs::write(&p, content).unwrap();
+    let _ = writeln!(t, "password_file = \"{}\"", p.display());
+}
+
+/// Appends each of `lines` to the config text `t`, one a line.
+fn push_lines(t: &mut String, lines: &[String]) {
+    for l in lines {
+        t.push_str(l);
+        t.push('\n');
+    }
+}
+
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_redis-ambassador");
 
 /// Builder for a proxy started from a generated TOML config.
@@ -1013,11 +1034,7 @@ impl AmbassadorBuilder {
                 let _ = writeln!(t, "username = \"{u}\"");
             }
             if let Some(pw) = &self.client_password {
-                let p = dir.join("client_password");
-                let mut content = pw.clone();
-                content.push(b'\n');
-                fs::write(&p, content).unwrap();
-                let _ = writeln!(t, "password_file = \"{}\"", p.display());
+                write_secret_file(&mut t, dir, "client_password", pw);
             }
             if let Some((var, _)) = &self.client_password_env {
                 let _ = writeln!(t, "password_env = \"{var}\"");
@@ -1029,11 +1046,7 @@ impl AmbassadorBuilder {
             let _ = writeln!(t, "username = \"{u}\"");
         }
         if let Some(pw) = &self.upstream_password {
-            let p = dir.join("upstream_password");
-            let mut content = pw.clone();
-            content.push(b'\n');
-            fs::write(&p, content).unwrap();
-            let _ = writeln!(t, "password_file = \"{}\"", p.display());
+            write_secret_file(&mut t, dir, "upstream_password", pw);
         }
         for (k, v) in [
             ("pool_size", self.pool_size.map(u64::from)),
@@ -1046,16 +1059,10 @@ impl AmbassadorBuilder {
                 let _ = writeln!(t, "{k} = {v}");
             }
         }
-        for l in &self.upstream_lines {
-            t.push_str(l);
-            t.push('\n');
-        }
+        push_lines(&mut t, &self.upstream_lines);
         if !self.limits.is_empty() {
             t.push_str("\n[limits]\n");
-            for l in &self.limits {
-                t.push_str(l);
-                t.push('\n');
-            }
+            push_lines(&mut t, &self.limits);
         }
         t
     }
@@ -1312,17 +1319,11 @@ impl AmbassadorBuilder {
     pub fn render_full(&self, dir: &Path, listen_port: u16, metrics_port: u16) -> String {
         let mut t = self.render(dir, listen_port);
         let _ = writeln!(t, "\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"");
-        for l in &self.metrics_lines {
-            t.push_str(l);
-            t.push('\n');
-        }
+        push_lines(&mut t, &self.metrics_lines);
         for (section, lines) in [("shutdown", &self.shutdown_lines), ("log", &self.log_lines)] {
             if !lines.is_empty() {
                 let _ = writeln!(t, "\n[{section}]");
-                for l in lines {
-                    t.push_str(l);
-                    t.push('\n');
-                }
+                push_lines(&mut t, lines);
             }
         }
         t
