@@ -99,7 +99,7 @@ pub struct Upstream {
 
 mod defaults {
     pub fn pool_size() -> u32 {
-        8
+        4
     }
     pub fn connect_timeout_ms() -> u64 {
         2000
@@ -483,7 +483,7 @@ mod tests {
         let text = include_str!("../config.toml");
         let config = Config::from_str(text).expect("config.toml must stay valid");
         assert_eq!(config.listen.address.to_string(), "127.0.0.1:6379");
-        assert_eq!(config.upstream.pool_size, 8);
+        assert_eq!(config.upstream.pool_size, 4);
         assert!(config.client.is_none());
     }
 
