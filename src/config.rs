@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::protocol::RequestLimits;
-use crate::secret::{Secret, SecretError, SecretSource};
+use crate::secret::{RotatingSecret, SecretError, SecretSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +43,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub secrets: SecretsWatch,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +72,56 @@ pub struct Client {
     pub username: String,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// After a client password file changes, the previous password is still accepted for
+    /// this long (new AUTHs only: authenticated clients stay authenticated regardless).
+    #[serde(default = "defaults::rotation_overlap_ms")]
+    pub rotation_overlap_ms: u64,
+    /// More users (`[[client.users]]`), each with its own password.
+    #[serde(default)]
+    pub users: Vec<ClientUser>,
+}
+
+/// One more user clients may authenticate as (`[[client.users]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientUser {
+    pub username: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+}
+
+/// How secret files are watched for rotation (`[secrets]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsWatch {
+    /// Watch the secret files' directories for changes (inotify on Linux).
+    pub watch: bool,
+    /// Also re-read every secret file this often, comparing contents; 0 disables polling.
+    pub poll_interval_ms: u64,
+    /// A change is taken once the file has been quiet, and read the same twice, this long
+    /// apart (so a burst of updates ends in the last one, and a file being written is not
+    /// taken half-way).
+    pub debounce_ms: u64,
+}
+
+impl Default for SecretsWatch {
+    fn default() -> Self {
+        SecretsWatch {
+            watch: true,
+            poll_interval_ms: 5000,
+            debounce_ms: 100,
+        }
+    }
+}
+
+impl SecretsWatch {
+    /// `None` when polling is disabled.
+    pub fn poll_interval(&self) -> Option<Duration> {
+        (self.poll_interval_ms > 0).then(|| Duration::from_millis(self.poll_interval_ms))
+    }
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
 }
 
 fn default_username() -> String {
@@ -115,6 +168,9 @@ mod defaults {
     }
     pub fn max_pinned() -> usize {
         256
+    }
+    pub fn rotation_overlap_ms() -> u64 {
+        60_000
     }
 }
 
@@ -270,12 +326,27 @@ fn check_log_level(level: &str) -> Result<(), String> {
         .map_err(|e| format!("[log] level `{level}`: {e}"))
 }
 
-/// The secrets the config points at, read.
+/// The secrets the config points at, read. File secrets may rotate (see `rotation`).
 #[derive(Debug, Clone)]
 pub struct Secrets {
-    /// The password clients must present; `None` means Redis's `nopass` semantics.
-    pub client_password: Option<Secret>,
-    pub upstream_password: Option<Secret>,
+    /// The users clients may authenticate as, with their passwords; `None` means Redis's
+    /// `nopass` semantics (no `[client]` section).
+    pub client_users: Option<Vec<(String, Arc<RotatingSecret>)>>,
+    pub upstream_password: Option<Arc<RotatingSecret>>,
+}
+
+impl Secrets {
+    /// Every secret, client ones first.
+    pub fn all(&self) -> Vec<Arc<RotatingSecret>> {
+        let mut all: Vec<_> = self
+            .client_users
+            .iter()
+            .flatten()
+            .map(|(_, secret)| secret.clone())
+            .collect();
+        all.extend(self.upstream_password.clone());
+        all
+    }
 }
 
 fn source(
@@ -292,6 +363,9 @@ fn source(
         (None, None) => Ok(None),
     }
 }
+
+/// The largest poll interval and rotation overlap accepted (one day): a typo guard.
+const MAX_SECRET_MS: u64 = 86_400_000;
 
 impl std::str::FromStr for Config {
     type Err = ConfigError;
@@ -316,14 +390,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
         let client = match &self.client {
-            Some(c) => source("client", &c.password_file, &c.password_env)?,
+            Some(c) => {
+                let users = c.sources()?;
+                if users.is_empty() {
+                    return invalid(
+                        "[client] needs password_file or password_env, or [[client.users]] \
+                         (or leave the section out)",
+                    );
+                }
+                Some(users)
+            }
             None => None,
         };
-        if self.client.is_some() && client.is_none() {
-            return invalid(
-                "[client] needs password_file or password_env (or leave the section out)",
-            );
-        }
         source(
             "upstream",
             &self.upstream.password_file,
@@ -408,16 +486,33 @@ impl Config {
                 Shutdown::MAX_TOTAL_MS
             )));
         }
+        if self.secrets.poll_interval_ms > MAX_SECRET_MS
+            || self.secrets.debounce_ms > 60_000
+            || self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.rotation_overlap_ms > MAX_SECRET_MS)
+        {
+            return invalid(
+                "[secrets] poll_interval_ms and [client] rotation_overlap_ms must be at most \
+                 86400000 (one day), [secrets] debounce_ms at most 60000",
+            );
+        }
         check_log_level(&self.log.level).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
     /// Reads the secrets the config names. Fails if one is missing or empty.
     pub fn load_secrets(&self) -> Result<Secrets, ConfigError> {
-        let client_password = match &self.client {
-            Some(c) => source("client", &c.password_file, &c.password_env)?
-                .map(|s| s.load())
-                .transpose()?,
+        let client_users = match &self.client {
+            Some(c) => {
+                let overlap = Duration::from_millis(c.rotation_overlap_ms);
+                let mut users = Vec::new();
+                for (name, source) in c.sources()? {
+                    users.push((name, Arc::new(RotatingSecret::load(source, overlap)?)));
+                }
+                Some(users)
+            }
             None => None,
         };
         let upstream_password = source(
@@ -425,10 +520,11 @@ impl Config {
             &self.upstream.password_file,
             &self.upstream.password_env,
         )?
-        .map(|s| s.load())
+        // The upstream has no overlap of its own: Redis decides what it accepts.
+        .map(|s| RotatingSecret::load(s, Duration::ZERO).map(Arc::new))
         .transpose()?;
         Ok(Secrets {
-            client_password,
+            client_users,
             upstream_password,
         })
     }
@@ -449,11 +545,44 @@ impl Config {
             soft_duration: Duration::from_secs(self.limits.pubsub_output_soft_seconds),
         }
     }
+}
 
-    pub fn client_username(&self) -> &str {
-        self.client
-            .as_ref()
-            .map_or("default", |c| c.username.as_str())
+impl Client {
+    /// Every client user and where its password is: the `[client]` keys' user first (when
+    /// it has a password), then `[[client.users]]`. Names must be distinct and not empty.
+    fn sources(&self) -> Result<Vec<(String, SecretSource)>, ConfigError> {
+        let mut users = Vec::new();
+        match source("client", &self.password_file, &self.password_env)? {
+            Some(s) => users.push((self.username.clone(), s)),
+            None if self.username != "default" => {
+                return Err(ConfigError::Invalid(
+                    "[client] username needs password_file or password_env".to_owned(),
+                ));
+            }
+            None => {}
+        }
+        for user in &self.users {
+            let section = format!("client.users `{}`", user.username);
+            let Some(s) = source(&section, &user.password_file, &user.password_env)? else {
+                return Err(ConfigError::Invalid(format!(
+                    "[{section}] needs password_file or password_env"
+                )));
+            };
+            users.push((user.username.clone(), s));
+        }
+        for (i, (name, _)) in users.iter().enumerate() {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(ConfigError::Invalid(format!(
+                    "[client] user name `{name}` is empty or contains whitespace"
+                )));
+            }
+            if users[..i].iter().any(|(other, _)| other == name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[client] user `{name}` is configured twice"
+                )));
+            }
+        }
+        Ok(users)
     }
 }
 
@@ -547,6 +676,74 @@ mod tests {
             format!("{:?}", config.shutdown)
         );
         assert_eq!(format!("{:?}", example.log), format!("{:?}", config.log));
+    }
+
+    #[test]
+    fn secrets_and_client_users() {
+        let config = Config::from_str(UPSTREAM).unwrap();
+        assert!(config.secrets.watch);
+        assert_eq!(config.secrets.poll_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(config.secrets.debounce(), Duration::from_millis(100));
+        let example = Config::from_str(include_str!("../config.toml")).unwrap();
+        assert_eq!(
+            format!("{:?}", example.secrets),
+            format!("{:?}", config.secrets)
+        );
+        let text = format!(
+            "[client]\npassword_file = \"/a\"\n[[client.users]]\nusername = \"app\"\n\
+             password_env = \"B\"\n{UPSTREAM}[secrets]\npoll_interval_ms = 0\nwatch = false\n"
+        );
+        let config = Config::from_str(&text).unwrap();
+        let client = config.client.as_ref().unwrap();
+        assert_eq!(client.rotation_overlap_ms, 60_000);
+        assert_eq!(client.users.len(), 1);
+        assert_eq!(config.secrets.poll_interval(), None);
+        // Users only, no [client] password of its own.
+        let users_only = format!(
+            "[client]\n[[client.users]]\nusername = \"app\"\npassword_file = \"/a\"\n{UPSTREAM}"
+        );
+        assert!(Config::from_str(&users_only).is_ok());
+        for (bad, named) in [
+            ("[client]\n", "password_file"),
+            (
+                "[client]\nusername = \"u\"\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\n",
+                "username",
+            ),
+            (
+                "[client]\npassword_file = \"/a\"\n[[client.users]]\nusername = \"default\"\npassword_file = \"/b\"\n",
+                "twice",
+            ),
+            (
+                "[client]\n[[client.users]]\nusername = \"a\"\n",
+                "client.users `a`",
+            ),
+            (
+                "[client]\n[[client.users]]\nusername = \"\"\npassword_file = \"/a\"\n",
+                "empty",
+            ),
+            (
+                "[client]\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\nupstream_username = \"x\"\n",
+                "upstream_username",
+            ),
+            (
+                "[client]\npassword_file = \"/a\"\nrotation_overlap_ms = 86400001\n",
+                "rotation_overlap_ms",
+            ),
+            (
+                "[secrets]\npoll_interval_ms = 86400001\n",
+                "poll_interval_ms",
+            ),
+            ("[secrets]\ndebounce_ms = 60001\n", "debounce_ms"),
+            ("[secrets]\ninotify = true\n", "inotify"),
+        ] {
+            let text = if bad.starts_with("[secrets]") {
+                format!("{UPSTREAM}{bad}")
+            } else {
+                format!("{bad}{UPSTREAM}")
+            };
+            let err = Config::from_str(&text).unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 
     #[test]

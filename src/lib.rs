@@ -7,7 +7,10 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML config, strict, with defaults and validation.
-//! - [`secret`]: the redacted `Secret` type and where secrets are read from.
+//! - [`secret`]: the redacted `Secret` type, where secrets are read from, and the
+//!   `RotatingSecret` holder whose value can change while the proxy runs.
+//! - [`rotation`]: watches (and polls) secret files and installs rotated values.
+//! - [`auth`]: the users clients may authenticate as, checked in constant time.
 //! - [`protocol`]: RESP — the client request scanner, the upstream reply scanner, encoders.
 //! - [`command`]: the command table (what is local, refused, or forwarded).
 //! - [`session`]: one client's state machine and its read–plan–execute loop.
@@ -22,11 +25,13 @@
 //! [`run`] ties them together.
 
 pub mod admin;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod replies;
+pub mod rotation;
 pub mod secret;
 pub mod server;
 pub mod session;
@@ -39,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use admin::{Admin, ProbeSettings, Readiness};
+use auth::ClientAuth;
 use config::{Config, Secrets};
 use session::Shared;
 use shutdown::Lifecycle;
@@ -68,23 +74,25 @@ pub async fn run(
         address = %config.listen.address,
         admin = %config.metrics.address,
         upstream = %config.upstream.address,
-        client_auth = secrets.client_password.is_some(),
+        client_auth = secrets.client_users.is_some(),
         "redis-ambassador listening"
     );
+    let all_secrets = secrets.all();
+    rotation::warn_unwatchable(&all_secrets, &config.secrets);
     let upstream = Upstream::new(&config, secrets.upstream_password);
     let shared = Arc::new(
         Shared::new(
             upstream,
-            secrets.client_password,
-            config.client_username().to_owned(),
+            ClientAuth::new(secrets.client_users),
             config.request_limits(),
         )
         .with_output_limits(config.output_limits()),
     );
 
-    // The admin endpoint and the prober live as long as this function.
+    // The admin endpoint, the prober and the secret watcher live as long as this function.
     let admin_stop = CancellationToken::new();
     let _admin_guard = admin_stop.clone().drop_guard();
+    rotation::spawn(all_secrets, config.secrets.clone(), admin_stop.clone());
     let probe = ProbeSettings::new(&config);
     let readiness = Arc::new(Readiness::new(
         probe.stale_after(config.upstream.pool_wait_timeout()),

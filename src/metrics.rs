@@ -45,6 +45,8 @@ pub const UPSTREAM_POOL_WAIT_SECONDS: &str = "redis_ambassador_upstream_pool_wai
 pub const UPSTREAM_POOL_EXHAUSTED_TOTAL: &str = "redis_ambassador_upstream_pool_exhausted_total";
 pub const UPSTREAM_STALE_CONNECTIONS_TOTAL: &str =
     "redis_ambassador_upstream_stale_connections_total";
+pub const SECRET_RELOADS_TOTAL: &str = "redis_ambassador_secret_reloads_total";
+pub const SECRET_RELOAD_FAILURES_TOTAL: &str = "redis_ambassador_secret_reload_failures_total";
 
 /// Upper bounds (seconds) of the latency histograms' buckets: tens of microseconds (a
 /// pipelined command on loopback) to seconds (a slow upstream, a pool wait at its timeout).
@@ -307,6 +309,8 @@ pub struct Global {
     pub upstream_idle: Gauge,
     pub upstream_in_use: Gauge,
     pub upstream_pinned: Gauge,
+    pub secret_reloads: Counter,
+    pub secret_reload_failures: Counter,
 }
 
 pub fn global() -> &'static Global {
@@ -328,6 +332,8 @@ pub fn global() -> &'static Global {
         upstream_idle: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "idle"),
         upstream_in_use: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "in_use"),
         upstream_pinned: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "pinned"),
+        secret_reloads: metrics::counter!(SECRET_RELOADS_TOTAL),
+        secret_reload_failures: metrics::counter!(SECRET_RELOAD_FAILURES_TOTAL),
     })
 }
 
@@ -507,6 +513,14 @@ fn describe() {
     describe_counter!(
         UPSTREAM_STALE_CONNECTIONS_TOTAL,
         "Idle pooled upstream connections found dead at checkout and replaced."
+    );
+    describe_counter!(
+        SECRET_RELOADS_TOTAL,
+        "Rotated secrets picked up (a file's content changed)."
+    );
+    describe_counter!(
+        SECRET_RELOAD_FAILURES_TOTAL,
+        "Secret re-reads that found the file missing, unreadable or empty (the last good value stays)."
     );
 }
 

@@ -1,11 +1,20 @@
-//! Secrets: the `Secret` newtype and where secrets come from.
+//! Secrets: the `Secret` newtype, where secrets come from, and `RotatingSecret`, the
+//! holder whose value can change while the proxy runs.
 //!
 //! A `Secret` never shows its bytes through `Debug` or `Display`, compares in constant
 //! time, and is read from a file (a mounted Kubernetes Secret; one trailing newline is
 //! stripped) or an environment variable. Errors name the file or variable, never the value.
+//!
+//! A `RotatingSecret` holds the current value and, for the configured overlap after a
+//! change, the previous one. `reload` re-reads its source: a missing, unreadable or empty
+//! file keeps the last good value (logged without the value, counted). Watching for
+//! changes is `rotation`'s job, not this module's.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
@@ -81,6 +90,158 @@ impl SecretSource {
     }
 }
 
+/// What a reload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The source holds the value already in use (or cannot change: an environment variable).
+    Unchanged,
+    /// A new value is in use.
+    Changed,
+    /// The source could not be read, or is empty: the last good value stays.
+    Kept,
+}
+
+/// A secret whose value may change while the proxy runs (a rotated Kubernetes Secret).
+///
+/// Reads take a lock that is only ever written by a reload, so they never wait for long;
+/// they happen at authentication and upstream connect, never per command.
+#[derive(Debug)]
+pub struct RotatingSecret {
+    source: Option<SecretSource>,
+    state: RwLock<State>,
+    /// How long the previous value is still accepted by `matches` after a change.
+    overlap: Duration,
+    /// The last reload failed (so only the first failure of a run is logged as a warning).
+    failing: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Secret,
+    /// The value before the last change, and until when `matches` accepts it.
+    previous: Option<(Secret, Instant)>,
+}
+
+impl RotatingSecret {
+    /// Reads `source` now; fails as `SecretSource::load` does (a start-up error).
+    pub fn load(source: SecretSource, overlap: Duration) -> Result<RotatingSecret, SecretError> {
+        let current = source.load()?;
+        Ok(RotatingSecret {
+            source: Some(source),
+            state: RwLock::new(State {
+                current,
+                previous: None,
+            }),
+            overlap,
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// A value that never changes (for embedding the library, and tests).
+    pub fn fixed(secret: Secret) -> RotatingSecret {
+        RotatingSecret {
+            source: None,
+            state: RwLock::new(State {
+                current: secret,
+                previous: None,
+            }),
+            overlap: Duration::ZERO,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn source(&self) -> Option<&SecretSource> {
+        self.source.as_ref()
+    }
+
+    /// Whether a change of the source can be seen while running (only files can).
+    pub fn can_rotate(&self) -> bool {
+        matches!(self.source, Some(SecretSource::File(_)))
+    }
+
+    /// The value in use now.
+    pub fn current(&self) -> Secret {
+        match self.state.read() {
+            Ok(state) => state.current.clone(),
+            Err(poisoned) => poisoned.into_inner().current.clone(),
+        }
+    }
+
+    /// Whether `candidate` is the current value, or the previous one within the overlap
+    /// after a change. Both comparisons run every time (constant time in the candidate's
+    /// bytes, as `Secret::matches`), so timing does not tell which one matched.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let state = match self.state.read() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = state.current.matches(candidate);
+        let previous = match &state.previous {
+            Some((old, until)) => old.matches(candidate) & (Instant::now() < *until),
+            None => false,
+        };
+        current | previous
+    }
+
+    /// Reads the source once. A file only: an environment variable is read at start-up
+    /// and never again.
+    pub fn read_source(&self) -> Option<Result<Secret, SecretError>> {
+        match &self.source {
+            Some(source @ SecretSource::File(_)) => Some(source.load()),
+            _ => None,
+        }
+    }
+
+    /// Re-reads the source and installs what it holds if it differs from the current
+    /// value. A failed read keeps the last good value.
+    pub fn reload(&self) -> Reload {
+        match self.read_source() {
+            None => Reload::Unchanged,
+            Some(read) => self.install(read),
+        }
+    }
+
+    /// Installs the outcome of a read (see `reload`): logged and counted, never with the
+    /// value.
+    pub fn install(&self, read: Result<Secret, SecretError>) -> Reload {
+        let global = crate::metrics::global();
+        let new = match read {
+            Ok(new) => new,
+            Err(error) => {
+                global.secret_reload_failures.increment(1);
+                if self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(%error, "secret still unusable; keeping the last good value");
+                } else {
+                    tracing::warn!(%error, "secret unusable; keeping the last good value");
+                }
+                return Reload::Kept;
+            }
+        };
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(source = %self.describe(), "secret readable again");
+        }
+        let mut state = match self.state.write() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if state.current == new {
+            return Reload::Unchanged;
+        }
+        let old = std::mem::replace(&mut state.current, new);
+        state.previous = Some((old, Instant::now() + self.overlap));
+        drop(state);
+        global.secret_reloads.increment(1);
+        tracing::info!(source = %self.describe(), "secret changed; the new value is in use");
+        Reload::Changed
+    }
+
+    fn describe(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| "fixed".to_owned(), ToString::to_string)
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>, SecretError> {
     let mut bytes = std::fs::read(path).map_err(|error| SecretError::Unreadable {
         source_name: SecretSource::File(path.to_owned()).to_string(),
@@ -112,6 +273,48 @@ mod tests {
         assert!(s.matches(b"abc\0def"));
         assert!(!s.matches(b"abc"));
         assert!(!s.matches(b"abc\0deg"));
+    }
+
+    #[test]
+    fn rotating_keeps_last_good_and_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "one\n").unwrap();
+        let secret =
+            RotatingSecret::load(SecretSource::File(path.clone()), Duration::from_secs(60))
+                .unwrap();
+        assert!(secret.can_rotate());
+        assert_eq!(secret.reload(), Reload::Unchanged);
+        for bad in [&b""[..], b"\n", b"\r\n"] {
+            std::fs::write(&path, bad).unwrap();
+            assert_eq!(secret.reload(), Reload::Kept);
+            assert_eq!(secret.current().expose(), b"one");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(secret.reload(), Reload::Kept);
+        assert!(secret.matches(b"one"));
+        std::fs::write(&path, "two").unwrap();
+        assert_eq!(secret.reload(), Reload::Changed);
+        assert_eq!(secret.current().expose(), b"two");
+        // Within the overlap both are accepted; an empty candidate never is.
+        assert!(secret.matches(b"two") && secret.matches(b"one"));
+        assert!(!secret.matches(b"") && !secret.matches(b"three"));
+    }
+
+    #[test]
+    fn rotating_without_overlap_drops_the_old_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "one").unwrap();
+        let secret =
+            RotatingSecret::load(SecretSource::File(path.clone()), Duration::ZERO).unwrap();
+        std::fs::write(&path, "two").unwrap();
+        assert_eq!(secret.reload(), Reload::Changed);
+        assert!(secret.matches(b"two") && !secret.matches(b"one"));
+        let fixed = RotatingSecret::fixed(Secret::new("x"));
+        assert!(!fixed.can_rotate());
+        assert_eq!(fixed.reload(), Reload::Unchanged);
+        assert_eq!(format!("{fixed:?}").matches("redacted").count(), 1);
     }
 
     #[test]

@@ -21,21 +21,20 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ClientAuth;
 use crate::command::{self, ClientSub, Kind, Local};
 use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, RequestLimits, RequestScanner, encode};
 use crate::replies;
-use crate::secret::Secret;
 use crate::upstream::{ConnState, Pinned, Upstream};
 use batch::Batch;
 
 /// What every session shares: the upstream, the client credentials, the limits.
 pub struct Shared {
     pub upstream: Upstream,
-    /// The password clients must present; `None` is Redis's `nopass`.
-    pub client_password: Option<Secret>,
-    pub client_username: String,
+    /// The users clients may authenticate as; none is Redis's `nopass`.
+    pub client_auth: ClientAuth,
     pub limits: RequestLimits,
     /// Bounds on what is buffered for a relayed (pub/sub, MONITOR) client.
     pub output_limits: OutputLimits,
@@ -68,34 +67,21 @@ impl Shared {
         self
     }
 
-    pub fn new(
-        upstream: Upstream,
-        client_password: Option<Secret>,
-        client_username: String,
-        limits: RequestLimits,
-    ) -> Shared {
+    pub fn new(upstream: Upstream, client_auth: ClientAuth, limits: RequestLimits) -> Shared {
         Shared {
             upstream,
-            client_password,
-            client_username,
+            client_auth,
             limits,
             output_limits: OutputLimits::default(),
             next_client_id: AtomicU64::new(1),
         }
     }
 
-    /// Checks a username/password pair. Without a client password the only user is
-    /// `default`, who needs none (Redis's `nopass`).
-    fn authenticate(&self, username: &[u8], password: &[u8]) -> bool {
-        match &self.client_password {
-            None => username == b"default",
-            Some(secret) => {
-                // Evaluate both so timing does not tell which one was wrong.
-                let user_ok = username == self.client_username.as_bytes();
-                let pass_ok = secret.matches(password);
-                user_ok & pass_ok
-            }
-        }
+    /// Checks a username/password pair against every configured user (see `auth`);
+    /// returns the user's name. Without a client password the only user is `default`,
+    /// who needs none (Redis's `nopass`).
+    fn authenticate(&self, username: &[u8], password: &[u8]) -> Option<Arc<str>> {
+        self.client_auth.authenticate(username, password)
     }
 }
 
@@ -144,6 +130,8 @@ pub struct Session {
     shared: Arc<Shared>,
     id: u64,
     authenticated: bool,
+    /// The user the client authenticated as (`default` until then), for CLIENT INFO.
+    user: Arc<str>,
     db: u32,
     proto: Proto,
     name: Option<Bytes>,
@@ -171,12 +159,13 @@ pub struct Session {
 impl Session {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr, local_addr: SocketAddr) -> Session {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let authenticated = shared.client_password.is_none();
+        let authenticated = !shared.client_auth.required();
         let now = Instant::now();
         Session {
             shared,
             id,
             authenticated,
+            user: Arc::from(crate::auth::DEFAULT_USER),
             db: 0,
             proto: Proto::Resp2,
             name: None,
@@ -651,15 +640,16 @@ impl Session {
             return batch.reply(replies::SYNTAX_ERROR);
         }
         let (username, password) = if args.len() == 2 {
-            if self.shared.client_password.is_none() {
+            if !self.shared.client_auth.required() {
                 return batch.reply(replies::AUTH_WITHOUT_PASSWORD);
             }
             (&b"default"[..], &args[1][..])
         } else {
             (&args[1][..], &args[2][..])
         };
-        if self.shared.authenticate(username, password) {
+        if let Some(user) = self.shared.authenticate(username, password) {
             self.authenticated = true;
+            self.user = user;
             batch.reply(replies::OK);
         } else {
             // A failed AUTH does not undo an earlier success (Redis 6+).
@@ -702,12 +692,13 @@ impl Session {
             }
         }
         if let Some((username, password)) = credentials {
-            if !self.shared.authenticate(username, password) {
+            let Some(user) = self.shared.authenticate(username, password) else {
                 tracing::debug!(peer = %self.peer, "client authentication failed (HELLO)");
                 metrics::global().client_auth_failures.increment(1);
                 return batch.reply(replies::WRONGPASS);
-            }
+            };
             self.authenticated = true;
+            self.user = user;
         }
         if self.requires_auth() {
             return batch.reply(replies::HELLO_NOAUTH);
@@ -799,7 +790,8 @@ impl Session {
         self.db = 0;
         self.proto = Proto::Resp2;
         self.name = None;
-        self.authenticated = self.shared.client_password.is_none();
+        self.authenticated = !self.shared.client_auth.required();
+        self.user = Arc::from(crate::auth::DEFAULT_USER);
     }
 
     fn client(&mut self, request: &Request, batch: &mut Batch) -> Flow {
@@ -930,11 +922,7 @@ impl Session {
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        let user = if self.authenticated {
-            self.shared.client_username.as_str()
-        } else {
-            "default"
-        };
+        let user = &*self.user;
         format!(
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags=N db={} sub=0 psub=0 \
              ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \

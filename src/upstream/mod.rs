@@ -7,10 +7,18 @@
 //! sees one returns that error at once; for `reconnect_backoff` after a failure further
 //! checkouts fail fast with the same error instead of dialling again, which caps the
 //! reconnect rate while the upstream is down.
+//!
+//! The upstream password may rotate (see `rotation`): every connect reads the current
+//! value, so new connections use new credentials while established ones keep working
+//! (Redis does not drop authenticated connections when a password changes). A connect the
+//! server refuses re-reads the secret file at once and, if it changed, tries again; if the
+//! current password is still refused, the last password that worked is tried too, which
+//! covers a Secret updated before Redis was.
 
 pub mod conn;
 pub mod mux;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +31,7 @@ pub use conn::{ConnState, UpstreamConn};
 
 use crate::config::Config;
 use crate::protocol::ReplyError;
-use crate::secret::Secret;
+use crate::secret::{Reload, RotatingSecret, Secret};
 
 /// Why a command could not be served by the upstream. The `Display` text is what the
 /// client sees after `-ERR `; none of them can contain a secret.
@@ -177,21 +185,24 @@ impl ErrorSink<UpstreamError> for HealthSink {
 pub struct Manager {
     address: String,
     username: Option<String>,
-    password: Option<Secret>,
+    password: Option<Arc<RotatingSecret>>,
+    /// The last password the upstream accepted: tried when the current one is refused.
+    last_good: Arc<Mutex<Option<Secret>>>,
+    /// Connections are being opened with `last_good` because the current password is
+    /// refused (logged as a warning once per episode).
+    on_fallback: Arc<AtomicBool>,
     connect_timeout: Duration,
     max_reply_depth: usize,
     health: Arc<Health>,
     info: Arc<Mutex<Option<ServerInfo>>>,
 }
 
-impl ManageConnection for Manager {
-    type Connection = UpstreamConn;
-    type Error = UpstreamError;
-
-    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+impl Manager {
+    /// One attempt with one password.
+    async fn connect_with(&self, password: Option<&Secret>) -> Result<UpstreamConn, UpstreamError> {
         let credentials = conn::Credentials {
             username: self.username.as_deref(),
-            password: self.password.as_ref(),
+            password,
         };
         let (conn, info) = UpstreamConn::connect(
             &self.address,
@@ -203,6 +214,75 @@ impl ManageConnection for Manager {
         if let Ok(mut slot) = self.info.lock() {
             *slot = Some(info);
         }
+        Ok(conn)
+    }
+
+    /// Connects with the current password; when the server refuses it, re-reads the
+    /// secret (and tries the new value if it changed), then tries the last password that
+    /// worked. Returns the first error if nothing gets in.
+    async fn connect_rotating(
+        &self,
+        secret: &RotatingSecret,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let current = secret.current();
+        let error = match self.connect_with(Some(&current)).await {
+            Ok(conn) => {
+                self.accepted(current, false);
+                return Ok(conn);
+            }
+            Err(error @ UpstreamError::AuthFailed(_)) => error,
+            Err(other) => return Err(other),
+        };
+        let mut tried = vec![current];
+        // The secret may have rotated since it was last read: do not wait for the watcher.
+        if secret.reload() == Reload::Changed {
+            let new = secret.current();
+            tracing::info!("upstream refused the password; retrying with the rotated one");
+            match self.connect_with(Some(&new)).await {
+                Ok(conn) => {
+                    self.accepted(new, false);
+                    return Ok(conn);
+                }
+                Err(UpstreamError::AuthFailed(_)) => tried.push(new),
+                Err(other) => return Err(other),
+            }
+        }
+        let last_good = self.last_good.lock().ok().and_then(|g| g.clone());
+        if let Some(good) = last_good.filter(|g| !tried.contains(g)) {
+            if let Ok(conn) = self.connect_with(Some(&good)).await {
+                self.accepted(good, true);
+                return Ok(conn);
+            }
+        }
+        Err(error)
+    }
+
+    /// Records the password a connect succeeded with.
+    fn accepted(&self, password: Secret, fallback: bool) {
+        let was = self.on_fallback.swap(fallback, Ordering::Relaxed);
+        if fallback && !was {
+            tracing::warn!(
+                "upstream refuses the current password but still accepts the previous one; \
+                 using the previous one for new connections until the current one works"
+            );
+        } else if !fallback && was {
+            tracing::info!("upstream accepts the current password again");
+        }
+        if !fallback && let Ok(mut good) = self.last_good.lock() {
+            *good = Some(password);
+        }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = UpstreamConn;
+    type Error = UpstreamError;
+
+    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+        let conn = match &self.password {
+            Some(secret) => self.connect_rotating(secret).await?,
+            None => self.connect_with(None).await?,
+        };
         self.health.succeeded();
         tracing::debug!(address = %self.address, "upstream connection established");
         Ok(conn)
@@ -259,7 +339,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &Config, password: Option<Secret>) -> Upstream {
+    /// `password` is read again at every connect, so a rotated secret reaches new
+    /// connections.
+    pub fn new(config: &Config, password: Option<Arc<RotatingSecret>>) -> Upstream {
         let health = Arc::new(Health {
             last_failure: Mutex::new(None),
             failures: watch::Sender::new(0),
@@ -269,6 +351,8 @@ impl Upstream {
             address: config.upstream.address.clone(),
             username: config.upstream.username.clone(),
             password: password.clone(),
+            last_good: Arc::new(Mutex::new(None)),
+            on_fallback: Arc::new(AtomicBool::new(false)),
             connect_timeout: config.upstream.connect_timeout(),
             max_reply_depth: config.limits.max_reply_depth,
             health: health.clone(),

@@ -940,6 +940,13 @@ pub struct AmbassadorBuilder {
     log_lines: Vec<String>,
     /// Extra `key = value` lines for `[upstream]` (see `upstream_option`).
     upstream_lines: Vec<String>,
+    /// Secret rotation: `[client] password_file` / `[upstream] password_file` pointing at a
+    /// file the test manages, extra `[client]` lines, and whole TOML sections appended at
+    /// the end (`[secrets]`, `[[client.users]]`). See `client_password_path` and below.
+    client_password_path: Option<PathBuf>,
+    upstream_password_path: Option<PathBuf>,
+    client_lines: Vec<String>,
+    extra_toml: Vec<String>,
 }
 
 impl AmbassadorBuilder {
@@ -1028,6 +1035,8 @@ impl AmbassadorBuilder {
         if self.client_password.is_some()
             || self.client_password_env.is_some()
             || self.client_username.is_some()
+            || self.client_password_path.is_some()
+            || !self.client_lines.is_empty()
         {
             t.push_str("\n[client]\n");
             if let Some(u) = &self.client_username {
@@ -1039,6 +1048,10 @@ impl AmbassadorBuilder {
             if let Some((var, _)) = &self.client_password_env {
                 let _ = writeln!(t, "password_env = \"{var}\"");
             }
+            if let Some(p) = &self.client_password_path {
+                let _ = writeln!(t, "password_file = \"{}\"", p.display());
+            }
+            push_lines(&mut t, &self.client_lines);
         }
         t.push_str("\n[upstream]\n");
         let _ = writeln!(t, "address = \"{}\"", self.upstream);
@@ -1047,6 +1060,9 @@ impl AmbassadorBuilder {
         }
         if let Some(pw) = &self.upstream_password {
             write_secret_file(&mut t, dir, "upstream_password", pw);
+        }
+        if let Some(p) = &self.upstream_password_path {
+            let _ = writeln!(t, "password_file = \"{}\"", p.display());
         }
         for (k, v) in [
             ("pool_size", self.pool_size.map(u64::from)),
@@ -1326,6 +1342,7 @@ impl AmbassadorBuilder {
                 push_lines(&mut t, lines);
             }
         }
+        push_lines(&mut t, &self.extra_toml);
         t
     }
 }
@@ -1475,5 +1492,102 @@ impl AmbassadorBuilder {
     /// `[upstream] max_pinned`: the cap on dedicated (pinned) upstream connections.
     pub fn max_pinned(self, n: u64) -> Self {
         self.upstream_option("max_pinned", &n.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Secret rotation and client users
+// ---------------------------------------------------------------------------
+
+impl AmbassadorBuilder {
+    /// `[client] password_file` naming `path` as it is (the test manages the file).
+    pub fn client_password_path(mut self, path: &Path) -> Self {
+        self.client_password_path = Some(path.to_owned());
+        self
+    }
+    /// `[upstream] password_file` naming `path` as it is (the test manages the file).
+    pub fn upstream_password_path(mut self, path: &Path) -> Self {
+        self.upstream_password_path = Some(path.to_owned());
+        self
+    }
+    /// A `key = value` line for `[client]` (`value` as TOML).
+    pub fn client_option(mut self, key: &str, value: &str) -> Self {
+        self.client_lines.push(format!("{key} = {value}"));
+        self
+    }
+    /// `[client] rotation_overlap_ms`.
+    pub fn rotation_overlap_ms(self, n: u64) -> Self {
+        self.client_option("rotation_overlap_ms", &n.to_string())
+    }
+    /// A `[[client.users]]` entry whose password is in the file at `path`.
+    pub fn client_user_file(mut self, name: &str, path: &Path) -> Self {
+        self.extra_toml.push(format!(
+            "\n[[client.users]]\nusername = \"{name}\"\npassword_file = \"{}\"",
+            path.display()
+        ));
+        self
+    }
+    /// The `[secrets]` section: watching on or off, and the poll interval.
+    pub fn secrets_watch(mut self, watch: bool, poll_interval_ms: u64, debounce_ms: u64) -> Self {
+        self.extra_toml.push(format!(
+            "\n[secrets]\nwatch = {watch}\npoll_interval_ms = {poll_interval_ms}\n\
+             debounce_ms = {debounce_ms}"
+        ));
+        self
+    }
+}
+
+/// A directory laid out as kubelet lays out a Secret volume: `..data` is a symlink to a
+/// timestamped directory holding the keys, and each key is a symlink `key -> ..data/key`.
+/// `update` swaps in new data exactly as kubelet does.
+pub struct KubeSecretDir {
+    dir: TempDir,
+    generation: u32,
+}
+
+impl KubeSecretDir {
+    /// A volume with the given keys (values written without a trailing newline, as
+    /// Kubernetes does).
+    pub fn new(keys: &[(&str, &[u8])]) -> KubeSecretDir {
+        let dir = tempfile::Builder::new()
+            .prefix("ambassador-secret-")
+            .tempdir()
+            .expect("tempdir");
+        let mut volume = KubeSecretDir { dir, generation: 0 };
+        volume.update(keys);
+        for (key, _) in keys {
+            std::os::unix::fs::symlink(format!("..data/{key}"), volume.dir.path().join(key))
+                .unwrap();
+        }
+        volume
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The path of a key (the symlink an application reads).
+    pub fn key(&self, key: &str) -> PathBuf {
+        self.dir.path().join(key)
+    }
+
+    /// kubelet's atomic update: write the new data into a fresh `..<timestamp>` directory,
+    /// point `..data_tmp` at it, rename `..data_tmp` over `..data`, remove the old data.
+    pub fn update(&mut self, keys: &[(&str, &[u8])]) {
+        self.generation += 1;
+        let stamp = format!("..2026_11_26_10_00_00.{:09}", self.generation);
+        let new = self.dir.path().join(&stamp);
+        fs::create_dir(&new).unwrap();
+        for (key, value) in keys {
+            fs::write(new.join(key), value).unwrap();
+        }
+        let data = self.dir.path().join("..data");
+        let old = fs::read_link(&data).ok();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+        fs::rename(&tmp, &data).unwrap();
+        if let Some(old) = old {
+            let _ = fs::remove_dir_all(self.dir.path().join(old));
+        }
     }
 }
