@@ -14,7 +14,8 @@
 //! - [`protocol`]: RESP — the client request scanner, the upstream reply scanner, encoders.
 //! - [`command`]: the command table (what is local, refused, or forwarded).
 //! - [`session`]: one client's state machine and its read–plan–execute loop.
-//! - [`upstream`]: the bb8 pool of authenticated upstream connections.
+//! - [`upstream`]: the shared multiplexed lanes, and the bb8 pool of dedicated (pinned)
+//!   connections for transactions, blocking commands and pub/sub.
 //! - [`metrics`]: metric names and the handles the hot path records through.
 //! - [`replies`]: every reply the proxy writes itself, with Redis's wording.
 //! - [`server`]: the listener and `max_clients`.
