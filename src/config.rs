@@ -26,6 +26,8 @@ pub enum ConfigError {
     Invalid(String),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +55,14 @@ pub struct Listen {
     pub address: SocketAddr,
     pub max_clients: usize,
     pub allow_unauthenticated_remote: bool,
+    /// The proxy's certificate chain and key (PEM): both set turn on TLS for clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to; set, a client without a
+    /// valid certificate is refused at the handshake.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Time a client has to complete the TLS handshake.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for Listen {
@@ -61,7 +71,17 @@ impl Default for Listen {
             address: SocketAddr::from(([127, 0, 0, 1], 6379)),
             max_clients: 10_000,
             allow_unauthenticated_remote: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_handshake_timeout_ms: 10_000,
         }
+    }
+}
+
+impl Listen {
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
     }
 }
 
@@ -131,8 +151,20 @@ fn default_username() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `host:port`; resolved at every connect, so a Service name follows its endpoints.
+    /// `host:port`, `redis://host:port` or `rediss://host:port` (TLS); resolved at every
+    /// connect, so a Service name follows its endpoints.
     pub address: String,
+    /// TLS to the upstream (also turned on by a `rediss://` address).
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle (PEM) the server's certificate must chain to; absent: the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The name the server's certificate is checked against (and sent as SNI); default:
+    /// the address's host.
+    pub tls_server_name: Option<String>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
@@ -148,6 +180,38 @@ pub struct Upstream {
     pub reconnect_backoff_ms: u64,
     #[serde(default = "defaults::max_pinned")]
     pub max_pinned: usize,
+}
+
+impl Upstream {
+    /// The address without its `redis://` / `rediss://` scheme: what is dialled.
+    pub fn endpoint(&self) -> &str {
+        let address = self.address.trim();
+        address
+            .strip_prefix("rediss://")
+            .or_else(|| address.strip_prefix("redis://"))
+            .unwrap_or(address)
+    }
+
+    /// Whether connections to the upstream use TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls || self.address.trim().starts_with("rediss://")
+    }
+
+    /// The host part of the endpoint (IPv6 brackets removed).
+    pub fn host(&self) -> &str {
+        let endpoint = self.endpoint();
+        let host = endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host);
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// The name the server's TLS certificate is checked against.
+    pub fn tls_name(&self) -> &str {
+        self.tls_server_name
+            .as_deref()
+            .unwrap_or_else(|| self.host())
+    }
 }
 
 mod defaults {
@@ -333,6 +397,10 @@ pub struct Secrets {
     /// `nopass` semantics (no `[client]` section).
     pub client_users: Option<Vec<(String, Arc<RotatingSecret>)>>,
     pub upstream_password: Option<Arc<RotatingSecret>>,
+    /// TLS to the upstream, its files read (`None`: plain TCP).
+    pub upstream_tls: Option<crate::tls::UpstreamTls>,
+    /// TLS for clients, its files read (`None`: plain TCP).
+    pub listen_tls: Option<crate::tls::ListenTls>,
 }
 
 impl Secrets {
@@ -413,18 +481,65 @@ impl Config {
         {
             return invalid("[upstream] username needs password_file or password_env");
         }
+        // Verified client certificates authenticate clients too.
         if client.is_none()
+            && self.listen.tls_client_ca_file.is_none()
             && !self.listen.address.ip().is_loopback()
             && !self.listen.allow_unauthenticated_remote
         {
             return invalid(
                 "[listen] address is not loopback and there is no [client] password: anyone who \
-                 reaches it would use the upstream credentials; set a [client] password or \
-                 allow_unauthenticated_remote = true",
+                 reaches it would use the upstream credentials; set a [client] password, \
+                 [listen] tls_client_ca_file, or allow_unauthenticated_remote = true",
             );
         }
         if self.upstream.address.trim().is_empty() {
             return invalid("[upstream] address is empty");
+        }
+        let endpoint = self.upstream.endpoint();
+        if endpoint.contains('/') || !endpoint.contains(':') {
+            return Err(ConfigError::Invalid(format!(
+                "[upstream] address `{}` must be host:port, redis://host:port or \
+                 rediss://host:port",
+                self.upstream.address
+            )));
+        }
+        if self.upstream.tls && self.upstream.address.trim().starts_with("redis://") {
+            return invalid(
+                "[upstream] tls = true contradicts a redis:// address; use rediss:// or host:port",
+            );
+        }
+        let upstream_tls_keys = self.upstream.tls_ca_file.is_some()
+            || self.upstream.tls_cert_file.is_some()
+            || self.upstream.tls_key_file.is_some()
+            || self.upstream.tls_server_name.is_some();
+        if upstream_tls_keys && !self.upstream.tls_enabled() {
+            return invalid(
+                "[upstream] has tls_* keys but TLS is off; set tls = true or use a rediss:// \
+                 address",
+            );
+        }
+        if self.upstream.tls_cert_file.is_some() != self.upstream.tls_key_file.is_some() {
+            return invalid("[upstream] tls_cert_file and tls_key_file go together: set both");
+        }
+        if self
+            .upstream
+            .tls_server_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return invalid("[upstream] tls_server_name is empty");
+        }
+        if self.listen.tls_cert_file.is_some() != self.listen.tls_key_file.is_some() {
+            return invalid("[listen] tls_cert_file and tls_key_file go together: set both");
+        }
+        if self.listen.tls_client_ca_file.is_some() && self.listen.tls_cert_file.is_none() {
+            return invalid(
+                "[listen] tls_client_ca_file needs tls_cert_file and tls_key_file (TLS for clients)",
+            );
+        }
+        if self.listen.tls_handshake_timeout_ms == 0 {
+            return invalid("[listen] tls_handshake_timeout_ms must be at least 1");
         }
         if self.listen.max_clients == 0 {
             return invalid("[listen] max_clients must be at least 1");
@@ -502,7 +617,8 @@ impl Config {
         Ok(())
     }
 
-    /// Reads the secrets the config names. Fails if one is missing or empty.
+    /// Reads the secrets the config names, and the TLS certificates and keys. Fails if one
+    /// is missing, empty or unreadable (the error names the key and the path).
     pub fn load_secrets(&self) -> Result<Secrets, ConfigError> {
         let client_users = match &self.client {
             Some(c) => {
@@ -526,6 +642,8 @@ impl Config {
         Ok(Secrets {
             client_users,
             upstream_password,
+            upstream_tls: crate::tls::UpstreamTls::from_config(&self.upstream)?,
+            listen_tls: crate::tls::ListenTls::from_config(&self.listen)?,
         })
     }
 
@@ -651,6 +769,47 @@ mod tests {
     }
 
     const UPSTREAM: &str = "[upstream]\naddress = \"x:1\"\n";
+
+    #[test]
+    fn tls_settings() {
+        let config =
+            Config::from_str("[upstream]\naddress = \"rediss://cache.example:6380\"\n").unwrap();
+        assert!(config.upstream.tls_enabled());
+        assert_eq!(config.upstream.endpoint(), "cache.example:6380");
+        assert_eq!(config.upstream.tls_name(), "cache.example");
+        let config = Config::from_str(
+            "[upstream]\naddress = \"[::1]:6380\"\ntls = true\ntls_server_name = \"r\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstream.host(), "::1");
+        assert_eq!(config.upstream.tls_name(), "r");
+        for text in [
+            // tls_* keys without TLS.
+            "[upstream]\naddress = \"x:1\"\ntls_ca_file = \"/ca\"\n",
+            "[upstream]\naddress = \"redis://x:1\"\ntls = true\n",
+            "[upstream]\naddress = \"x:1\"\ntls = true\ntls_cert_file = \"/c\"\n",
+            "[upstream]\naddress = \"rediss://x\"\n",
+            "[listen]\ntls_key_file = \"/k\"\n[upstream]\naddress = \"x:1\"\n",
+            "[listen]\ntls_client_ca_file = \"/ca\"\n[upstream]\naddress = \"x:1\"\n",
+        ] {
+            assert!(Config::from_str(text).is_err(), "{text}");
+        }
+        // A verified client certificate is client authentication.
+        let remote = "[listen]\naddress = \"0.0.0.0:6379\"\ntls_cert_file = \"/c\"\n\
+                      tls_key_file = \"/k\"\ntls_client_ca_file = \"/ca\"\n\
+                      [upstream]\naddress = \"x:1\"\n";
+        assert!(Config::from_str(remote).is_ok());
+        // A missing key file is a start-up error naming the key and the path.
+        let config = Config::from_str(
+            "[upstream]\naddress = \"x:1\"\ntls = true\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap();
+        let err = config.load_secrets().unwrap_err().to_string();
+        assert!(
+            err.contains("[upstream] tls_ca_file /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn admin_shutdown_and_log_defaults() {

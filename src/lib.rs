@@ -18,7 +18,10 @@
 //!   connections for transactions, blocking commands and pub/sub.
 //! - [`metrics`]: metric names and the handles the hot path records through.
 //! - [`replies`]: every reply the proxy writes itself, with Redis's wording.
-//! - [`server`]: the listener and `max_clients`.
+//! - [`server`]: the listener, `max_clients`, and the TLS handshake with clients.
+//! - [`tls`]: TLS settings (certificates, keys, names) read at start, and handshake
+//!   failures explained.
+//! - [`net`]: the byte streams, plain TCP or TLS, upstream and downstream, and their halves.
 //! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) and the
 //!   readiness prober.
 //! - [`shutdown`]: signals, and the drain that ends the process.
@@ -30,6 +33,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod replies;
 pub mod rotation;
@@ -37,6 +41,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -75,12 +80,14 @@ pub async fn run(
         address = %config.listen.address,
         admin = %config.metrics.address,
         upstream = %config.upstream.address,
+        upstream_tls = config.upstream.tls_enabled(),
+        client_tls = secrets.listen_tls.is_some(),
         client_auth = secrets.client_users.is_some(),
         "redis-ambassador listening"
     );
     let all_secrets = secrets.all();
     rotation::warn_unwatchable(&all_secrets, &config.secrets);
-    let upstream = Upstream::new(&config, secrets.upstream_password);
+    let upstream = Upstream::new(&config, secrets.upstream_password, secrets.upstream_tls);
     let shared = Arc::new(
         Shared::new(
             upstream,
@@ -118,6 +125,7 @@ pub async fn run(
     let server = tokio::spawn(server::serve(
         listener,
         shared,
+        secrets.listen_tls,
         config.listen.max_clients,
         lifecycle.clone(),
     ));

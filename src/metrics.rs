@@ -36,6 +36,7 @@ pub const CLIENT_CONNECTIONS: &str = "redis_ambassador_client_connections";
 pub const CLIENT_CONNECTIONS_TOTAL: &str = "redis_ambassador_client_connections_total";
 pub const CLIENT_AUTH_FAILURES_TOTAL: &str = "redis_ambassador_client_auth_failures_total";
 pub const PROTOCOL_ERRORS_TOTAL: &str = "redis_ambassador_protocol_errors_total";
+pub const CLIENT_TLS_FAILURES_TOTAL: &str = "redis_ambassador_client_tls_handshake_failures_total";
 pub const CLIENT_BYTES_IN_TOTAL: &str = "redis_ambassador_client_bytes_in_total";
 pub const CLIENT_BYTES_OUT_TOTAL: &str = "redis_ambassador_client_bytes_out_total";
 pub const UPSTREAM_CONNECTIONS: &str = "redis_ambassador_upstream_connections";
@@ -299,6 +300,7 @@ pub struct Global {
     pub client_connections_total: Counter,
     pub client_auth_failures: Counter,
     pub protocol_errors: Counter,
+    pub client_tls_failures: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub upstream_connect_failures_unavailable: Counter,
@@ -320,6 +322,7 @@ pub fn global() -> &'static Global {
         client_connections_total: metrics::counter!(CLIENT_CONNECTIONS_TOTAL),
         client_auth_failures: metrics::counter!(CLIENT_AUTH_FAILURES_TOTAL),
         protocol_errors: metrics::counter!(PROTOCOL_ERRORS_TOTAL),
+        client_tls_failures: metrics::counter!(CLIENT_TLS_FAILURES_TOTAL),
         bytes_in: metrics::counter!(CLIENT_BYTES_IN_TOTAL),
         bytes_out: metrics::counter!(CLIENT_BYTES_OUT_TOTAL),
         upstream_connect_failures_unavailable: metrics::counter!(
@@ -478,6 +481,10 @@ fn describe() {
     describe_counter!(
         CLIENT_AUTH_FAILURES_TOTAL,
         "Failed AUTH / HELLO AUTH attempts by clients."
+    );
+    describe_counter!(
+        CLIENT_TLS_FAILURES_TOTAL,
+        "Client connections closed because the TLS handshake failed (or timed out)."
     );
     describe_counter!(
         PROTOCOL_ERRORS_TOTAL,

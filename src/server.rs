@@ -1,7 +1,9 @@
 //! The listener: accepts clients, enforces `max_clients`, and spawns one session per
 //! client. Over the limit a client gets Redis's `-ERR max number of clients reached` and is
-//! closed. It stops accepting (and drops the listener) when the lifecycle's
-//! `stop_accepting` token fires; every session is spawned on the lifecycle's task tracker
+//! closed (over TLS it is only closed, as Redis does). With TLS for clients the handshake
+//! runs in the client's own task, bounded by `tls_handshake_timeout_ms`, so a slow client
+//! never holds up the accept loop. It stops accepting (and drops the listener) when the
+//! lifecycle's `stop_accepting` token fires; every session is spawned on the lifecycle's task tracker
 //! with its `closing` token, so that the drain in `shutdown` can close and await them.
 
 use std::sync::Arc;
@@ -11,13 +13,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::net::ClientStream;
 use crate::replies;
 use crate::session::{Session, Shared};
 use crate::shutdown::Lifecycle;
+use crate::tls::ListenTls;
 
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<ListenTls>,
     max_clients: usize,
     lifecycle: Lifecycle,
 ) {
@@ -38,6 +43,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if tls.is_some() {
+                // No reply before a handshake: the client just sees the close.
+                drop(stream);
+                continue;
+            }
             lifecycle.sessions.spawn(async move {
                 let _ = stream.write_all(replies::MAX_CLIENTS).await;
                 let _ = stream.shutdown().await;
@@ -48,8 +58,21 @@ pub async fn serve(
         let session = Session::new(shared.clone(), peer, local);
         let closing = lifecycle.closing.clone();
         let span = tracing::debug_span!("client", %peer);
+        let tls = tls.clone();
         lifecycle.sessions.spawn(
             async move {
+                let stream = match tls {
+                    None => ClientStream::Plain(stream),
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => ClientStream::Tls(Box::new(stream)),
+                        Err(error) => {
+                            // The client's fault (or a scanner): not the proxy's.
+                            tracing::debug!(%error, "TLS handshake with a client failed");
+                            crate::metrics::global().client_tls_failures.increment(1);
+                            return;
+                        }
+                    },
+                };
                 tracing::debug!("connected");
                 session.run(stream, closing).await;
                 tracing::debug!("disconnected");

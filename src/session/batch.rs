@@ -11,11 +11,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
+use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
@@ -228,7 +227,7 @@ impl Batch {
         pinned: &mut Option<Pinned>,
         pin: bool,
         out: &mut BytesMut,
-        client: &mut OwnedWriteHalf,
+        client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
         if self.first.is_none() {
             out.extend_from_slice(&self.local);
@@ -276,7 +275,7 @@ impl Batch {
         upstream: &Upstream,
         first: ConnState,
         out: &mut BytesMut,
-        client: &mut OwnedWriteHalf,
+        client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
         let expected = self
             .steps
@@ -303,7 +302,7 @@ impl Batch {
         conn: &mut UpstreamConn,
         timeout: Option<Duration>,
         out: &mut BytesMut,
-        client: &mut OwnedWriteHalf,
+        client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
         let Some(first) = self.first else {
             return Ok(Outcome::default());
@@ -376,7 +375,7 @@ impl Batch {
     async fn emit(
         &self,
         out: &mut BytesMut,
-        client: &mut OwnedWriteHalf,
+        client: &mut ClientWrite,
         mut failure: Option<(String, ErrorClass)>,
         mut source: Source<'_>,
     ) -> std::io::Result<Outcome> {
@@ -421,7 +420,7 @@ impl Batch {
                 }
             }
             if out.len() >= CLIENT_FLUSH_BYTES {
-                client.write_all(out).await?;
+                client.send(out).await?;
                 out.clear();
             }
         }

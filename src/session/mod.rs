@@ -16,14 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ClientAuth;
 use crate::command::{self, ClientSub, Kind, Local};
 use crate::metrics::{self, ErrorClass};
+use crate::net::{ClientRead, ClientStream, ClientWrite};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, RequestLimits, RequestScanner, encode};
 use crate::replies;
@@ -202,7 +201,7 @@ impl Session {
 
     /// Serves the client until it leaves, breaks the protocol, QUITs, or `closing` fires.
     /// `closing` is honoured between batches: requests already read are answered first.
-    pub async fn run(mut self, stream: TcpStream, closing: CancellationToken) {
+    pub async fn run(mut self, stream: ClientStream, closing: CancellationToken) {
         let global = metrics::global();
         global.client_connections.increment(1.0);
         global.client_connections_total.increment(1);
@@ -217,7 +216,7 @@ impl Session {
         global.client_connections.decrement(1.0);
     }
 
-    async fn serve(&mut self, stream: TcpStream, closing: CancellationToken) {
+    async fn serve(&mut self, stream: ClientStream, closing: CancellationToken) {
         let global = metrics::global();
         self.fd = fd_of(&stream);
         let (mut reader, mut writer) = stream.into_split();
@@ -255,7 +254,7 @@ impl Session {
                     .execute(batch, &mut out, &mut writer, &mut reader, &mut inbuf)
                     .await;
                 global.bytes_out.increment(out.len() as u64);
-                if !ok || writer.write_all(&out).await.is_err() {
+                if !ok || writer.send(&out).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -320,8 +319,8 @@ impl Session {
         &mut self,
         batch: Batch,
         out: &mut BytesMut,
-        writer: &mut OwnedWriteHalf,
-        reader: &mut OwnedReadHalf,
+        writer: &mut ClientWrite,
+        reader: &mut ClientRead,
         inbuf: &mut BytesMut,
     ) -> bool {
         let pin = self.needs_pin();
@@ -969,12 +968,16 @@ fn batch_was_full(scanner: &RequestScanner, inbuf: &BytesMut) -> bool {
 }
 
 #[cfg(unix)]
-fn fd_of(stream: &TcpStream) -> i64 {
+fn fd_of(stream: &ClientStream) -> i64 {
     use std::os::fd::AsRawFd;
-    i64::from(stream.as_raw_fd())
+    let tcp = match stream {
+        ClientStream::Plain(tcp) => tcp,
+        ClientStream::Tls(tls) => tls.get_ref().0,
+    };
+    i64::from(tcp.as_raw_fd())
 }
 
 #[cfg(not(unix))]
-fn fd_of(_: &TcpStream) -> i64 {
+fn fd_of(_: &ClientStream) -> i64 {
     -1
 }

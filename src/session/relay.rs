@@ -16,13 +16,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 
 use super::batch::Batch;
 use super::{Session, request_bytes};
 use crate::command::{self, ClientSub, Kind, Local};
 use crate::metrics;
+use crate::net::{ClientRead, ClientWrite};
 use crate::protocol::{Proto, Request, RequestScanner, encode};
 use crate::replies;
 use crate::upstream::conn::transition;
@@ -115,8 +115,8 @@ impl Session {
     pub(super) async fn relay(
         &mut self,
         first: Request,
-        reader: &mut OwnedReadHalf,
-        writer: &mut OwnedWriteHalf,
+        reader: &mut ClientRead,
+        writer: &mut ClientWrite,
         inbuf: &mut BytesMut,
         scanner: &mut RequestScanner,
     ) -> Exit {
@@ -132,7 +132,7 @@ impl Session {
                         Some(error.class()),
                         std::time::Duration::ZERO,
                     );
-                    return match writer.write_all(&out).await {
+                    return match writer.send(&out).await {
                         Ok(()) => Exit::Resume,
                         Err(_) => Exit::Close,
                     };
@@ -166,11 +166,11 @@ impl Session {
             if !self.needs_pin() {
                 self.pinned = None;
             }
-            if !out.is_empty() && writer.write_all(&out).await.is_err() {
+            if !out.is_empty() && writer.send(&out).await.is_err() {
                 return Exit::Close;
             }
         } else {
-            if !out.is_empty() && writer.write_all(&out).await.is_err() {
+            if !out.is_empty() && writer.send(&out).await.is_err() {
                 return Exit::Close;
             }
             // Dropped broken: the pool discards it.
@@ -185,8 +185,8 @@ impl Session {
         first: Request,
         conn: &mut Pinned,
         relay: &mut Relay,
-        reader: &mut OwnedReadHalf,
-        writer: &mut OwnedWriteHalf,
+        reader: &mut ClientRead,
+        writer: &mut ClientWrite,
         inbuf: &mut BytesMut,
         scanner: &mut RequestScanner,
         out: &mut BytesMut,
@@ -252,7 +252,7 @@ impl Session {
                         }
                     }
                 }
-                written = writer.write_buf(out), if !out.is_empty() => {
+                written = writer.send_some(out), if !out.is_empty() || writer.unflushed() => {
                     if written.is_err() {
                         return Exit::Close;
                     }

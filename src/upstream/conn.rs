@@ -17,8 +17,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use super::{ServerInfo, UpstreamError};
+use crate::net::UpstreamStream;
 use crate::protocol::{Proto, ReplyFrame, ReplyScanner, encode};
 use crate::secret::Secret;
+use crate::tls::UpstreamTls;
 
 /// The state of an upstream connection that the proxy controls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +69,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug)]
 pub struct UpstreamConn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     rbuf: BytesMut,
     scanner: ReplyScanner,
     pub state: ConnState,
@@ -76,9 +78,11 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Connects, authenticates and says hello. Returns what the server told about itself.
+    /// Connects (and runs the TLS handshake when `tls` is set), authenticates and says
+    /// hello, all within `connect_timeout`. Returns what the server told about itself.
     pub async fn connect(
         address: &str,
+        tls: Option<&UpstreamTls>,
         credentials: Credentials<'_>,
         connect_timeout: Duration,
         max_reply_depth: usize,
@@ -100,6 +104,24 @@ impl UpstreamConn {
         };
         // Latency matters more than packet count for request/response traffic.
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => UpstreamStream::Plain(stream),
+            Some(tls) => match timeout_at(deadline, tls.connect(stream)).await {
+                Ok(Ok(stream)) => UpstreamStream::Tls(Box::new(stream)),
+                Ok(Err(e)) => {
+                    return Err(UpstreamError::Tls(format!(
+                        "{} ({address})",
+                        crate::tls::describe(&e, &tls.server_name())
+                    )));
+                }
+                Err(_) => {
+                    return Err(UpstreamError::Tls(format!(
+                        "{address} did not complete the handshake within {} ms",
+                        connect_timeout.as_millis()
+                    )));
+                }
+            },
+        };
         let mut conn = UpstreamConn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -112,6 +134,9 @@ impl UpstreamConn {
                 "{address} accepted the connection but did not answer the handshake within {} ms",
                 connect_timeout.as_millis()
             )),
+            // TLS 1.3 reports a refused client certificate after the handshake: on the
+            // first read.
+            UpstreamError::Tls(reason) => UpstreamError::Tls(format!("{reason} ({address})")),
             other => other,
         })?;
         Ok((conn, info))
@@ -200,7 +225,7 @@ impl UpstreamConn {
         };
         result.map_err(|e| {
             self.broken = true;
-            UpstreamError::Lost(format!("write: {e}"))
+            io_failure("write", &e)
         })
     }
 
@@ -270,14 +295,14 @@ impl UpstreamConn {
                 Ok(_) => {}
                 Err(e) => {
                     self.broken = true;
-                    return Err(UpstreamError::Lost(format!("read: {e}")));
+                    return Err(io_failure("read", &e));
                 }
             }
         }
     }
 
     /// The socket and any bytes already read, for a lane that splits it in two.
-    pub(super) fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub(super) fn into_parts(self) -> (UpstreamStream, BytesMut) {
         (self.stream, self.rbuf)
     }
 
@@ -291,13 +316,15 @@ impl UpstreamConn {
         if !self.rbuf.is_empty() {
             return Err("unread bytes pending");
         }
-        let mut byte = [0u8; 1];
-        match self.stream.try_read(&mut byte) {
-            Ok(0) => Err("closed by the server"),
-            Ok(_) => Err("unexpected bytes from the server"),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(_) => Err("socket error"),
-        }
+        self.stream.probe()
+    }
+}
+
+/// A failed read or write. A TLS failure says what went wrong in TLS terms.
+pub(super) fn io_failure(what: &str, error: &std::io::Error) -> UpstreamError {
+    match crate::tls::rustls_error(error) {
+        Some(_) => UpstreamError::Tls(crate::tls::describe(error, "?")),
+        None => UpstreamError::Lost(format!("{what}: {error}")),
     }
 }
 
@@ -342,7 +369,8 @@ pub(super) async fn write_chunks(
             offset = 0;
         }
     }
-    Ok(())
+    // TLS may hold the last record back until flushed (a no-op for plain TCP).
+    stream.flush().await
 }
 
 /// The text of an error reply, without the leading `-` and the CRLF.

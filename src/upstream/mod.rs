@@ -14,6 +14,10 @@
 //! server refuses re-reads the secret file at once and, if it changed, tries again; if the
 //! current password is still refused, the last password that worked is tried too, which
 //! covers a Secret updated before Redis was.
+//!
+//! With `[upstream] tls` every connection, shared lanes and pinned ones alike, runs the TLS
+//! handshake inside `connect_timeout_ms` (see `tls` for the settings and `net` for the
+//! streams); a TLS failure is `UpstreamError::Tls`, one line saying what to check.
 
 pub mod conn;
 pub mod mux;
@@ -39,6 +43,9 @@ use crate::secret::{Reload, RotatingSecret, Secret};
 pub enum UpstreamError {
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
+    /// TLS failed: at the handshake (certificate, name, client certificate), or later.
+    #[error("upstream unavailable: TLS: {0}")]
+    Tls(String),
     #[error("upstream authentication failed: {0}")]
     AuthFailed(String),
     #[error("upstream pool exhausted: no connection became free within {0} ms")]
@@ -66,7 +73,7 @@ impl UpstreamError {
     pub fn class(&self) -> crate::metrics::ErrorClass {
         use crate::metrics::ErrorClass;
         match self {
-            UpstreamError::Unavailable(_) | UpstreamError::Stale(_) => {
+            UpstreamError::Unavailable(_) | UpstreamError::Tls(_) | UpstreamError::Stale(_) => {
                 ErrorClass::UpstreamUnavailable
             }
             UpstreamError::AuthFailed(_) => ErrorClass::UpstreamAuth,
@@ -84,7 +91,7 @@ impl UpstreamError {
     fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Unavailable(_) | UpstreamError::AuthFailed(_)
+            UpstreamError::Unavailable(_) | UpstreamError::Tls(_) | UpstreamError::AuthFailed(_)
         )
     }
 }
@@ -184,6 +191,7 @@ impl ErrorSink<UpstreamError> for HealthSink {
 /// The bb8 manager: knows how to open and check one upstream connection.
 pub struct Manager {
     address: String,
+    tls: Option<crate::tls::UpstreamTls>,
     username: Option<String>,
     password: Option<Arc<RotatingSecret>>,
     /// The last password the upstream accepted: tried when the current one is refused.
@@ -206,6 +214,7 @@ impl Manager {
         };
         let (conn, info) = UpstreamConn::connect(
             &self.address,
+            self.tls.as_ref(),
             credentials,
             self.connect_timeout,
             self.max_reply_depth,
@@ -341,14 +350,19 @@ pub struct Upstream {
 impl Upstream {
     /// `password` is read again at every connect, so a rotated secret reaches new
     /// connections.
-    pub fn new(config: &Config, password: Option<Arc<RotatingSecret>>) -> Upstream {
+    pub fn new(
+        config: &Config,
+        password: Option<Arc<RotatingSecret>>,
+        tls: Option<crate::tls::UpstreamTls>,
+    ) -> Upstream {
         let health = Arc::new(Health {
             last_failure: Mutex::new(None),
             failures: watch::Sender::new(0),
         });
         let info = Arc::new(Mutex::new(None));
         let manager = || Manager {
-            address: config.upstream.address.clone(),
+            address: config.upstream.endpoint().to_owned(),
+            tls: tls.clone(),
             username: config.upstream.username.clone(),
             password: password.clone(),
             last_good: Arc::new(Mutex::new(None)),

@@ -10,7 +10,8 @@
 //! tells the reader how many replies to swallow and how many to pass on. The reader owns
 //! the read half: it matches replies to batches in order, applies the command timeout while
 //! a batch waits, and notices at once when an idle connection is closed by Redis, so the
-//! next batch goes out on a fresh connection instead of a dead one.
+//! next batch goes out on a fresh connection instead of a dead one. (Over TLS the idle
+//! watch reads through rustls instead of polling socket readiness: see `net`.)
 //!
 //! Connection-bound work (MULTI, WATCH, blocking commands, pub/sub) never comes here: it
 //! has dedicated connections (see `Pinned`).
@@ -22,11 +23,11 @@ use std::time::Duration;
 use bb8::Pool;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use super::conn::{error_text, transition, write_chunks};
+use super::conn::{error_text, io_failure, transition, write_chunks};
 use super::{ConnState, Health, Manager, UpstreamError};
+use crate::net::{UpstreamRead, UpstreamWrite};
 use crate::protocol::{ReplyFrame, ReplyScanner};
 
 /// One client batch for a lane.
@@ -131,7 +132,7 @@ struct InFlight {
 
 /// The writer's side of a live connection.
 struct Writer {
-    half: OwnedWriteHalf,
+    half: UpstreamWrite,
     state: ConnState,
     in_flight: mpsc::UnboundedSender<InFlight>,
     /// Set by the reader when the connection can no longer be used.
@@ -253,7 +254,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
 }
 
 struct Reader {
-    half: OwnedReadHalf,
+    half: UpstreamRead,
     rbuf: BytesMut,
     scanner: ReplyScanner,
     timeout: Option<Duration>,
@@ -285,14 +286,14 @@ impl Reader {
             match result {
                 Ok(0) => return Err(UpstreamError::Lost("closed by the server".to_owned())),
                 Ok(_) => {}
-                Err(error) => return Err(UpstreamError::Lost(format!("read: {error}"))),
+                Err(error) => return Err(io_failure("read", &error)),
             }
         }
     }
 }
 
 async fn run_reader(
-    half: OwnedReadHalf,
+    half: UpstreamRead,
     rbuf: BytesMut,
     scanner: ReplyScanner,
     mut in_flight: mpsc::UnboundedReceiver<InFlight>,
@@ -317,18 +318,9 @@ async fn run_reader(
                 biased;
                 item = in_flight.recv() => item,
                 // Idle: anything from Redis now (its close, above all) ends the connection.
-                                                ready = reader.half.readable() => {
-                    // Readiness may be stale, and a reply may land between the two polls
-                    // of this select (its batch then arrives next): bytes are kept for it.
-                    // Only the end of the stream, or an error, closes the lane.
-                    let closed = match ready {
-                        Ok(()) => match reader.half.try_read_buf(&mut reader.rbuf) {
-                            Ok(0) => true,
-                            Ok(_) => false,
-                            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-                        },
-                        Err(_) => true,
-                    };
+                // A reply may land between the two polls of this select (its batch then
+                // arrives next): bytes are kept for it.
+                closed = reader.half.idle_read(&mut reader.rbuf) => {
                     if closed {
                         tracing::debug!("idle upstream connection closed");
                         dead.store(true, Ordering::Release);

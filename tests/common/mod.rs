@@ -947,6 +947,8 @@ pub struct AmbassadorBuilder {
     upstream_password_path: Option<PathBuf>,
     client_lines: Vec<String>,
     extra_toml: Vec<String>,
+    /// Extra `key = value` lines for `[listen]` (see `listen_option`).
+    listen_lines: Vec<String>,
 }
 
 impl AmbassadorBuilder {
@@ -1032,6 +1034,7 @@ impl AmbassadorBuilder {
         if let Some(n) = self.max_clients {
             let _ = writeln!(t, "max_clients = {n}");
         }
+        push_lines(&mut t, &self.listen_lines);
         if self.client_password.is_some()
             || self.client_password_env.is_some()
             || self.client_username.is_some()
@@ -1484,6 +1487,11 @@ impl RedisServer {
 // ---------------------------------------------------------------------------
 
 impl AmbassadorBuilder {
+    /// A `key = value` line for `[listen]` (`value` as TOML): TLS for clients.
+    pub fn listen_option(mut self, key: &str, value: &str) -> Self {
+        self.listen_lines.push(format!("{key} = {value}"));
+        self
+    }
     /// A `key = value` line for `[upstream]` (`value` as TOML).
     pub fn upstream_option(mut self, key: &str, value: &str) -> Self {
         self.upstream_lines.push(format!("{key} = {value}"));
