@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
@@ -113,6 +113,8 @@ pub struct RotatingSecret {
     overlap: Duration,
     /// The last reload failed (so only the first failure of a run is logged as a warning).
     failing: AtomicBool,
+    /// Bumped at every change: connections made before it are recycled (see `upstream`).
+    generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -134,6 +136,7 @@ impl RotatingSecret {
             }),
             overlap,
             failing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -147,6 +150,7 @@ impl RotatingSecret {
             }),
             overlap: Duration::ZERO,
             failing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -157,6 +161,11 @@ impl RotatingSecret {
     /// Whether a change of the source can be seen while running (only files can).
     pub fn can_rotate(&self) -> bool {
         matches!(self.source, Some(SecretSource::File(_)))
+    }
+
+    /// How many times the value has changed since start-up.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The value in use now.
@@ -229,6 +238,7 @@ impl RotatingSecret {
         }
         let old = std::mem::replace(&mut state.current, new);
         state.previous = Some((old, Instant::now() + self.overlap));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         drop(state);
         global.secret_reloads.increment(1);
         tracing::info!(source = %self.describe(), "secret changed; the new value is in use");

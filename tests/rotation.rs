@@ -427,3 +427,64 @@ fn start_up_warns_where_rotation_cannot_be_seen() {
     assert!(log.contains("upstream_password"), "{log}");
     assert_no_secret_in_log(&plain, &["up-Pw-warn-1"]);
 }
+
+/// Item 1's "recycled gradually": after a rotation, a lane moves to a connection made with
+/// the new password at its next quiet moment, so removing the old password from Redis
+/// later cannot strand it. Checked on Redis's side: the connection that carried traffic
+/// before the rotation is gone, and traffic still flows.
+#[test]
+fn lanes_move_to_the_new_password_after_a_rotation() {
+    let old = "up-old-Pw-5eed01";
+    let new = "up-new-Pw-5eed02";
+    let upstream = RedisServer::with_password(old);
+    let mut volume = KubeSecretDir::new(&[("password", old.as_bytes())]);
+    let proxy = AmbassadorBuilder::new(&upstream.addr())
+        .upstream_password_path(&volume.key("password"))
+        .secrets_watch(true, 0, 20)
+        .pool_size(1)
+        .log_level("debug")
+        .start();
+    let mut c = proxy.conn();
+    c.call_expect(&["SET", "k", "1"], b"+OK\r\n");
+    let mut admin = redis_admin(&upstream, old);
+    // The lane's connection is the one that ran the SET.
+    let lane_before = connection_that_ran(&mut admin, "set");
+    admin.call_expect(
+        &["ACL", "SETUSER", "default", &format!(">{new}")],
+        b"+OK\r\n",
+    );
+    volume.update(&[("password", new.as_bytes())]);
+    wait_for_log(&proxy, "secret changed", 1);
+    // The next quiet write recycles the lane.
+    c.call_expect(&["INCR", "k"], b":2\r\n");
+    let lane_after = connection_that_ran(&mut admin, "incr");
+    assert_ne!(
+        lane_before, lane_after,
+        "the lane kept its pre-rotation connection"
+    );
+    let list = String::from_utf8_lossy(&admin.call(&["CLIENT", "LIST"])).into_owned();
+    assert!(
+        !list
+            .lines()
+            .any(|l| l.starts_with(&format!("id={lane_before} "))),
+        "the pre-rotation connection is still open: {list}"
+    );
+    // Now the old password can go: nothing depends on it.
+    admin.call_expect(
+        &["ACL", "SETUSER", "default", &format!("<{old}")],
+        b"+OK\r\n",
+    );
+    c.call_expect(&["INCR", "k"], b":3\r\n");
+    assert_no_secret_in_log(&proxy, &[old, new]);
+}
+
+/// The id of the connection whose last command was `cmd` (Redis's CLIENT LIST).
+fn connection_that_ran(admin: &mut RawConn, cmd: &str) -> String {
+    let list = String::from_utf8_lossy(&admin.call(&["CLIENT", "LIST"])).into_owned();
+    list.lines()
+        .find(|l| l.contains(&format!(" cmd={cmd} ")))
+        .and_then(|l| l.strip_prefix("id="))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no connection ran {cmd}: {list}"))
+        .to_owned()
+}

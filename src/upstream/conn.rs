@@ -75,6 +75,9 @@ pub struct UpstreamConn {
     pub state: ConnState,
     /// Set when the connection must not be reused.
     pub broken: bool,
+    /// The upstream password's generation when this connection authenticated: after a
+    /// rotation, older connections are recycled at their next quiet moment.
+    pub credentials: u64,
 }
 
 impl UpstreamConn {
@@ -128,6 +131,7 @@ impl UpstreamConn {
             scanner: ReplyScanner::new(max_reply_depth),
             state: ConnState::INITIAL,
             broken: false,
+            credentials: 0,
         };
         let info = conn.handshake(credentials, deadline).await.map_err(|e| match e {
             UpstreamError::Timeout(_) => UpstreamError::Unavailable(format!(

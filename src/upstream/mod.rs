@@ -288,16 +288,28 @@ impl ManageConnection for Manager {
     type Error = UpstreamError;
 
     async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
-        let conn = match &self.password {
+        // Read first: a rotation during the connect makes this connection an old one.
+        let generation = self.password.as_ref().map_or(0, |s| s.generation());
+        let mut conn = match &self.password {
             Some(secret) => self.connect_rotating(secret).await?,
             None => self.connect_with(None).await?,
         };
+        conn.credentials = generation;
         self.health.succeeded();
         tracing::debug!(address = %self.address, "upstream connection established");
         Ok(conn)
     }
 
     async fn is_valid(&self, conn: &mut UpstreamConn) -> Result<(), UpstreamError> {
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|s| s.generation() != conn.credentials)
+        {
+            // The password rotated since this connection logged in: replace it now, while
+            // nobody uses it (Redis would keep it working, but the old password may go).
+            return Err(UpstreamError::Stale("the upstream password rotated"));
+        }
         conn.probe().map_err(UpstreamError::Stale)
     }
 
@@ -386,6 +398,7 @@ impl Upstream {
         let mux = mux::Mux::new(
             config.upstream.pool_size as usize,
             pinned_pool.clone(),
+            password.clone(),
             health.clone(),
             config.upstream.command_timeout(),
             config.upstream.reconnect_backoff(),

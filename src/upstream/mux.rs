@@ -29,6 +29,7 @@ use super::conn::{error_text, io_failure, transition, write_chunks};
 use super::{ConnState, Health, Manager, UpstreamError};
 use crate::net::{UpstreamRead, UpstreamWrite};
 use crate::protocol::{ReplyFrame, ReplyScanner};
+use crate::secret::RotatingSecret;
 
 /// One client batch for a lane.
 pub struct Job {
@@ -64,6 +65,8 @@ pub struct Mux {
 /// What a lane needs to open connections.
 struct LaneContext {
     pool: Pool<Manager>,
+    /// The upstream password, whose generation tells when lanes should be recycled.
+    password: Option<Arc<RotatingSecret>>,
     health: Arc<Health>,
     command_timeout: Option<Duration>,
     reconnect_backoff: Duration,
@@ -74,6 +77,7 @@ impl Mux {
     pub(super) fn new(
         lanes: usize,
         pool: Pool<Manager>,
+        password: Option<Arc<RotatingSecret>>,
         health: Arc<Health>,
         command_timeout: Option<Duration>,
         reconnect_backoff: Duration,
@@ -81,6 +85,7 @@ impl Mux {
     ) -> Mux {
         let context = Arc::new(LaneContext {
             pool,
+            password,
             health,
             command_timeout,
             reconnect_backoff,
@@ -137,6 +142,8 @@ struct Writer {
     in_flight: mpsc::UnboundedSender<InFlight>,
     /// Set by the reader when the connection can no longer be used.
     dead: Arc<AtomicBool>,
+    /// The password generation the connection logged in with.
+    credentials: u64,
 }
 
 async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: Arc<AtomicUsize>) {
@@ -175,6 +182,24 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
                 }
             },
         };
+        // After a password rotation, move to a connection made with the new credentials
+        // at the first moment nothing is in flight on this one (gradual: one lane at a time,
+        // as traffic allows). If the new connection fails, keep the old one.
+        let rotated = context.password.as_ref().map(|p| p.generation());
+        if let Some(generation) = rotated.filter(|g| *g != live.credentials) {
+            if load.load(Ordering::Relaxed) == jobs.len() {
+                match connect(&context, load.clone()).await {
+                    Ok(fresh) => {
+                        tracing::debug!("lane recycled after a password rotation");
+                        *live = fresh;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "lane kept its connection after a rotation");
+                        live.credentials = generation;
+                    }
+                }
+            }
+        }
         let mut chunks = Vec::with_capacity(jobs.len() * 2);
         for job in jobs {
             let mut prelude = BytesMut::new();
@@ -232,6 +257,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         }
     };
     let state = conn.state;
+    let credentials = conn.credentials;
     let (stream, rbuf) = conn.into_parts();
     let (read_half, write_half) = stream.into_split();
     let (in_flight_tx, in_flight_rx) = mpsc::unbounded_channel();
@@ -250,6 +276,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         state,
         in_flight: in_flight_tx,
         dead,
+        credentials,
     })
 }
 
