@@ -250,6 +250,10 @@ pub struct Limits {
     pub pubsub_output_hard_limit: usize,
     pub pubsub_output_soft_limit: usize,
     pub pubsub_output_soft_seconds: u64,
+    /// Reply bytes a client may leave unread before it is closed (Redis's
+    /// client-output-buffer-limit for normal clients, which is unlimited there; bounded
+    /// here so a client that stops reading cannot grow the proxy or hold a shared lane).
+    pub client_output_hard_limit: usize,
 }
 
 impl Default for Limits {
@@ -263,6 +267,7 @@ impl Default for Limits {
             pubsub_output_hard_limit: 32 * 1024 * 1024,
             pubsub_output_soft_limit: 8 * 1024 * 1024,
             pubsub_output_soft_seconds: 60,
+            client_output_hard_limit: 1024 * 1024 * 1024,
         }
     }
 }
@@ -573,6 +578,9 @@ impl Config {
                 "[limits] pubsub_output_hard_limit must be at least 1 and not below \
                  pubsub_output_soft_limit",
             );
+        }
+        if self.limits.client_output_hard_limit < 64 * 1024 {
+            return invalid("[limits] client_output_hard_limit must be at least 65536");
         }
         if self.limits.max_reply_depth == 0 {
             return invalid("[limits] max_reply_depth must be at least 1");

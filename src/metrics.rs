@@ -96,6 +96,8 @@ pub enum ErrorClass {
     BadReply,
     Unsupported,
     Protocol,
+    /// A client whose unread replies passed `client_output_hard_limit` (it is closed).
+    OutputLimit,
 }
 
 /// Redis error codes that get their own `class` label value.
@@ -159,6 +161,7 @@ impl ErrorClass {
             ErrorClass::BadReply => "bad_reply",
             ErrorClass::Unsupported => "unsupported",
             ErrorClass::Protocol => "protocol",
+            ErrorClass::OutputLimit => "output_limit",
         }
     }
 }
@@ -261,7 +264,7 @@ pub fn record_command(id: CommandId, error: Option<ErrorClass>, elapsed: Duratio
 /// The `errors_total` handle of `class`, made on first use and cached like the command
 /// handles (the label values are fixed: [`REDIS_CODES`], `other` and the proxy's classes).
 fn error_class(class: ErrorClass) -> &'static Counter {
-    const PROXY_CLASSES: usize = 9;
+    const PROXY_CLASSES: usize = 10;
     static HANDLES: OnceLock<Vec<OnceLock<Counter>>> = OnceLock::new();
     let all = HANDLES.get_or_init(|| {
         (0..REDIS_CODES.len() + PROXY_CLASSES)
@@ -285,6 +288,7 @@ fn error_class(class: ErrorClass) -> &'static Counter {
         ErrorClass::BadReply => base + 6,
         ErrorClass::Unsupported => base + 7,
         ErrorClass::Protocol => base + 8,
+        ErrorClass::OutputLimit => base + 9,
     };
     // A `Redis` code outside the table (only constructible by hand) counts as `other`.
     let class = match (class, index) {

@@ -175,3 +175,46 @@ fn a5_declared_lengths_are_not_allocated() {
     drop(held);
     upstream.conn().call_expect(&["EXISTS", "k"], b":0\r\n");
 }
+
+/// E1: a client that pipelines big GETs and never reads is closed once its unread replies
+/// pass `client_output_hard_limit`; it never holds the shared lane (another client on the
+/// same single lane is served meanwhile) and the proxy's memory stays bounded.
+#[test]
+fn e1_slow_reader_is_closed_and_never_holds_the_lane() {
+    const LIMIT: u64 = 4 * 1024 * 1024;
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .pool_size(1)
+        .limit("client_output_hard_limit", LIMIT)
+        .start();
+    let value = "v".repeat(1024 * 1024);
+    upstream
+        .conn()
+        .call_expect(&["SET", "big", &value], b"+OK\r\n");
+    let mut other = proxy.conn();
+    other.call_expect(&["SET", "small", "1"], b"+OK\r\n");
+    let rss_before = proxy.rss_kib();
+
+    let mut slow = proxy.conn();
+    let pipeline: Vec<u8> = (0..64).flat_map(|_| resp(&["GET", "big"])).collect();
+    slow.send(&pipeline);
+    // The lane keeps serving the other client while the slow one does not read.
+    for _ in 0..20 {
+        other.call_expect(&["GET", "small"], b"$1\r\n1\r\n");
+    }
+    // The slow client is closed: what it can still read ends in EOF, well short of the
+    // 64 MiB it asked for.
+    let (got, eof) = slow.read_to_eof(Duration::from_secs(10));
+    assert!(eof, "the slow client was not closed");
+    assert!(
+        got.len() < 32 * 1024 * 1024,
+        "the slow client received {} bytes",
+        got.len()
+    );
+    let rss_after = proxy.rss_kib();
+    assert!(
+        rss_after < rss_before + 48 * 1024,
+        "proxy RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    other.call_expect(&["GET", "small"], b"$1\r\n1\r\n");
+}

@@ -58,6 +58,17 @@ pub struct Outcome {
     /// The upstream failed (or no connection could be had): the connection-bound state the
     /// plan assumed did not come about.
     pub failed: bool,
+    /// The client must be closed now, without the rest of its replies (output limit).
+    pub close: bool,
+}
+
+impl Outcome {
+    fn failed() -> Outcome {
+        Outcome {
+            failed: true,
+            ..Outcome::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -249,19 +260,13 @@ impl Batch {
                     Err(error) => {
                         tracing::debug!(%error, "no dedicated upstream connection");
                         self.emit_without_upstream(out, &error);
-                        return Ok(Outcome {
-                            held: None,
-                            failed: true,
-                        });
+                        return Ok(Outcome::failed());
                     }
                 }
             }
             match pinned.as_mut() {
                 Some(conn) => self.run_on(conn, timeout, out, client).await,
-                None => Ok(Outcome {
-                    held: None,
-                    failed: true,
-                }),
+                None => Ok(Outcome::failed()),
             }
         } else {
             let first = self.first.unwrap_or(ConnState::INITIAL);
@@ -282,7 +287,9 @@ impl Batch {
             .iter()
             .filter(|s| matches!(s, Step::Upstream { .. }))
             .count();
-        let (reply_tx, mut replies) = tokio::sync::mpsc::channel(mux::REPLY_BUFFER);
+        let (reply_tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+        let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let overflow = std::sync::Arc::new(tokio::sync::Notify::new());
         let job = mux::Job {
             first,
             last: self.last,
@@ -290,10 +297,17 @@ impl Batch {
             chunks: std::mem::take(&mut self.chunks),
             replies: expected,
             reply_tx,
+            pending: pending.clone(),
+            overflow: overflow.clone(),
         };
         let failure = upstream.mux.submit(job).await.err().map(|e| failure_of(&e));
-        self.emit(out, client, failure, Source::Lane(&mut replies))
-            .await
+        self.emit(
+            out,
+            client,
+            failure,
+            Source::Lane(&mut replies, &pending, &overflow),
+        )
+        .await
     }
 
     /// Runs the batch on the client's dedicated connection.
@@ -404,6 +418,17 @@ impl Batch {
                                     out.extend_from_slice(&reply);
                                 }
                             }
+                            Err(error @ UpstreamError::ClientOutputLimit(_)) => {
+                                // Redis closes such a client without a reply; so do we.
+                                tracing::warn!(%error, "closing a client that does not read its replies");
+                                metrics::record_command(
+                                    command,
+                                    Some(error.class()),
+                                    self.started.elapsed(),
+                                );
+                                outcome.close = true;
+                                return Ok(outcome);
+                            }
                             Err(error) => {
                                 tracing::debug!(%error, "upstream failed mid-batch");
                                 failure = Some(failure_of(&error));
@@ -420,7 +445,19 @@ impl Batch {
                 }
             }
             if out.len() >= CLIENT_FLUSH_BYTES {
-                client.send(out).await?;
+                // A client that does not read must not wedge this task either: the lane's
+                // overflow signal ends the write (and the client).
+                match &source {
+                    Source::Lane(_, _, overflow) => tokio::select! {
+                        sent = client.send(out) => sent?,
+                        _ = overflow.notified() => {
+                            tracing::warn!("closing a client that does not read its replies");
+                            outcome.close = true;
+                            return Ok(outcome);
+                        }
+                    },
+                    Source::Conn(..) => client.send(out).await?,
+                }
                 out.clear();
             }
         }
@@ -433,16 +470,25 @@ impl Batch {
 enum Source<'a> {
     /// Read from the client's dedicated connection.
     Conn(&'a mut UpstreamConn, Option<Duration>),
-    /// Handed over by a shared lane's reader.
-    Lane(&'a mut tokio::sync::mpsc::Receiver<Result<(Bytes, ReplyFrame), UpstreamError>>),
+    /// Handed over by a shared lane's reader; the counter is what it handed over and the
+    /// session has not taken yet.
+    Lane(
+        &'a mut tokio::sync::mpsc::UnboundedReceiver<Result<(Bytes, ReplyFrame), UpstreamError>>,
+        &'a std::sync::atomic::AtomicUsize,
+        &'a tokio::sync::Notify,
+    ),
 }
 
 impl Source<'_> {
     async fn next(&mut self) -> Result<(Bytes, ReplyFrame), UpstreamError> {
         match self {
             Source::Conn(conn, timeout) => conn.read_reply(*timeout).await,
-            Source::Lane(replies) => match replies.recv().await {
-                Some(reply) => reply,
+            Source::Lane(replies, pending, _) => match replies.recv().await {
+                Some(Ok(reply)) => {
+                    pending.fetch_sub(reply.0.len(), std::sync::atomic::Ordering::AcqRel);
+                    Ok(reply)
+                }
+                Some(Err(error)) => Err(error),
                 None => Err(UpstreamError::Lost("connection closed".to_owned())),
             },
         }

@@ -351,6 +351,7 @@ impl Session {
             run.await
         };
         let outcome = match result {
+            Ok(outcome) if outcome.close => return false,
             Ok(outcome) => outcome,
             Err(_) => return false,
         };

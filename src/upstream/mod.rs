@@ -60,6 +60,10 @@ pub enum UpstreamError {
     /// replaces the connection and the checkout goes on.
     #[error("stale pooled connection: {0}")]
     Stale(&'static str),
+    /// A client let more than this many bytes of replies pile up unread: it is closed
+    /// (Redis's client-output-buffer-limit), so it cannot hold a shared lane.
+    #[error("client output buffer over {0} bytes")]
+    ClientOutputLimit(usize),
     /// The cap on pinned (dedicated) connections is reached.
     #[error(
         "upstream pool exhausted: too many clients hold a dedicated upstream connection \
@@ -83,6 +87,7 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => ErrorClass::Timeout,
             UpstreamError::Lost(_) => ErrorClass::UpstreamLost,
             UpstreamError::BadReply(_) => ErrorClass::BadReply,
+            UpstreamError::ClientOutputLimit(_) => ErrorClass::OutputLimit,
         }
     }
 
@@ -397,12 +402,15 @@ impl Upstream {
             .build_unchecked(manager());
         let mux = mux::Mux::new(
             config.upstream.pool_size as usize,
-            pinned_pool.clone(),
-            password.clone(),
-            health.clone(),
-            config.upstream.command_timeout(),
-            config.upstream.reconnect_backoff(),
-            config.limits.max_reply_depth,
+            mux::LaneContext {
+                pool: pinned_pool.clone(),
+                password: password.clone(),
+                health: health.clone(),
+                command_timeout: config.upstream.command_timeout(),
+                reconnect_backoff: config.upstream.reconnect_backoff(),
+                max_reply_depth: config.limits.max_reply_depth,
+                output_limit: config.limits.client_output_hard_limit,
+            },
         );
         Upstream {
             mux,

@@ -41,13 +41,15 @@ pub struct Job {
     pub chunks: Vec<Bytes>,
     /// Replies the batch expects, its own state changes included.
     pub replies: usize,
-    /// Where the replies go, in order; an error ends the stream.
-    pub reply_tx: mpsc::Sender<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    /// Where the replies go, in order; an error ends the stream. Unbounded, so a client
+    /// that reads slowly never makes its lane wait: `pending` bounds it instead.
+    pub reply_tx: mpsc::UnboundedSender<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    /// Reply bytes handed over and not yet taken by the session: over the client output
+    /// limit, the lane stops delivering to this batch and tells it to close the client.
+    pub pending: Arc<AtomicUsize>,
+    /// Signalled when `pending` passes the limit (the session may be stuck writing).
+    pub overflow: Arc<tokio::sync::Notify>,
 }
-
-/// Replies a batch may have waiting before its lane waits for it (bounds memory when a
-/// client reads slowly).
-pub const REPLY_BUFFER: usize = 256;
 /// Batches written together at most.
 const MAX_JOBS_PER_WRITE: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
@@ -62,35 +64,23 @@ pub struct Mux {
     lanes: Vec<Lane>,
 }
 
-/// What a lane needs to open connections.
-struct LaneContext {
-    pool: Pool<Manager>,
+/// What a lane needs to open connections and to run them.
+pub(super) struct LaneContext {
+    /// Opens connections (`dedicated_connection`: outside the pool's accounting).
+    pub pool: Pool<Manager>,
     /// The upstream password, whose generation tells when lanes should be recycled.
-    password: Option<Arc<RotatingSecret>>,
-    health: Arc<Health>,
-    command_timeout: Option<Duration>,
-    reconnect_backoff: Duration,
-    max_reply_depth: usize,
+    pub password: Option<Arc<RotatingSecret>>,
+    pub health: Arc<Health>,
+    pub command_timeout: Option<Duration>,
+    pub reconnect_backoff: Duration,
+    pub max_reply_depth: usize,
+    /// `[limits] client_output_hard_limit`.
+    pub output_limit: usize,
 }
 
 impl Mux {
-    pub(super) fn new(
-        lanes: usize,
-        pool: Pool<Manager>,
-        password: Option<Arc<RotatingSecret>>,
-        health: Arc<Health>,
-        command_timeout: Option<Duration>,
-        reconnect_backoff: Duration,
-        max_reply_depth: usize,
-    ) -> Mux {
-        let context = Arc::new(LaneContext {
-            pool,
-            password,
-            health,
-            command_timeout,
-            reconnect_backoff,
-            max_reply_depth,
-        });
+    pub(super) fn new(lanes: usize, context: LaneContext) -> Mux {
+        let context = Arc::new(context);
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(1024);
@@ -132,7 +122,9 @@ impl Mux {
 struct InFlight {
     swallow: usize,
     replies: usize,
-    reply_tx: mpsc::Sender<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    reply_tx: mpsc::UnboundedSender<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    pending: Arc<AtomicUsize>,
+    overflow: Arc<tokio::sync::Notify>,
 }
 
 /// The writer's side of a live connection.
@@ -175,7 +167,7 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
                 Ok(live) => writer.insert(live),
                 Err(error) => {
                     for job in jobs {
-                        let _ = job.reply_tx.try_send(Err(error.clone()));
+                        let _ = job.reply_tx.send(Err(error.clone()));
                         load.fetch_sub(1, Ordering::Relaxed);
                     }
                     continue;
@@ -216,13 +208,15 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
                 swallow,
                 replies: job.replies,
                 reply_tx: job.reply_tx,
+                pending: job.pending,
+                overflow: job.overflow,
             };
             if let Err(unsent) = live.in_flight.send(in_flight) {
                 // The reader is gone: this batch was not written.
                 let _ = unsent
                     .0
                     .reply_tx
-                    .try_send(Err(UpstreamError::Lost("connection closed".to_owned())));
+                    .send(Err(UpstreamError::Lost("connection closed".to_owned())));
                 load.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -268,8 +262,8 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         ReplyScanner::new(context.max_reply_depth),
         in_flight_rx,
         dead.clone(),
-        context.command_timeout,
         load,
+        (context.command_timeout, context.output_limit),
     ));
     Ok(Writer {
         half: write_half,
@@ -325,8 +319,8 @@ async fn run_reader(
     scanner: ReplyScanner,
     mut in_flight: mpsc::UnboundedReceiver<InFlight>,
     dead: Arc<AtomicBool>,
-    timeout: Option<Duration>,
     load: Arc<AtomicUsize>,
+    (timeout, output_limit): (Option<Duration>, usize),
 ) {
     let mut reader = Reader {
         half,
@@ -361,7 +355,7 @@ async fn run_reader(
             return; // The writer moved on to a new connection.
         };
         if let Some(error) = &failure {
-            let _ = item.reply_tx.try_send(Err(error.clone()));
+            let _ = item.reply_tx.send(Err(error.clone()));
             load.fetch_sub(1, Ordering::Relaxed);
             continue;
         }
@@ -386,12 +380,21 @@ async fn run_reader(
         if error.is_none() {
             for _ in 0..item.replies {
                 match reader.next().await {
-                    Ok(reply) => {
-                        if !client_gone && item.reply_tx.send(Ok(reply)).await.is_err() {
+                    Ok(reply) if !client_gone => {
+                        let size = reply.0.len();
+                        if item.pending.fetch_add(size, Ordering::AcqRel) + size > output_limit {
+                            // The client is not reading: never wait for it (that would hold
+                            // the lane), tell its session to close it, drop the rest.
+                            let limit = UpstreamError::ClientOutputLimit(output_limit);
+                            let _ = item.reply_tx.send(Err(limit));
+                            item.overflow.notify_one();
+                            client_gone = true;
+                        } else if item.reply_tx.send(Ok(reply)).is_err() {
                             // The client left: its replies are read and dropped.
                             client_gone = true;
                         }
                     }
+                    Ok(_) => {}
                     Err(e) => {
                         error = Some(e);
                         break;
@@ -401,7 +404,7 @@ async fn run_reader(
         }
         if let Some(error) = error {
             tracing::debug!(%error, "upstream lane failed");
-            let _ = item.reply_tx.try_send(Err(error.clone()));
+            let _ = item.reply_tx.send(Err(error.clone()));
             dead.store(true, Ordering::Release);
             failure = Some(error);
         }
