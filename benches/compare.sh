@@ -7,12 +7,13 @@
 #   benches/compare.sh --quick      the same
 #   benches/compare.sh --full       5 repetitions, ~3 s per run (about 12 minutes on 2 cores)
 #   benches/compare.sh --out FILE   also write the results as Markdown to FILE
+#   benches/compare.sh --tls        add a fourth target, ambassador-tls (with either mode)
 #
 # Matrix: tests SET, GET, INCR, LPUSH, MSET (redis-benchmark -t, one test per run), random keys
 # (-r 100000), each at 50 clients pipeline 1, 50 clients pipeline 16 and 1 client pipeline 1.
 # For every repetition, case and test the three targets run back to back (the order rotates
 # from one repetition to the next). -n is calibrated once per case and test, on short warm-up
-# runs against all three targets, so that the three runs together take about 3 x the run time;
+# runs against all the targets, so that one run on each takes about the run time on average;
 # it is bounded, and so is every run (timeout). The table gives, per case, test and target,
 # the median requests/s over the repetitions, the ratios to direct and to twemproxy, and the
 # median p50/p99 latencies with their deltas to direct, in microseconds.
@@ -23,14 +24,23 @@
 # temporary directory removed, on exit. The generated Redis password lives in 0600 files and
 # is never printed; redis-benchmark has no other way to take it than -a, so it does appear on
 # redis-benchmark's command line (direct and twemproxy runs) while the benchmark runs.
+#
+# With --tls, the same redis-server also listens on a TLS port (a throwaway CA and a server
+# certificate for 127.0.0.1, made with the openssl CLI in the temporary directory; no client
+# certificates), and a second ambassador, with the same config but upstream
+# rediss://127.0.0.1:<TLS port> and tls_ca_file set, is the fourth target, interleaved with
+# the others. The table and the summary add ambassador-tls / ambassador: the cost of a TLS
+# upstream against a plain TCP one. Quick mode with --tls takes about 3-4 minutes.
 set -euo pipefail
 
 usage() {
-    sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    # The comment block at the top of this file.
+    awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
 }
 
 mode=quick
 out_file=""
+tls=false
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --quick) mode=quick ;;
@@ -41,6 +51,7 @@ while [ "$#" -gt 0 ]; do
             shift
             ;;
         --out=*) out_file=${1#--out=} ;;
+        --tls) tls=true ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -70,6 +81,12 @@ case_clients=(50 50 1)
 case_pipeline=(1 16 1)
 case_labels=("50 clients, pipeline 1" "50 clients, pipeline 16" "1 client, pipeline 1")
 targets=(direct ambassador twemproxy)
+if $tls; then
+    targets+=(ambassador-tls)
+    targets_word=four
+else
+    targets_word=three
+fi
 # Requests per warm-up (calibration) run, per case: ~0.1-0.5 s each.
 case_cal_n=(20000 100000 2000)
 n_min=1000
@@ -157,6 +174,9 @@ ensure_tools() {
         missing+=(redis-tools)
     fi
     nutcracker_bin >/dev/null || missing+=(nutcracker)
+    if $tls && ! command -v openssl >/dev/null 2>&1; then
+        missing+=(openssl)
+    fi
     command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) not found"
     [ "${#missing[@]}" -eq 0 ] && return 0
     command -v apt-get >/dev/null 2>&1 \
@@ -167,6 +187,9 @@ ensure_tools() {
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
     command -v redis-benchmark >/dev/null 2>&1 || die "redis-benchmark still not on PATH after apt-get install"
     nutcracker_bin >/dev/null || die "nutcracker still not found after apt-get install"
+    if $tls; then
+        command -v openssl >/dev/null 2>&1 || die "openssl still not on PATH after apt-get install"
+    fi
 }
 
 # Wait (at most 10 s) until `redis-cli -p PORT SET …` answers OK; $1 is the pid to watch.
@@ -206,6 +229,7 @@ stop_pid() {
 tmp=""
 redis_pid=""
 amb_pid=""
+amb_tls_pid=""
 twem_pid=""
 bench_pid=""
 
@@ -215,6 +239,7 @@ cleanup() {
     trap - EXIT INT TERM
     stop_pid "$bench_pid"
     stop_pid "$amb_pid"
+    stop_pid "$amb_tls_pid"
     stop_pid "$twem_pid"
     stop_pid "$redis_pid"
     if [ -n "$tmp" ] && [ -d "$tmp" ]; then
@@ -245,7 +270,11 @@ chmod 700 "$tmp"
 
 # --- a password-protected Redis ------------------------------------------------------------
 
-step "Starting redis-server, redis-ambassador and twemproxy on 127.0.0.1"
+if $tls; then
+    step "Starting redis-server (with a TLS port), redis-ambassador, twemproxy and redis-ambassador with a TLS upstream on 127.0.0.1"
+else
+    step "Starting redis-server, redis-ambassador and twemproxy on 127.0.0.1"
+fi
 password_file="$tmp/redis-password"
 (
     umask 077
@@ -256,70 +285,146 @@ password_file="$tmp/redis-password"
 )
 password=$(<"$password_file")
 
+# With --tls: a throwaway CA (P-256, valid 2 days) and a server certificate it signs, for
+# IP 127.0.0.1, from minimal openssl configs of our own (not the system's openssl.cnf).
+make_certs() {
+    local dir=$1
+    (
+        umask 077
+        cd "$dir"
+        cat >ca.cnf <<'EOF'
+[req]
+prompt = no
+distinguished_name = dn
+x509_extensions = ext
+[dn]
+CN = redis-ambassador compare.sh throwaway CA
+[ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+        cat >server.cnf <<'EOF'
+[req]
+prompt = no
+distinguished_name = dn
+[dn]
+CN = 127.0.0.1
+EOF
+        cat >server-ext.cnf <<'EOF'
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -config ca.cnf -days 2 -keyout ca.key -out ca.crt
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -config server.cnf -keyout server.key -out server.csr
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -set_serial "$((RANDOM + 1))" \
+            -days 2 -extfile server-ext.cnf -out server.crt
+        openssl verify -CAfile ca.crt server.crt
+    ) >"$dir/openssl.log" 2>&1
+}
+
 redis_port=$(free_port 6379)
+redis_tls_args=()
+if $tls; then
+    mkdir -m 700 "$tmp/tls"
+    if ! make_certs "$tmp/tls"; then
+        show_log openssl "$tmp/tls/openssl.log"
+        die "could not make the throwaway CA and server certificate with openssl"
+    fi
+    redis_tls_port=$(free_port 6379 "$redis_port")
+    redis_tls_args=(--tls-port "$redis_tls_port"
+        --tls-cert-file "$tmp/tls/server.crt" --tls-key-file "$tmp/tls/server.key"
+        --tls-ca-cert-file "$tmp/tls/ca.crt" --tls-auth-clients no)
+fi
 redis-server "$tmp/redis.conf" \
     --port "$redis_port" --bind 127.0.0.1 \
     --save "" --appendonly no \
     --dir "$tmp" --logfile "$tmp/redis.log" \
+    "${redis_tls_args[@]}" \
     </dev/null >/dev/null 2>&1 &
 redis_pid=$!
 if ! wait_ready "$redis_pid" "$redis_port" "$password"; then
     show_log redis-server "$tmp/redis.log"
     die "redis-server did not come up on 127.0.0.1:$redis_port"
 fi
-echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 0600 file"
+if $tls; then
+    echo "redis-server      127.0.0.1:$redis_port and TLS 127.0.0.1:$redis_tls_port (pid $redis_pid), password in a 0600 file"
+else
+    echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 0600 file"
+fi
 
 # --- the ambassador, with a config derived from the repo's config.toml ----------------------
 
-amb_port=$(free_port 6379 "$redis_port")
-metrics_port=$(free_port 6379 "$redis_port" "$amb_port")
-config="$tmp/ambassador.toml"
 # Same keys as config.toml; only these values change:
 #   [listen]   address        -> 127.0.0.1:<free port>
 #   [upstream] address        -> 127.0.0.1:<redis port>
+#                                (ambassador-tls: rediss://127.0.0.1:<redis TLS port>)
 #   [upstream] password_file  -> the generated password file (any password_* line is replaced)
+#   [upstream] tls_ca_file    -> ambassador-tls only: the throwaway CA (replaces any such line)
 #   [metrics]  address        -> 127.0.0.1:<free port>
 #   [shutdown] drain_delay_ms -> 0, when config.toml has that key (so clean-up is quick)
 has_drain=false
 if grep -Eq '^[[:space:]]*drain_delay_ms[[:space:]]*=' config.toml; then
     has_drain=true
 fi
-awk -v listen="127.0.0.1:$amb_port" \
-    -v upstream="127.0.0.1:$redis_port" \
-    -v pwfile="$password_file" \
-    -v metrics="127.0.0.1:$metrics_port" '
-    /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
-        section = $0
-        sub(/^[[:space:]]*\[/, "", section)
-        sub(/\].*$/, "", section)
-    }
-    section == "upstream" && /^[[:space:]]*#?[[:space:]]*password_(file|env)[[:space:]]*=/ { next }
-    section == "shutdown" && /^[[:space:]]*drain_delay_ms[[:space:]]*=/ { print "drain_delay_ms = 0"; next }
-    /^[[:space:]]*address[[:space:]]*=/ {
-        if (section == "listen")   { print "address = \"" listen "\"";   next }
-        if (section == "metrics")  { print "address = \"" metrics "\"";  next }
-        if (section == "upstream") {
-            print "address = \"" upstream "\""
-            print "password_file = \"" pwfile "\""
-            next
+# derive_config FILE LISTEN UPSTREAM METRICS [CA_FILE]: write FILE and check it (--check).
+derive_config() {
+    local file=$1 listen=$2 upstream=$3 metrics=$4 cafile=${5:-} want check_out
+    local wants=()
+    awk -v listen="$listen" \
+        -v upstream="$upstream" \
+        -v pwfile="$password_file" \
+        -v metrics="$metrics" \
+        -v cafile="$cafile" '
+        /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
+            section = $0
+            sub(/^[[:space:]]*\[/, "", section)
+            sub(/\].*$/, "", section)
         }
-    }
-    { print }
-' config.toml >"$config"
-wants=("address = \"127.0.0.1:$amb_port\""
-    "address = \"127.0.0.1:$redis_port\""
-    "password_file = \"$password_file\""
-    "address = \"127.0.0.1:$metrics_port\"")
-if $has_drain; then
-    wants+=("drain_delay_ms = 0")
-fi
-for want in "${wants[@]}"; do
-    grep -qF "$want" "$config" || die "could not derive the ambassador's config from config.toml (missing: $want)"
-done
-if ! check_out=$("$ambassador" --config "$config" --check 2>&1); then
-    printf '%s\n' "$check_out" >&2
-    die "redis-ambassador --check rejected the config derived from config.toml"
-fi
+        section == "upstream" && /^[[:space:]]*#?[[:space:]]*password_(file|env)[[:space:]]*=/ { next }
+        section == "upstream" && cafile != "" && /^[[:space:]]*tls_ca_file[[:space:]]*=/ { next }
+        section == "shutdown" && /^[[:space:]]*drain_delay_ms[[:space:]]*=/ { print "drain_delay_ms = 0"; next }
+        /^[[:space:]]*address[[:space:]]*=/ {
+            if (section == "listen")   { print "address = \"" listen "\"";   next }
+            if (section == "metrics")  { print "address = \"" metrics "\"";  next }
+            if (section == "upstream") {
+                print "address = \"" upstream "\""
+                print "password_file = \"" pwfile "\""
+                if (cafile != "") print "tls_ca_file = \"" cafile "\""
+                next
+            }
+        }
+        { print }
+    ' config.toml >"$file"
+    wants=("address = \"$listen\""
+        "address = \"$upstream\""
+        "password_file = \"$password_file\""
+        "address = \"$metrics\"")
+    if [ -n "$cafile" ]; then
+        wants+=("tls_ca_file = \"$cafile\"")
+    fi
+    if $has_drain; then
+        wants+=("drain_delay_ms = 0")
+    fi
+    for want in "${wants[@]}"; do
+        grep -qF "$want" "$file" || die "could not derive the ambassador's config from config.toml (missing: $want)"
+    done
+    if ! check_out=$("$ambassador" --config "$file" --check 2>&1); then
+        printf '%s\n' "$check_out" >&2
+        die "redis-ambassador --check rejected the config derived from config.toml ($file)"
+    fi
+}
+
+amb_port=$(free_port 6379 "$redis_port")
+metrics_port=$(free_port 6379 "$redis_port" "$amb_port")
+config="$tmp/ambassador.toml"
+derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port"
 
 "$ambassador" --config "$config" </dev/null >"$tmp/ambassador.log" 2>&1 &
 amb_pid=$!
@@ -368,6 +473,27 @@ if ! wait_ready "$twem_pid" "$twem_port" "$password"; then
 fi
 echo "twemproxy         127.0.0.1:$twem_port (pid $twem_pid), stats 127.0.0.1:$twem_stats_port, redis_auth set, 1 server connection"
 
+# --- with --tls: a second ambassador, whose upstream is the TLS port ------------------------
+
+if $tls; then
+    amb_tls_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port" "$twem_port" "$twem_stats_port")
+    amb_tls_metrics_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port" "$twem_port" \
+        "$twem_stats_port" "$amb_tls_port")
+    amb_tls_upstream="rediss://127.0.0.1:$redis_tls_port"
+    config_tls="$tmp/ambassador-tls.toml"
+    derive_config "$config_tls" "127.0.0.1:$amb_tls_port" "$amb_tls_upstream" \
+        "127.0.0.1:$amb_tls_metrics_port" "$tmp/tls/ca.crt"
+    "$ambassador" --config "$config_tls" </dev/null >"$tmp/ambassador-tls.log" 2>&1 &
+    amb_tls_pid=$!
+    # Ready means a SET went through it, so over TLS to Redis.
+    if ! wait_ready "$amb_tls_pid" "$amb_tls_port" ""; then
+        show_log "redis-ambassador (TLS upstream)" "$tmp/ambassador-tls.log"
+        show_log redis-server "$tmp/redis.log"
+        die "redis-ambassador with the TLS upstream did not come up on 127.0.0.1:$amb_tls_port"
+    fi
+    echo "ambassador-tls    127.0.0.1:$amb_tls_port (pid $amb_tls_pid), metrics 127.0.0.1:$amb_tls_metrics_port, upstream $amb_tls_upstream, tls_ca_file = the throwaway CA"
+fi
+
 # --- about this run ------------------------------------------------------------------------
 
 cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
@@ -376,6 +502,10 @@ redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 bench_version=$(redis-benchmark --version 2>/dev/null | awk '{ print $2 }')
 twem_version=$("$nutcracker" --version 2>&1 | sed -n 's/.*nutcracker-\([^ ]*\).*/\1/p' | head -n 1)
 rustc_version=$(rustc --version 2>/dev/null | awk '{ print $2 }')
+openssl_version=""
+if $tls; then
+    openssl_version=$(openssl version 2>/dev/null | awk '{ print $2 }')
+fi
 git_rev=$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ "$git_rev" != unknown ] && [ -n "$(git -C "$repo_root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
     git_rev="$git_rev + uncommitted changes"
@@ -396,6 +526,7 @@ target_port() {
         direct) echo "$redis_port" ;;
         ambassador) echo "$amb_port" ;;
         twemproxy) echo "$twem_port" ;;
+        ambassador-tls) echo "$amb_tls_port" ;;
     esac
 }
 target_pid() {
@@ -403,6 +534,7 @@ target_pid() {
         direct) echo "$redis_pid" ;;
         ambassador) echo "$amb_pid" ;;
         twemproxy) echo "$twem_pid" ;;
+        ambassador-tls) echo "$amb_tls_pid" ;;
     esac
 }
 
@@ -412,8 +544,11 @@ run_bench() {
     local target=$1 clients=$2 pipeline=$3 test=$4 n=$5 port rc=0 header line
     local auth=()
     port=$(target_port "$target")
-    # The ambassador has no client password: the application connects without one.
-    [ "$target" = ambassador ] || auth=(-a "$password")
+    # The ambassadors have no client password: the application connects without one.
+    case "$target" in
+        ambassador | ambassador-tls) ;;
+        *) auth=(-a "$password") ;;
+    esac
     timeout -k 5 "$run_timeout" redis-benchmark -h 127.0.0.1 -p "$port" "${auth[@]}" \
         -c "$clients" -P "$pipeline" -n "$n" -r "$keyspace" -t "$test" --csv \
         </dev/null >"$tmp/run.csv" 2>"$tmp/run.err" &
@@ -449,6 +584,7 @@ check_alive() {
         direct) log=redis.log ;;
         ambassador) log=ambassador.log ;;
         twemproxy) log=nutcracker.log ;;
+        ambassador-tls) log="ambassador-tls.log" ;;
     esac
     show_log "$target" "$tmp/$log"
     die "the $target target (pid $pid) has exited"
@@ -460,7 +596,7 @@ reset_list() {
     REDISCLI_AUTH="$password" redis-cli -h 127.0.0.1 -p "$redis_port" DEL mylist >/dev/null 2>&1 || true
 }
 
-step "Calibrating -n (short warm-up runs, all three targets, aiming at ~${run_ms} ms per run)"
+step "Calibrating -n (short warm-up runs, all $targets_word targets, aiming at ~${run_ms} ms per run)"
 for ci in "${!case_ids[@]}"; do
     line="  ${case_labels[$ci]}:"
     for test in "${tests[@]}"; do
@@ -474,10 +610,10 @@ for ci in "${!case_ids[@]}"; do
             inv_sum=$(awk -v s="$inv_sum" -v r="$r_rps" 'BEGIN { printf "%.12f", s + 1 / r }')
         done
         [ "$test" = lpush ] && reset_list
-        # n such that the three runs together take ~3 x run_ms: run_ms x the harmonic mean
-        # of the three rates, rounded to a thousand and bounded.
-        n=$(awk -v s="$inv_sum" -v ms="$run_ms" -v lo="$n_min" -v hi="$n_max" \
-            'BEGIN { n = int(3 / s * ms / 1000 / 1000 + 0.5) * 1000; if (n < lo) n = lo; if (n > hi) n = hi; print n }')
+        # n such that the runs (one per target, G of them) together take ~G x run_ms: run_ms x
+        # the harmonic mean of the G rates, rounded to a thousand and bounded.
+        n=$(awk -v s="$inv_sum" -v g="${#targets[@]}" -v ms="$run_ms" -v lo="$n_min" -v hi="$n_max" \
+            'BEGIN { n = int(g / s * ms / 1000 / 1000 + 0.5) * 1000; if (n < lo) n = lo; if (n > hi) n = hi; print n }')
         printf '%s\t%s\t%s\n' "${case_ids[$ci]}" "$test" "$n" >>"$sizes"
         line="$line $test=$n"
     done
@@ -525,7 +661,7 @@ table="$tmp/table.tsv"
 summary="$tmp/summary.tsv"
 LC_ALL=C awk -F'\t' -v OFS='\t' \
     -v cases="${case_ids[*]}" -v labels="$(printf '%s|' "${case_labels[@]}")" \
-    -v tests="${tests[*]}" -v targets="${targets[*]}" -v summary="$summary" '
+    -v tests="${tests[*]}" -v targets="${targets[*]}" -v summary="$summary" -v tls="$tls" '
     function median(key,    k, m, i, j, v, a) {
         if (!(key in vals)) return ""
         m = split(vals[key], a, " ")
@@ -566,7 +702,10 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
     END {
         nc = split(cases, C, " "); split(labels, L, "|")
         nt = split(tests, T, " "); ng = split(targets, G, " ")
-        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct", "×twemproxy", "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs"
+        # With --tls, one more column after ×twemproxy: ×ambassador (ambassador-tls rows only).
+        tcol = (tls == "true")
+        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct", "×twemproxy" (tcol ? OFS "×ambassador" : ""), \
+            "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs"
         for (c = 1; c <= nc; c++) {
             for (t = 1; t <= nt; t++) {
                 for (g = 1; g <= ng; g++) {
@@ -579,21 +718,28 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
                     vt = (x == "twemproxy") ? "" : ratio(rps[x], rps["twemproxy"])
                     d50 = (x == "direct") ? "" : delta(p50[x], p50["direct"])
                     d99 = (x == "direct") ? "" : delta(p99[x], p99["direct"])
+                    va = (x == "ambassador-tls") ? ratio(rps[x], rps["ambassador"]) : ""
                     if (rps[x] == "") vd = "-"
                     print L[c], (g == 1 ? toupper(T[t]) : ""), (g == 1 ? size[C[c] SUBSEP T[t]] : ""), x, \
                         count[C[c] SUBSEP T[t] SUBSEP x] + 0, (rps[x] == "" ? "failed" : sprintf("%.0f", rps[x])), \
-                        vd, vt, us(p50[x]), d50, us(p99[x]), d99
+                        vd, vt (tcol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99
                 }
                 if (rps["direct"] != "" && rps["ambassador"] != "") minmax(C[c] "ad", rps["ambassador"] / rps["direct"])
                 if (rps["twemproxy"] != "" && rps["ambassador"] != "") minmax(C[c] "at", rps["ambassador"] / rps["twemproxy"])
                 if (rps["direct"] != "" && rps["twemproxy"] != "") minmax(C[c] "td", rps["twemproxy"] / rps["direct"])
                 if (p50["direct"] != "" && p50["ambassador"] != "") minmax(C[c] "a50", (p50["ambassador"] - p50["direct"]) * 1000)
                 if (p50["direct"] != "" && p50["twemproxy"] != "") minmax(C[c] "t50", (p50["twemproxy"] - p50["direct"]) * 1000)
+                if (tcol && rps["ambassador"] != "" && rps["ambassador-tls"] != "")
+                    minmax(C[c] "sa", rps["ambassador-tls"] / rps["ambassador"])
+                if (tcol && p50["ambassador"] != "" && p50["ambassador-tls"] != "")
+                    minmax(C[c] "s50", (p50["ambassador-tls"] - p50["ambassador"]) * 1000)
             }
         }
-        print "Case", "ambassador/direct", "ambassador/twemproxy", "twemproxy/direct", "ambassador Δp50", "twemproxy Δp50" > summary
+        print "Case", "ambassador/direct", "ambassador/twemproxy", "twemproxy/direct", "ambassador Δp50", "twemproxy Δp50" \
+            (tcol ? OFS "ambassador-tls/ambassador" OFS "ambassador-tls Δp50 vs ambassador" : "") > summary
         for (c = 1; c <= nc; c++)
-            print L[c], range(C[c] "ad"), range(C[c] "at"), range(C[c] "td"), urange(C[c] "a50"), urange(C[c] "t50") > summary
+            print L[c], range(C[c] "ad"), range(C[c] "at"), range(C[c] "td"), urange(C[c] "a50"), urange(C[c] "t50") \
+                (tcol ? OFS range(C[c] "sa") OFS urange(C[c] "s50") : "") > summary
     }
 ' "$sizes" "$results" >"$table"
 
@@ -641,22 +787,38 @@ about="$tmp/about.tsv"
     printf 'date\t%s\n' "$started"
     printf 'machine\t%s CPUs (nproc), %s, %s\n' "$(nproc)" "$cpu_model" "$(uname -srm)"
     printf 'load average\t%s at the start, %s at the end\n' "$load_start" "$load_end"
-    printf 'versions\tredis-server %s, redis-benchmark %s, nutcracker %s, rustc %s\n' \
-        "$redis_version" "${bench_version:-?}" "${twem_version:-?}" "${rustc_version:-?}"
+    if $tls; then
+        printf 'versions\tredis-server %s, redis-benchmark %s, nutcracker %s, rustc %s, openssl %s\n' \
+            "$redis_version" "${bench_version:-?}" "${twem_version:-?}" "${rustc_version:-?}" "${openssl_version:-?}"
+    else
+        printf 'versions\tredis-server %s, redis-benchmark %s, nutcracker %s, rustc %s\n' \
+            "$redis_version" "${bench_version:-?}" "${twem_version:-?}" "${rustc_version:-?}"
+    fi
     printf 'ambassador\tgit %s, cargo build --release, config.toml with listen/upstream/metrics addresses%s, no client password\n' \
         "$git_rev" "$drain_note"
     printf 'twemproxy\tone pool, redis: true, redis_auth, server_connections: 1, preconnect\n'
-    printf 'mode\t%s: %s repetitions, medians; runs interleaved (direct, ambassador, twemproxy back to back, order rotated per repetition); %s s of benchmark runs\n' \
-        "$mode" "$reps" "$bench_secs"
+    if $tls; then
+        printf 'TLS upstream\tambassador-tls: the same build and config, upstream rediss:// to the same redis-server'"'"'s TLS port (tls-auth-clients no), tls_ca_file = a throwaway CA; P-256 certificate for IP 127.0.0.1\n'
+    fi
+    printf 'mode\t%s: %s repetitions, medians; runs interleaved (%s back to back, order rotated per repetition); %s s of benchmark runs\n' \
+        "$mode" "$reps" "$(printf '%s, ' "${targets[@]}" | sed 's/, $//')" "$bench_secs"
     printf 'command\tredis-benchmark -h 127.0.0.1 -p PORT [-a PASSWORD] -c C -P P -n N -r %s -t TEST --csv\n' "$keyspace"
 }>"$about"
 
+title="redis-ambassador vs direct Redis vs twemproxy"
+if $tls; then
+    title="$title, and redis-ambassador with a TLS upstream"
+fi
+
 print_report() {
-    echo "redis-ambassador vs direct Redis vs twemproxy (redis-benchmark, $mode mode)"
+    echo "$title (redis-benchmark, $mode mode)"
     echo
     LC_ALL=C awk -F'\t' '{ printf "%-13s %s\n", $1 ":", $2 }' "$about"
     echo
     echo "Median over the repetitions. ×direct / ×twemproxy: this target's req/s divided by theirs."
+    if $tls; then
+        echo "×ambassador (ambassador-tls only): its req/s divided by the ambassador's (TLS upstream / plain TCP)."
+    fi
     echo "Latencies in microseconds (redis-benchmark's per-request latency); Δ: minus direct's."
     render_text 1 "$table"
     echo
@@ -671,11 +833,14 @@ print_report
 
 if [ -n "$out_file" ]; then
     {
-        echo "## redis-ambassador vs direct Redis vs twemproxy ($mode mode)"
+        echo "## $title ($mode mode)"
         echo
         awk -F'\t' '{ printf "- **%s**: %s\n", $1, $2 }' "$about"
         echo
         echo "Median over the repetitions. ×direct / ×twemproxy: this target's requests/s divided by theirs."
+        if $tls; then
+            echo "×ambassador (ambassador-tls only): its requests/s divided by the ambassador's (TLS upstream / plain TCP)."
+        fi
         echo "Latencies in µs (redis-benchmark's per-request latency); Δ: minus direct's."
         echo
         render_markdown "$table"
