@@ -69,7 +69,8 @@ fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo_root=$(pwd)
-# shellcheck source=scripts/common.sh disable=SC1091  # followed with shellcheck -x
+bench_name=compare
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/common.sh disable=SC1091  # followed with shellcheck -x
 . scripts/common.sh
 
 # --- parameters ----------------------------------------------------------------------------
@@ -105,56 +106,6 @@ expected_header='"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms"
 
 # --- helpers -------------------------------------------------------------------------------
 
-# True when nothing can be bound / is listening on 127.0.0.1:$1.
-port_is_free() {
-    local port=$1
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$port" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-    else
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 1
-        fi
-        return 0
-    fi
-}
-
-# Print a free TCP port on 127.0.0.1, different from the ones given as arguments.
-free_port() {
-    local port taken tries=0
-    while [ "$tries" -lt 200 ]; do
-        tries=$((tries + 1))
-        port=$((20000 + RANDOM % 40000))
-        taken=false
-        for t in "$@"; do
-            [ "$port" = "$t" ] && taken=true
-        done
-        if ! $taken && port_is_free "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "could not find a free TCP port on 127.0.0.1"
-}
-
-# Print the last lines of a log file, to explain a failure.
-show_log() {
-    local name=$1 file=$2
-    if [ -s "$file" ]; then
-        printf '\n--- last lines of the %s log ---\n' "$name" >&2
-        tail -n 30 "$file" >&2
-        printf -- '---\n' >&2
-    fi
-}
-
 nutcracker_bin() {
     if command -v nutcracker >/dev/null 2>&1; then
         command -v nutcracker
@@ -166,62 +117,19 @@ nutcracker_bin() {
 }
 
 # Install, from Debian's packages, whichever of redis-server, redis-tools (redis-cli,
-# redis-benchmark) and nutcracker is missing.
+# redis-benchmark) and nutcracker (and, with --tls, openssl) is missing.
 ensure_tools() {
     local missing=()
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-    if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
-        missing+=(redis-tools)
-    fi
     nutcracker_bin >/dev/null || missing+=(nutcracker)
     if $tls && ! command -v openssl >/dev/null 2>&1; then
         missing+=(openssl)
     fi
     command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) not found"
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    command -v apt-get >/dev/null 2>&1 \
-        || die "missing ${missing[*]} and apt-get is not available: install them yourself"
-    step "Installing ${missing[*]} (apt-get)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
-    command -v redis-benchmark >/dev/null 2>&1 || die "redis-benchmark still not on PATH after apt-get install"
+    install_bench_packages "${missing[@]}"
     nutcracker_bin >/dev/null || die "nutcracker still not found after apt-get install"
     if $tls; then
         command -v openssl >/dev/null 2>&1 || die "openssl still not on PATH after apt-get install"
     fi
-}
-
-# Wait (at most 10 s) until `redis-cli -p PORT SET …` answers OK; $1 is the pid to watch.
-# The password, if any, goes through the environment (REDISCLI_AUTH), never the command line.
-wait_ready() {
-    local pid=$1 port=$2 auth=$3 reply
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if [ -n "$auth" ]; then
-            reply=$(REDISCLI_AUTH="$auth" redis-cli -h 127.0.0.1 -p "$port" SET compare:probe 1 2>/dev/null) || true
-        else
-            reply=$(redis-cli -h 127.0.0.1 -p "$port" SET compare:probe 1 2>/dev/null) || true
-        fi
-        [ "$reply" = OK ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# Stop one process we started: TERM, up to 10 s, then KILL.
-stop_pid() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
 }
 
 # --- clean-up ------------------------------------------------------------------------------
@@ -233,26 +141,8 @@ amb_tls_pid=""
 twem_pid=""
 bench_pid=""
 
-# shellcheck disable=SC2317  # invoked through the EXIT trap
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_pid "$bench_pid"
-    stop_pid "$amb_pid"
-    stop_pid "$amb_tls_pid"
-    stop_pid "$twem_pid"
-    stop_pid "$redis_pid"
-    if [ -n "$tmp" ] && [ -d "$tmp" ]; then
-        rm -rf -- "$tmp"
-    fi
-    if [ -n "$redis_pid" ]; then
-        echo "compare: stopped what it started, removed its temporary directory" >&2
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_pid_vars=(bench_pid amb_pid amb_tls_pid twem_pid redis_pid)
+trap_bench_cleanup
 
 # --- prerequisites and build ---------------------------------------------------------------
 
@@ -260,13 +150,8 @@ ensure_tools
 ensure_cargo
 nutcracker=$(nutcracker_bin)
 
-step "Building redis-ambassador (cargo build --release)"
-cargo build --release
-ambassador="$repo_root/target/release/redis-ambassador"
-[ -x "$ambassador" ] || die "$ambassador was not built"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/redis-ambassador-compare.XXXXXX")
-chmod 700 "$tmp"
+build_ambassador
+make_bench_tmp
 
 # --- a password-protected Redis ------------------------------------------------------------
 
@@ -275,15 +160,7 @@ if $tls; then
 else
     step "Starting redis-server, redis-ambassador and twemproxy on 127.0.0.1"
 fi
-password_file="$tmp/redis-password"
-(
-    umask 077
-    head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$password_file"
-    echo >>"$password_file"
-    # The password goes into redis.conf, never onto redis-server's command line.
-    { printf 'requirepass '; cat "$password_file"; } >"$tmp/redis.conf"
-)
-password=$(<"$password_file")
+make_redis_password
 
 # With --tls: a throwaway CA (P-256, valid 2 days) and a server certificate it signs, for
 # IP 127.0.0.1, from minimal openssl configs of our own (not the system's openssl.cnf).
@@ -342,17 +219,7 @@ if $tls; then
         --tls-cert-file "$tmp/tls/server.crt" --tls-key-file "$tmp/tls/server.key"
         --tls-ca-cert-file "$tmp/tls/ca.crt" --tls-auth-clients no)
 fi
-redis-server "$tmp/redis.conf" \
-    --port "$redis_port" --bind 127.0.0.1 \
-    --save "" --appendonly no \
-    --dir "$tmp" --logfile "$tmp/redis.log" \
-    "${redis_tls_args[@]}" \
-    </dev/null >/dev/null 2>&1 &
-redis_pid=$!
-if ! wait_ready "$redis_pid" "$redis_port" "$password"; then
-    show_log redis-server "$tmp/redis.log"
-    die "redis-server did not come up on 127.0.0.1:$redis_port"
-fi
+start_redis "${redis_tls_args[@]}"
 if $tls; then
     echo "redis-server      127.0.0.1:$redis_port and TLS 127.0.0.1:$redis_tls_port (pid $redis_pid), password in a 0600 file"
 else
@@ -361,77 +228,16 @@ fi
 
 # --- the ambassador, with a config derived from the repo's config.toml ----------------------
 
-# Same keys as config.toml; only these values change:
-#   [listen]   address        -> 127.0.0.1:<free port>
-#   [upstream] address        -> 127.0.0.1:<redis port>
-#                                (ambassador-tls: rediss://127.0.0.1:<redis TLS port>)
-#   [upstream] password_file  -> the generated password file (any password_* line is replaced)
-#   [upstream] tls_ca_file    -> ambassador-tls only: the throwaway CA (replaces any such line)
-#   [metrics]  address        -> 127.0.0.1:<free port>
-#   [shutdown] drain_delay_ms -> 0, when config.toml has that key (so clean-up is quick)
-has_drain=false
-if grep -Eq '^[[:space:]]*drain_delay_ms[[:space:]]*=' config.toml; then
-    has_drain=true
-fi
-# derive_config FILE LISTEN UPSTREAM METRICS [CA_FILE]: write FILE and check it (--check).
-derive_config() {
-    local file=$1 listen=$2 upstream=$3 metrics=$4 cafile=${5:-} want check_out
-    local wants=()
-    awk -v listen="$listen" \
-        -v upstream="$upstream" \
-        -v pwfile="$password_file" \
-        -v metrics="$metrics" \
-        -v cafile="$cafile" '
-        /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
-            section = $0
-            sub(/^[[:space:]]*\[/, "", section)
-            sub(/\].*$/, "", section)
-        }
-        section == "upstream" && /^[[:space:]]*#?[[:space:]]*password_(file|env)[[:space:]]*=/ { next }
-        section == "upstream" && cafile != "" && /^[[:space:]]*tls_ca_file[[:space:]]*=/ { next }
-        section == "shutdown" && /^[[:space:]]*drain_delay_ms[[:space:]]*=/ { print "drain_delay_ms = 0"; next }
-        /^[[:space:]]*address[[:space:]]*=/ {
-            if (section == "listen")   { print "address = \"" listen "\"";   next }
-            if (section == "metrics")  { print "address = \"" metrics "\"";  next }
-            if (section == "upstream") {
-                print "address = \"" upstream "\""
-                print "password_file = \"" pwfile "\""
-                if (cafile != "") print "tls_ca_file = \"" cafile "\""
-                next
-            }
-        }
-        { print }
-    ' config.toml >"$file"
-    wants=("address = \"$listen\""
-        "address = \"$upstream\""
-        "password_file = \"$password_file\""
-        "address = \"$metrics\"")
-    if [ -n "$cafile" ]; then
-        wants+=("tls_ca_file = \"$cafile\"")
-    fi
-    if $has_drain; then
-        wants+=("drain_delay_ms = 0")
-    fi
-    for want in "${wants[@]}"; do
-        grep -qF "$want" "$file" || die "could not derive the ambassador's config from config.toml (missing: $want)"
-    done
-    if ! check_out=$("$ambassador" --config "$file" --check 2>&1); then
-        printf '%s\n' "$check_out" >&2
-        die "redis-ambassador --check rejected the config derived from config.toml ($file)"
-    fi
-}
-
+# config.toml with listen/upstream/metrics addresses (ambassador-tls: upstream
+# rediss://127.0.0.1:<redis TLS port> and tls_ca_file = the throwaway CA), the password file,
+# and [shutdown] drain_delay_ms = 0 when config.toml has that key (see derive_config in
+# scripts/common.sh).
 amb_port=$(free_port 6379 "$redis_port")
 metrics_port=$(free_port 6379 "$redis_port" "$amb_port")
 config="$tmp/ambassador.toml"
 derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port"
 
-"$ambassador" --config "$config" </dev/null >"$tmp/ambassador.log" 2>&1 &
-amb_pid=$!
-if ! wait_ready "$amb_pid" "$amb_port" ""; then
-    show_log redis-ambassador "$tmp/ambassador.log"
-    die "redis-ambassador did not come up on 127.0.0.1:$amb_port"
-fi
+start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
 drain_note=""
 if $has_drain; then
     drain_note=", drain_delay_ms = 0"
@@ -483,10 +289,8 @@ if $tls; then
     config_tls="$tmp/ambassador-tls.toml"
     derive_config "$config_tls" "127.0.0.1:$amb_tls_port" "$amb_tls_upstream" \
         "127.0.0.1:$amb_tls_metrics_port" "$tmp/tls/ca.crt"
-    "$ambassador" --config "$config_tls" </dev/null >"$tmp/ambassador-tls.log" 2>&1 &
-    amb_tls_pid=$!
     # Ready means a SET went through it, so over TLS to Redis.
-    if ! wait_ready "$amb_tls_pid" "$amb_tls_port" ""; then
+    if ! spawn_ambassador amb_tls_pid "$config_tls" "$amb_tls_port" "$tmp/ambassador-tls.log"; then
         show_log "redis-ambassador (TLS upstream)" "$tmp/ambassador-tls.log"
         show_log redis-server "$tmp/redis.log"
         die "redis-ambassador with the TLS upstream did not come up on 127.0.0.1:$amb_tls_port"
@@ -496,8 +300,7 @@ fi
 
 # --- about this run ------------------------------------------------------------------------
 
-cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-[ -n "$cpu_model" ] || cpu_model=$(uname -m)
+cpu_model=$(cpu_model_name)
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 bench_version=$(redis-benchmark --version 2>/dev/null | awk '{ print $2 }')
 twem_version=$("$nutcracker" --version 2>&1 | sed -n 's/.*nutcracker-\([^ ]*\).*/\1/p' | head -n 1)
@@ -506,10 +309,7 @@ openssl_version=""
 if $tls; then
     openssl_version=$(openssl version 2>/dev/null | awk '{ print $2 }')
 fi
-git_rev=$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ "$git_rev" != unknown ] && [ -n "$(git -C "$repo_root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-    git_rev="$git_rev + uncommitted changes"
-fi
+git_rev=$(ambassador_git_rev)
 started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -55,7 +55,8 @@ soak_minutes=$((10#$soak_minutes))
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo_root=$(pwd)
-# shellcheck source=scripts/common.sh disable=SC1091  # followed with shellcheck -x
+bench_name=memory
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/common.sh disable=SC1091  # followed with shellcheck -x
 . scripts/common.sh
 
 # --- parameters ----------------------------------------------------------------------------
@@ -77,101 +78,16 @@ soak_run_timeout=120
 sample_every=30           # soak: seconds between rows
 restart_every=120         # soak: seconds between upstream restarts
 keyspace=100000           # redis-benchmark -r
+free_port_span=12000      # free ports from 20000 to 31999, below the ephemeral range (32768-)
 
 # --- helpers -------------------------------------------------------------------------------
 
-# True when nothing can be bound / is listening on 127.0.0.1:$1.
-port_is_free() {
-    python3 - "$1" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-
-# Print a free TCP port on 127.0.0.1, different from the ones given as arguments.
-free_port() {
-    local port taken tries=0
-    while [ "$tries" -lt 200 ]; do
-        tries=$((tries + 1))
-        port=$((20000 + RANDOM % 12000))   # below the ephemeral range (32768-)
-        taken=false
-        for t in "$@"; do
-            [ "$port" = "$t" ] && taken=true
-        done
-        if ! $taken && port_is_free "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "could not find a free TCP port on 127.0.0.1"
-}
-
-# Print the last lines of a log file, to explain a failure.
-show_log() {
-    local name=$1 file=$2
-    if [ -s "$file" ]; then
-        printf '\n--- last lines of the %s log ---\n' "$name" >&2
-        tail -n 30 "$file" >&2
-        printf -- '---\n' >&2
-    fi
-}
-
-# Install, from Debian's packages, whichever of redis-server and redis-tools (redis-cli,
-# redis-benchmark) is missing.
+# Install whichever of redis-server and redis-tools (redis-cli, redis-benchmark) is missing.
+# shellcheck disable=SC2119  # no packages of its own
 ensure_tools() {
-    local missing=()
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-    if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
-        missing+=(redis-tools)
-    fi
     command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) not found"
     command -v python3 >/dev/null 2>&1 || die "python3 not found (the idle clients and the soak probe need it)"
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    command -v apt-get >/dev/null 2>&1 \
-        || die "missing ${missing[*]} and apt-get is not available: install them yourself"
-    step "Installing ${missing[*]} (apt-get)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
-    command -v redis-benchmark >/dev/null 2>&1 || die "redis-benchmark still not on PATH after apt-get install"
-}
-
-# Wait (at most 10 s) until `redis-cli -p PORT SET …` answers OK; $1 is the pid to watch.
-# The password, if any, goes through the environment (REDISCLI_AUTH), never the command line.
-wait_ready() {
-    local pid=$1 port=$2 auth=$3 reply
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if [ -n "$auth" ]; then
-            reply=$(REDISCLI_AUTH="$auth" redis-cli -h 127.0.0.1 -p "$port" SET memory:probe 1 2>/dev/null) || true
-        else
-            reply=$(redis-cli -h 127.0.0.1 -p "$port" SET memory:probe 1 2>/dev/null) || true
-        fi
-        [ "$reply" = OK ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# Stop one process we started: TERM, up to 10 s, then KILL.
-stop_pid() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    install_bench_packages
 }
 
 # The ambassador's VmRSS / VmHWM in KiB.
@@ -226,30 +142,6 @@ for line in text.splitlines():
 PY
 }
 
-# Start redis-server on $redis_port (password from its config file) and wait until it answers.
-start_redis() {
-    redis-server "$tmp/redis.conf" \
-        --port "$redis_port" --bind 127.0.0.1 \
-        --save "" --appendonly no \
-        --dir "$tmp" --logfile "$tmp/redis.log" \
-        </dev/null >/dev/null 2>&1 &
-    redis_pid=$!
-    if ! wait_ready "$redis_pid" "$redis_port" "$password"; then
-        show_log redis-server "$tmp/redis.log"
-        die "redis-server did not come up on 127.0.0.1:$redis_port"
-    fi
-}
-
-# Start the ambassador with $config and wait until it answers.
-start_ambassador() {
-    "$ambassador" --config "$config" </dev/null >>"$tmp/ambassador.log" 2>&1 &
-    amb_pid=$!
-    if ! wait_ready "$amb_pid" "$amb_port" ""; then
-        show_log redis-ambassador "$tmp/ambassador.log"
-        die "redis-ambassador did not come up on 127.0.0.1:$amb_port"
-    fi
-}
-
 # --- clean-up ------------------------------------------------------------------------------
 
 tmp=""
@@ -261,28 +153,8 @@ sampler_pid=""
 loop_pid=""
 probe_pid=""
 
-# shellcheck disable=SC2317  # invoked through the EXIT trap
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_pid "$loop_pid"
-    stop_pid "$bench_pid"
-    stop_pid "$sampler_pid"
-    stop_pid "$probe_pid"
-    stop_pid "$idle_pid"
-    stop_pid "$amb_pid"
-    stop_pid "$redis_pid"
-    if [ -n "$tmp" ] && [ -d "$tmp" ]; then
-        rm -rf -- "$tmp"
-    fi
-    if [ -n "$redis_pid" ]; then
-        echo "memory: stopped what it started, removed its temporary directory" >&2
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_pid_vars=(loop_pid bench_pid sampler_pid probe_pid idle_pid amb_pid redis_pid)
+trap_bench_cleanup
 
 # --- prerequisites, limits and build -------------------------------------------------------
 
@@ -301,13 +173,8 @@ if [ "$fd_limit" != unlimited ] && [ "$fd_limit" -lt "$fd_limit_needed" ]; then
     die "ulimit -n is $fd_limit (hard limit $(ulimit -Hn)); this needs at least $fd_limit_needed: raise the hard limit (e.g. docker run --ulimit nofile=65536:65536)"
 fi
 
-step "Building redis-ambassador (cargo build --release)"
-cargo build --release
-ambassador="$repo_root/target/release/redis-ambassador"
-[ -x "$ambassador" ] || die "$ambassador was not built"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/redis-ambassador-memory.XXXXXX")
-chmod 700 "$tmp"
+build_ambassador
+make_bench_tmp
 
 # --- the Python helpers --------------------------------------------------------------------
 
@@ -481,17 +348,10 @@ PY
 # --- a password-protected Redis ------------------------------------------------------------
 
 step "Starting redis-server and redis-ambassador on 127.0.0.1"
-password_file="$tmp/redis-password"
-(
-    umask 077
-    head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$password_file"
-    echo >>"$password_file"
-    # The password goes into redis.conf, never onto redis-server's command line.
-    { printf 'requirepass '; cat "$password_file"; } >"$tmp/redis.conf"
-)
-password=$(<"$password_file")
+make_redis_password
 
 redis_port=$(free_port 6379)
+# shellcheck disable=SC2119  # no extra arguments
 start_redis
 echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 0600 file"
 
@@ -500,60 +360,16 @@ echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 06
 amb_port=$(free_port 6379 "$redis_port")
 metrics_port=$(free_port 6379 "$redis_port" "$amb_port")
 config="$tmp/ambassador.toml"
-# Same keys as config.toml; only these values change:
-#   [listen]   address        -> 127.0.0.1:<free port>
-#   [listen]   max_clients    -> $max_clients (room for the 10 000 idle clients and the probes)
-#   [upstream] address        -> 127.0.0.1:<redis port>
-#   [upstream] password_file  -> the generated password file (any password_* line is replaced)
-#   [metrics]  address        -> 127.0.0.1:<free port>
-#   [shutdown] drain_delay_ms -> 0 (so that clean-up is quick)
-awk -v listen="127.0.0.1:$amb_port" \
-    -v upstream="127.0.0.1:$redis_port" \
-    -v pwfile="$password_file" \
-    -v metrics="127.0.0.1:$metrics_port" \
-    -v maxclients="$max_clients" '
-    /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
-        section = $0
-        sub(/^[[:space:]]*\[/, "", section)
-        sub(/\].*$/, "", section)
-    }
-    section == "upstream" && /^[[:space:]]*#?[[:space:]]*password_(file|env)[[:space:]]*=/ { next }
-    section == "shutdown" && /^[[:space:]]*drain_delay_ms[[:space:]]*=/ { print "drain_delay_ms = 0"; next }
-    section == "listen" && /^[[:space:]]*max_clients[[:space:]]*=/ { print "max_clients = " maxclients; next }
-    /^[[:space:]]*address[[:space:]]*=/ {
-        if (section == "listen")   { print "address = \"" listen "\"";   next }
-        if (section == "metrics")  { print "address = \"" metrics "\"";  next }
-        if (section == "upstream") {
-            print "address = \"" upstream "\""
-            print "password_file = \"" pwfile "\""
-            next
-        }
-    }
-    { print }
-' config.toml >"$config"
-wants=("address = \"127.0.0.1:$amb_port\""
-    "address = \"127.0.0.1:$redis_port\""
-    "password_file = \"$password_file\""
-    "address = \"127.0.0.1:$metrics_port\""
-    "max_clients = $max_clients"
-    "drain_delay_ms = 0")
-for want in "${wants[@]}"; do
-    grep -qF "$want" "$config" || die "could not derive the ambassador's config from config.toml (missing: $want)"
-done
-if ! check_out=$("$ambassador" --config "$config" --check 2>&1); then
-    printf '%s\n' "$check_out" >&2
-    die "redis-ambassador --check rejected the config derived from config.toml"
-fi
+# config.toml with listen/upstream/metrics addresses, the password file, [listen] max_clients
+# = $max_clients (room for the 10 000 idle clients and the probes), [shutdown] drain_delay_ms =
+# 0 (so that clean-up is quick).
+derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port" "" "$max_clients"
 
-start_ambassador
+start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
 echo "redis-ambassador  127.0.0.1:$amb_port (pid $amb_pid), metrics 127.0.0.1:$metrics_port, max_clients = $max_clients, no client password"
 
-git_rev=$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ "$git_rev" != unknown ] && [ -n "$(git -C "$repo_root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-    git_rev="$git_rev + uncommitted changes"
-fi
-cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-echo "machine           $(nproc) CPUs, ${cpu_model:-$(uname -m)}, $(uname -sr)"
+git_rev=$(ambassador_git_rev)
+echo "machine           $(nproc) CPUs, $(cpu_model_name), $(uname -sr)"
 echo "versions          redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), rustc $(rustc --version 2>/dev/null | awk '{ print $2 }'), ambassador git $git_rev"
 echo "open-file limit   ulimit -n $fd_limit (hard $(ulimit -Hn)) for this script and what it starts"
 
@@ -613,7 +429,7 @@ step "3. $load_clients clients, pipeline $load_pipeline, redis-benchmark -t $loa
 # what the allocator kept from the idle clients.
 stop_pid "$amb_pid"
 amb_pid=""
-start_ambassador
+start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
 sleep 2
 rss_fresh=$(rss_kib)
 echo "ambassador restarted (pid $amb_pid): VmRSS $(mib "$rss_fresh"), $(fd_count) fds"
@@ -755,6 +571,7 @@ if [ "$soak_minutes" -gt 0 ]; then
             down_from=$(date +%s%N)
             stop_pid "$redis_pid"
             redis_pid=""
+            # shellcheck disable=SC2119  # no extra arguments
             start_redis
             down_ms=$((($(date +%s%N) - down_from) / 1000000))
             restarts=$((restarts + 1))
