@@ -178,6 +178,8 @@ pub struct Upstream {
     pub command_timeout_ms: u64,
     #[serde(default = "defaults::reconnect_backoff_ms")]
     pub reconnect_backoff_ms: u64,
+    #[serde(default = "defaults::reconnect_backoff_max_ms")]
+    pub reconnect_backoff_max_ms: u64,
     #[serde(default = "defaults::max_pinned")]
     pub max_pinned: usize,
 }
@@ -230,6 +232,9 @@ mod defaults {
     pub fn reconnect_backoff_ms() -> u64 {
         250
     }
+    pub fn reconnect_backoff_max_ms() -> u64 {
+        2000
+    }
     pub fn max_pinned() -> usize {
         256
     }
@@ -254,6 +259,9 @@ pub struct Limits {
     /// client-output-buffer-limit for normal clients, which is unlimited there; bounded
     /// here so a client that stops reading cannot grow the proxy or hold a shared lane).
     pub client_output_hard_limit: usize,
+    /// Requests of one client that may be in flight at once: a pipeline is read and
+    /// forwarded this many at a time, and the rest waits in the socket.
+    pub max_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -268,6 +276,7 @@ impl Default for Limits {
             pubsub_output_soft_limit: 8 * 1024 * 1024,
             pubsub_output_soft_seconds: 60,
             client_output_hard_limit: 1024 * 1024 * 1024,
+            max_in_flight: crate::session::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -582,6 +591,9 @@ impl Config {
         if self.limits.client_output_hard_limit < 64 * 1024 {
             return invalid("[limits] client_output_hard_limit must be at least 65536");
         }
+        if self.limits.max_in_flight == 0 || self.limits.max_in_flight > 1_000_000 {
+            return invalid("[limits] max_in_flight must be between 1 and 1000000");
+        }
         if self.limits.max_reply_depth == 0 {
             return invalid("[limits] max_reply_depth must be at least 1");
         }
@@ -726,6 +738,9 @@ impl Upstream {
     pub fn reconnect_backoff(&self) -> Duration {
         Duration::from_millis(self.reconnect_backoff_ms)
     }
+    pub fn reconnect_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_backoff_max_ms)
+    }
 }
 
 #[cfg(test)]
@@ -747,6 +762,15 @@ mod tests {
         let config = Config::from_str("[upstream]\naddress = \"127.0.0.1:6380\"\n").unwrap();
         assert_eq!(config.listen.max_clients, 10_000);
         assert_eq!(config.limits.max_bulk_len, 512 * 1024 * 1024);
+        assert_eq!(config.limits.max_in_flight, 4096);
+        assert_eq!(
+            config.upstream.reconnect_backoff(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            config.upstream.reconnect_backoff_max(),
+            Duration::from_secs(2)
+        );
         assert_eq!(
             config.upstream.command_timeout(),
             Some(Duration::from_secs(10))
@@ -768,6 +792,7 @@ mod tests {
             "[upstream]\naddress = \"x:1\"\npassword_file = \"/a\"\npassword_env = \"B\"\n",
             "[client]\nusername = \"u\"\n[upstream]\naddress = \"x:1\"\n",
             "[listen]\naddress = \"0.0.0.0:6379\"\n[upstream]\naddress = \"x:1\"\n",
+            "[upstream]\naddress = \"x:1\"\n[limits]\nmax_in_flight = 0\n",
         ] {
             assert!(Config::from_str(text).is_err(), "{text}");
         }

@@ -94,7 +94,8 @@ pub async fn run(
             ClientAuth::new(secrets.client_users),
             config.request_limits(),
         )
-        .with_output_limits(config.output_limits()),
+        .with_output_limits(config.output_limits())
+        .with_max_in_flight(config.limits.max_in_flight),
     );
 
     // The admin endpoint, the prober and the secret watcher live as long as this function.

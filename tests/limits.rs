@@ -218,3 +218,223 @@ fn e1_slow_reader_is_closed_and_never_holds_the_lane() {
     );
     other.call_expect(&["GET", "small"], b"$1\r\n1\r\n");
 }
+
+/// `[limits] max_in_flight`: a pipeline far longer than the cap is read and forwarded a few
+/// requests at a time, and every reply still comes back in its place — local ones, forwarded
+/// ones, and the SELECTs woven in for a client on another database.
+#[test]
+fn max_in_flight_splits_a_pipeline_without_moving_a_reply() {
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .pool_size(1)
+        .limit("max_in_flight", 3)
+        .start();
+    let mut other = proxy.conn();
+    let mut c = proxy.conn();
+    c.call_expect(&["SELECT", "2"], b"+OK\r\n");
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..3000 {
+        let value = format!("v{i}");
+        let key = format!("k{}", i % 7);
+        input.extend_from_slice(&resp(&["SET", &key, &value]));
+        expected.extend_from_slice(b"+OK\r\n");
+        input.extend_from_slice(&resp(&["ECHO", &format!("e{i}")]));
+        expected.extend_from_slice(&bulk(format!("e{i}").as_bytes()));
+        input.extend_from_slice(&resp(&["GET", &key]));
+        expected.extend_from_slice(&bulk(value.as_bytes()));
+        input.extend_from_slice(&resp(&["INCR", "counter"]));
+        expected.extend_from_slice(format!(":{}\r\n", i + 1).as_bytes());
+        if i % 100 == 0 {
+            // Another client on db 0 shares the one lane meanwhile.
+            other.call_expect(&["SET", "k0", "db0"], b"+OK\r\n");
+        }
+    }
+    c.send(&input);
+    let got = c.read_exact_bytes(expected.len());
+    assert_bytes_eq("pipeline through max_in_flight = 3", &expected, &got);
+    // Nothing leaked across databases.
+    let mut direct = upstream.conn();
+    direct.call_expect(&["GET", "k0"], b"$3\r\ndb0\r\n");
+    direct.call_expect(&["SELECT", "2"], b"+OK\r\n");
+    direct.call_expect(&["GET", "counter"], b"$4\r\n3000\r\n");
+}
+
+fn counter(scrape: &str, sample: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn connected_clients(port: u16) -> Option<u64> {
+    let mut c = RawConn::try_connect(port)?;
+    c.send(&resp(&["AUTH", "storm-pw"]));
+    c.try_read_reply(Duration::from_secs(2))?;
+    c.send(&resp(&["INFO", "clients"]));
+    let info = c.try_read_reply(Duration::from_secs(2))?;
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:")?.trim().parse().ok())
+}
+
+/// The most connect rounds that fit in `downtime` when every wait is as short as the
+/// jitter allows (half of `base · 2^(round-1)`, capped at `max`), plus the round in progress
+/// when the upstream came back.
+fn max_rounds(downtime: Duration, base: Duration, max: Duration) -> u32 {
+    let mut elapsed = Duration::ZERO;
+    let mut rounds = 0;
+    while elapsed <= downtime {
+        rounds += 1;
+        let full = base.saturating_mul(1 << (rounds - 1).min(16)).min(max);
+        elapsed += full / 2;
+    }
+    rounds + 1
+}
+
+/// TEST-CATALOGUE E5, bounded for CI: a storm of short-lived clients (each connects, SETs
+/// and GETs its own key, and leaves) from four threads, with the upstream killed and
+/// restarted in the middle. The proxy stays up, never holds more upstream connections than
+/// its lanes (plus the readiness prober), redials a dead upstream with a doubling backoff
+/// instead of once per client, and every reply a client got is its own.
+#[test]
+fn e5_connection_storm_with_an_upstream_restart() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 400;
+    const LANES: u32 = 2;
+    let base = Duration::from_millis(40);
+    let max = Duration::from_millis(320);
+    let mut upstream = RedisServer::with_password("storm-pw");
+    let mut proxy = AmbassadorBuilder::for_server(&upstream)
+        .pool_size(LANES)
+        .connect_timeout_ms(1000)
+        .reconnect_backoff_ms(base.as_millis() as u64)
+        .upstream_option("reconnect_backoff_max_ms", &max.as_millis().to_string())
+        .start();
+    proxy.conn().call_expect(&["PING"], b"+PONG\r\n");
+    let fds_before = proxy_fds(&proxy);
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let port = proxy.port();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (done, errors) = (done.clone(), errors.clone());
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    let key = format!("storm:{t}:{i}");
+                    let value = format!("{t}-{i}");
+                    let mut c = RawConn::connect(port);
+                    let set = c.call(&["SET", &key, &value]);
+                    let get = c.call(&["GET", &key]);
+                    let set_ok = match &set[..] {
+                        b"+OK\r\n" => true,
+                        r if r.starts_with(b"-ERR upstream ") => false,
+                        r => panic!("SET {key}: unexpected reply \"{}\"", escape(r)),
+                    };
+                    let own = bulk(value.as_bytes());
+                    // The value written, or an error; a miss only when the SET failed or
+                    // the restart lost it. Never somebody else's value.
+                    assert!(
+                        get == own || get.starts_with(b"-ERR upstream ") || (get == b"$-1\r\n"),
+                        "GET {key} (SET ok: {set_ok}): \"{}\"",
+                        escape(&get)
+                    );
+                    if !set_ok || get != own {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    // While the storm runs, the upstream never sees more than the lanes, the prober's
+    // connection and this sampler's own.
+    let sampler = {
+        let stop = stop_sampling.clone();
+        let upstream_port = upstream.port();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(n) = connected_clients(upstream_port) {
+                    most = most.max(n);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        })
+    };
+
+    let total = THREADS * PER_THREAD;
+    assert!(
+        wait_until(Duration::from_secs(60), || done.load(Ordering::Relaxed)
+            >= total / 3),
+        "the storm made no progress"
+    );
+    let failures_before = counter(
+        &proxy.scrape(),
+        "redis_ambassador_upstream_connect_failures_total{reason=\"unavailable\"}",
+    );
+    let down = std::time::Instant::now();
+    upstream.kill();
+    std::thread::sleep(Duration::from_millis(600));
+    upstream.restart();
+    let downtime = down.elapsed();
+    for w in workers {
+        w.join().expect("a storm thread failed");
+    }
+    stop_sampling.store(true, Ordering::Relaxed);
+    let most = sampler.join().expect("sampler");
+
+    assert!(proxy.is_running(), "the proxy died in the storm");
+    let mut after = proxy.conn();
+    assert!(
+        wait_until(Duration::from_secs(5), || after
+            .call(&["SET", "after", "1"])
+            == b"+OK\r\n"),
+        "no recovery after the restart"
+    );
+    assert!(
+        most <= u64::from(LANES) + 2,
+        "the upstream saw {most} clients at once; lanes: {LANES}"
+    );
+    let failed_connects = counter(
+        &proxy.scrape(),
+        "redis_ambassador_upstream_connect_failures_total{reason=\"unavailable\"}",
+    ) - failures_before;
+    // Each round is tried by at most the lanes and the prober; the rounds' waits double.
+    let bound = f64::from((LANES + 2) * max_rounds(downtime, base, max));
+    let errors = errors.load(Ordering::Relaxed);
+    eprintln!(
+        "storm: {total} clients, {errors} saw an error, {failed_connects} failed connects \
+         in {downtime:?} of downtime (bound {bound}), most upstream clients {most}"
+    );
+    assert!(failed_connects >= 1.0, "the restart was not noticed");
+    assert!(
+        failed_connects <= bound,
+        "{failed_connects} failed connects in {downtime:?}: more than the backoff allows ({bound})"
+    );
+    assert!(errors < total, "every client failed");
+    drop(after);
+    let log = proxy.log();
+    assert!(!log.contains("accept failed"), "accept errors:\n{log}");
+    // The storm's sockets are all closed again.
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy_fds(&proxy)
+            <= fds_before + 2),
+        "fds: {} before, {} after",
+        fds_before,
+        proxy_fds(&proxy)
+    );
+}
+
+fn proxy_fds(proxy: &Ambassador) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

@@ -26,8 +26,8 @@ const CLIENT_FLUSH_BYTES: usize = 1024 * 1024;
 /// Forwarded bytes below this size are copied into a shared buffer; larger ones travel as
 /// their own chunk, uncopied.
 const COPY_BELOW: usize = 16 * 1024;
-/// A batch stops growing here; the rest of the read waits for the next batch.
-pub const MAX_STEPS: usize = 4096;
+/// A batch stops growing at `[limits] max_in_flight` steps or at this many forwarded
+/// bytes; the rest of the read waits for the next batch.
 pub const MAX_UPSTREAM_BYTES: usize = 8 * 1024 * 1024;
 
 /// What happens to one upstream reply.
@@ -74,6 +74,9 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Batch {
     steps: Vec<Step>,
+    /// Steps (requests answered, locally or upstream, and state changes woven in) at which
+    /// the batch is full: what one client may have in flight.
+    max_steps: usize,
     local: BytesMut,
     chunks: Vec<Bytes>,
     pending: BytesMut,
@@ -94,9 +97,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn new() -> Batch {
+    pub fn new(max_steps: usize) -> Batch {
         Batch {
             steps: Vec::new(),
+            max_steps,
             local: BytesMut::new(),
             chunks: Vec::new(),
             pending: BytesMut::new(),
@@ -123,7 +127,7 @@ impl Batch {
 
     /// Whether the batch is big enough to run before scanning further.
     pub fn is_full(&self) -> bool {
-        self.steps.len() >= MAX_STEPS || self.upstream_bytes >= MAX_UPSTREAM_BYTES
+        self.steps.len() >= self.max_steps || self.upstream_bytes >= MAX_UPSTREAM_BYTES
     }
 
     /// The buffer the next local reply is written to; call [`end_local`] after writing.

@@ -51,7 +51,7 @@ impl Session {
                     out.extend_from_slice(&element);
                 }
                 Queued::Local(request) => {
-                    let mut scratch = Batch::new();
+                    let mut scratch = Batch::new(1);
                     // MULTI is closed by now, so this answers as outside a transaction.
                     let _ = self.handle(request, &mut scratch).await;
                     out.extend_from_slice(&scratch.into_local());

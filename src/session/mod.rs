@@ -29,6 +29,9 @@ use crate::replies;
 use crate::upstream::{ConnState, Pinned, Upstream};
 use batch::Batch;
 
+/// `[limits] max_in_flight` by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+
 /// What every session shares: the upstream, the client credentials, the limits.
 pub struct Shared {
     pub upstream: Upstream,
@@ -37,6 +40,8 @@ pub struct Shared {
     pub limits: RequestLimits,
     /// Bounds on what is buffered for a relayed (pub/sub, MONITOR) client.
     pub output_limits: OutputLimits,
+    /// `[limits] max_in_flight`: requests of one client planned into one batch at most.
+    pub max_in_flight: usize,
     next_client_id: AtomicU64,
 }
 
@@ -66,12 +71,19 @@ impl Shared {
         self
     }
 
+    /// Caps the requests of one client in flight at once (4096 otherwise).
+    pub fn with_max_in_flight(mut self, max: usize) -> Shared {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
     pub fn new(upstream: Upstream, client_auth: ClientAuth, limits: RequestLimits) -> Shared {
         Shared {
             upstream,
             client_auth,
             limits,
             output_limits: OutputLimits::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             next_client_id: AtomicU64::new(1),
         }
     }
@@ -228,7 +240,7 @@ impl Session {
         let mut out = BytesMut::new();
         let mut read_size = FIRST_READ;
         loop {
-            let mut batch = Batch::new();
+            let mut batch = Batch::new(self.shared.max_in_flight);
             let mut flow = Flow::Continue;
             while !batch.is_full() && !batch.barrier {
                 match scanner.next(&mut inbuf, self.requires_auth()) {

@@ -389,7 +389,7 @@ impl Session {
             // No reply is owed, so there is nothing to order against: apply it, show
             // nothing (Redis suppresses the reply too).
             let skipping = std::mem::take(&mut relay.modes.skip_armed);
-            let mut scratch = Batch::new();
+            let mut scratch = Batch::new(1);
             let _ = self.handle(request, &mut scratch).await;
             let changes = conn.state != self.conn_target();
             if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, false).await {
@@ -493,7 +493,7 @@ impl Session {
                     }
                     return Step::Continue;
                 }
-                let mut scratch = Batch::new();
+                let mut scratch = Batch::new(1);
                 let flow = self.handle(request, &mut scratch).await;
                 out.extend_from_slice(&scratch.into_local());
                 if matches!(flow, super::Flow::Close | super::Flow::Drop) {

@@ -4,8 +4,9 @@
 //!
 //! bb8 on its own makes a waiter sit out the whole pool timeout when connecting fails
 //! (bb8#141). Every connect failure is therefore also published here, and a checkout that
-//! sees one returns that error at once; for `reconnect_backoff` after a failure further
-//! checkouts fail fast with the same error instead of dialling again, which caps the
+//! sees one returns that error at once; for a backoff after a failure (doubling from
+//! `reconnect_backoff_ms` to `reconnect_backoff_max_ms` with each failed round, jittered)
+//! further checkouts fail fast with the same error instead of dialling again, which caps the
 //! reconnect rate while the upstream is down.
 //!
 //! The upstream password may rotate (see `rotation`): every connect reads the current
@@ -114,15 +115,41 @@ pub struct ServerInfo {
     pub resp3: bool,
 }
 
-/// Connect failures, published for checkouts that are waiting.
+/// Connect failures, published for checkouts that are waiting, and the reconnect backoff.
+///
+/// After a failed connect every checkout fails fast with that error until `retry_at`; the
+/// wait doubles with each failed round (from `reconnect_backoff_ms` up to
+/// `reconnect_backoff_max_ms`) and is jittered down to half, so that many proxies in front of
+/// one Redis that restarts do not all dial it again at the same instant.
 #[derive(Debug)]
 struct Health {
-    /// The last connect failure and when it happened; cleared by a successful connect.
-    last_failure: Mutex<Option<(Instant, UpstreamError)>>,
+    state: Mutex<HealthState>,
     failures: watch::Sender<u64>,
+    backoff: Duration,
+    backoff_max: Duration,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// The last connect failure; cleared by a successful connect.
+    last_failure: Option<UpstreamError>,
+    /// Until when checkouts fail fast instead of dialling.
+    retry_at: Option<Instant>,
+    /// Failed rounds since the last success (failures that end while a backoff is already
+    /// running belong to the round that started it).
+    rounds: u32,
 }
 
 impl Health {
+    fn new(backoff: Duration, backoff_max: Duration) -> Health {
+        Health {
+            state: Mutex::new(HealthState::default()),
+            failures: watch::Sender::new(0),
+            backoff,
+            backoff_max: backoff_max.max(backoff),
+        }
+    }
+
     /// Records a failed connect: logged when the upstream goes down or its error changes
     /// (not at every retry), counted, and published to waiting checkouts.
     fn connect_failed(&self, error: UpstreamError) {
@@ -143,33 +170,43 @@ impl Health {
     }
 
     fn failed(&self, error: UpstreamError) {
-        if let Ok(mut last) = self.last_failure.lock() {
-            *last = Some((Instant::now(), error));
+        if let Ok(mut state) = self.state.lock() {
+            let now = Instant::now();
+            let in_backoff = state.retry_at.is_some_and(|at| now < at);
+            if !in_backoff {
+                state.rounds = state.rounds.saturating_add(1);
+                state.retry_at = Some(now + self.delay(state.rounds));
+            }
+            state.last_failure = Some(error);
         }
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// The wait after `rounds` failed rounds: `backoff · 2^(rounds-1)`, capped, then a
+    /// uniformly random point in its upper half.
+    fn delay(&self, rounds: u32) -> Duration {
+        let doubling = 1u32 << rounds.saturating_sub(1).min(16);
+        let full = self.backoff.saturating_mul(doubling).min(self.backoff_max);
+        full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+    }
+
     fn succeeded(&self) {
-        if let Ok(mut last) = self.last_failure.lock() {
-            *last = None;
+        if let Ok(mut state) = self.state.lock() {
+            *state = HealthState::default();
         }
     }
 
-    /// The last failure, if it happened within `window`.
-    fn recent(&self, window: Duration) -> Option<UpstreamError> {
-        let last = self.last_failure.lock().ok()?;
-        match &*last {
-            Some((at, error)) if at.elapsed() < window => Some(error.clone()),
+    /// The last failure while its backoff runs: checkouts fail fast with it.
+    fn backing_off(&self) -> Option<UpstreamError> {
+        let state = self.state.lock().ok()?;
+        match (&state.last_failure, state.retry_at) {
+            (Some(error), Some(at)) if Instant::now() < at => Some(error.clone()),
             _ => None,
         }
     }
 
     fn last(&self) -> Option<UpstreamError> {
-        self.last_failure
-            .lock()
-            .ok()?
-            .as_ref()
-            .map(|(_, e)| e.clone())
+        self.state.lock().ok()?.last_failure.clone()
     }
 }
 
@@ -359,7 +396,6 @@ pub struct Upstream {
     health: Arc<Health>,
     info: Arc<Mutex<Option<ServerInfo>>>,
     pool_wait_timeout: Duration,
-    reconnect_backoff: Duration,
     /// `None` when disabled.
     pub command_timeout: Option<Duration>,
 }
@@ -372,10 +408,10 @@ impl Upstream {
         password: Option<Arc<RotatingSecret>>,
         tls: Option<crate::tls::UpstreamTls>,
     ) -> Upstream {
-        let health = Arc::new(Health {
-            last_failure: Mutex::new(None),
-            failures: watch::Sender::new(0),
-        });
+        let health = Arc::new(Health::new(
+            config.upstream.reconnect_backoff(),
+            config.upstream.reconnect_backoff_max(),
+        ));
         let info = Arc::new(Mutex::new(None));
         let manager = || Manager {
             address: config.upstream.endpoint().to_owned(),
@@ -407,7 +443,6 @@ impl Upstream {
                 password: password.clone(),
                 health: health.clone(),
                 command_timeout: config.upstream.command_timeout(),
-                reconnect_backoff: config.upstream.reconnect_backoff(),
                 max_reply_depth: config.limits.max_reply_depth,
                 output_limit: config.limits.client_output_hard_limit,
             },
@@ -421,7 +456,6 @@ impl Upstream {
             health,
             info,
             pool_wait_timeout: config.upstream.pool_wait_timeout(),
-            reconnect_backoff: config.upstream.reconnect_backoff(),
             command_timeout: config.upstream.command_timeout(),
         }
     }
@@ -430,7 +464,7 @@ impl Upstream {
     /// probe, server information). Fails at once with the connect error when the upstream
     /// cannot be reached or refuses the credentials.
     pub async fn get(&self) -> Result<PooledConn<'_>, UpstreamError> {
-        if let Some(error) = self.health.recent(self.reconnect_backoff) {
+        if let Some(error) = self.health.backing_off() {
             return Err(error);
         }
         let mut failures = self.health.failures.subscribe();
@@ -484,7 +518,7 @@ impl Upstream {
             .clone()
             .try_acquire_owned()
             .map_err(|_| UpstreamError::TooManyPinned(self.max_pinned))?;
-        if let Some(error) = self.health.recent(self.reconnect_backoff) {
+        if let Some(error) = self.health.backing_off() {
             return Err(error);
         }
         let mut failures = self.health.failures.subscribe();
@@ -529,5 +563,65 @@ impl Upstream {
                 tracing::warn!(%error, "upstream not reachable at start-up; will retry on demand")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> UpstreamError {
+        UpstreamError::Unavailable("connection refused".to_owned())
+    }
+
+    #[test]
+    fn backoff_doubles_per_round_with_jitter_and_a_cap() {
+        let health = Health::new(Duration::from_millis(100), Duration::from_millis(1000));
+        for (rounds, full_ms) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            let full = Duration::from_millis(full_ms);
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..200 {
+                let delay = health.delay(rounds);
+                assert!(delay >= full / 2 && delay <= full, "{rounds}: {delay:?}");
+                seen.insert(delay);
+            }
+            assert!(seen.len() > 1, "no jitter after {rounds} rounds");
+        }
+    }
+
+    #[test]
+    fn failures_during_a_backoff_belong_to_its_round() {
+        let health = Health::new(Duration::from_secs(60), Duration::from_secs(600));
+        assert!(health.backing_off().is_none());
+        // Four lanes failing together are one round, not four doublings.
+        for _ in 0..4 {
+            health.failed(refused());
+        }
+        let state = health.state.lock().map(|s| s.rounds).ok();
+        assert_eq!(state, Some(1));
+        assert!(health.backing_off().is_some());
+        health.succeeded();
+        assert!(health.backing_off().is_none());
+        assert!(health.last().is_none());
+    }
+
+    #[test]
+    fn a_backoff_ends() {
+        let health = Health::new(Duration::from_millis(2), Duration::from_millis(2));
+        health.failed(refused());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(health.backing_off().is_none());
+        // Still unhealthy until a connect succeeds.
+        assert!(health.last().is_some());
+        health.failed(refused());
+        let rounds = health.state.lock().map(|s| s.rounds).ok();
+        assert_eq!(rounds, Some(2));
     }
 }

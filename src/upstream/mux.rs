@@ -72,7 +72,6 @@ pub(super) struct LaneContext {
     pub password: Option<Arc<RotatingSecret>>,
     pub health: Arc<Health>,
     pub command_timeout: Option<Duration>,
-    pub reconnect_backoff: Duration,
     pub max_reply_depth: usize,
     /// `[limits] client_output_hard_limit`.
     pub output_limit: usize,
@@ -238,7 +237,7 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
 
 /// Opens a connection and starts its reader.
 async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer, UpstreamError> {
-    if let Some(error) = context.health.recent(context.reconnect_backoff) {
+    if let Some(error) = context.health.backing_off() {
         return Err(error);
     }
     let conn = match context.pool.dedicated_connection().await {

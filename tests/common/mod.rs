@@ -264,6 +264,19 @@ impl RawConn {
         }
     }
 
+    /// A connection, or `None` when nothing listens (for polling a server that may be down).
+    pub fn try_connect(port: u16) -> Option<RawConn> {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_nodelay(true).ok()?;
+        Some(RawConn {
+            stream,
+            buf: Vec::new(),
+            timeout: READ_TIMEOUT,
+            peer: port,
+        })
+    }
+
     pub fn port(&self) -> u16 {
         self.peer
     }
