@@ -55,7 +55,7 @@ pub async fn serve(
             continue;
         };
         let local = stream.local_addr().unwrap_or(peer);
-        let session = Session::new(shared.clone(), peer, local);
+        let shared = shared.clone();
         let closing = lifecycle.closing.clone();
         let span = tracing::debug_span!("client", %peer);
         let tls = tls.clone();
@@ -74,7 +74,7 @@ pub async fn serve(
                     },
                 };
                 tracing::debug!("connected");
-                session.run(stream, closing).await;
+                Session::new(shared, peer, local).run(stream, closing).await;
                 tracing::debug!("disconnected");
                 drop(permit);
             }

@@ -259,7 +259,8 @@ impl Batch {
         };
         if pin || self.pin_required || self.blocking || pinned.is_some() {
             if pinned.is_none() {
-                match upstream.pin().await {
+                // Rare paths are boxed so that every client's task stays small while idle.
+                match Box::pin(upstream.pin()).await {
                     Ok(conn) => *pinned = Some(conn),
                     Err(error) => {
                         tracing::debug!(%error, "no dedicated upstream connection");
@@ -269,7 +270,7 @@ impl Batch {
                 }
             }
             match pinned.as_mut() {
-                Some(conn) => self.run_on(conn, timeout, out, client).await,
+                Some(conn) => Box::pin(self.run_on(conn, timeout, out, client)).await,
                 None => Ok(Outcome::failed()),
             }
         } else {

@@ -216,7 +216,17 @@ impl Session {
 
     /// Serves the client until it leaves, breaks the protocol, QUITs, or `closing` fires.
     /// `closing` is honoured between batches: requests already read are answered first.
-    pub async fn run(mut self, stream: ClientStream, closing: CancellationToken) {
+    pub fn run(
+        self,
+        stream: ClientStream,
+        closing: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // On the heap, not in the task: a future keeps a by-value `self` twice over (the
+        // argument and the moved-in local), and every idle client pays for its task's size.
+        Box::new(self).run_boxed(stream, closing)
+    }
+
+    async fn run_boxed(mut self: Box<Self>, stream: ClientStream, closing: CancellationToken) {
         let global = metrics::global();
         global.client_connections.increment(1.0);
         global.client_connections_total.increment(1);
@@ -282,10 +292,11 @@ impl Session {
                     return;
                 }
                 Flow::Relay(request) => {
-                    match self
-                        .relay(request, &mut reader, &mut writer, &mut inbuf, &mut scanner)
-                        .await
-                    {
+                    // Boxed, like the other rare paths, so that an idle client's task stays
+                    // small (the task is as large as its largest state).
+                    let relay =
+                        self.relay(request, &mut reader, &mut writer, &mut inbuf, &mut scanner);
+                    match Box::pin(relay).await {
                         relay::Exit::Resume => continue,
                         relay::Exit::Close => {
                             let _ = writer.shutdown().await;
@@ -384,7 +395,7 @@ impl Session {
         }
         if let Some(reply) = outcome.held {
             let queue = self.exec_queue.take().unwrap_or_default();
-            self.finish_exec(&reply, queue, out).await;
+            Box::pin(self.finish_exec(&reply, queue, out)).await;
         }
         self.exec_queue = None;
         if self.drop_pin {
@@ -606,7 +617,7 @@ impl Session {
         let args = &request.args;
         match local {
             Local::Auth => self.auth(args, batch),
-            Local::Hello => self.hello(args, batch).await,
+            Local::Hello => Box::pin(self.hello(args, batch)).await,
             Local::Quit => {
                 if self.needs_pin() {
                     self.drop_pin = true;
@@ -626,7 +637,7 @@ impl Session {
             }
             Local::Client => return self.client(request, batch),
             _ if self.requires_auth() => batch.reply(replies::NOAUTH),
-            Local::Select => self.select(&args[1], batch).await,
+            Local::Select => Box::pin(self.select(&args[1], batch)).await,
             // PING's own check, made after authentication, as in Redis's pingCommand.
             Local::Ping if args.len() > 2 => {
                 replies::wrong_arity(batch.local(), "ping");
