@@ -327,8 +327,10 @@ def check_configs(binary, facts):
         mounts = container.get("volumeMounts") or []
 
         def mount_of(file_path):
-            """(volume, key) for a file the ambassador reads, or None."""
+            """(mount, volume, key) for a file the ambassador reads, or None."""
             for m in mounts:
+                if "subPath" in m and m["mountPath"] == file_path:
+                    return m, volumes.get(m["name"]), m["subPath"]
                 if os.path.dirname(file_path) == m["mountPath"].rstrip("/"):
                     return m, volumes.get(m["name"]), os.path.basename(file_path)
             return None
@@ -360,8 +362,10 @@ def check_configs(binary, facts):
                                                  f"in no volume the ambassador mounts"):
                     continue
                 m, vol, key = found
-                consistency.expect("subPath" not in m, f"{where}: {m['mountPath']} is a subPath "
-                                                       f"mount: Kubernetes never updates it")
+                if not consistency.expect("subPath" not in m,
+                                          f"{where}: {m['mountPath']} is a subPath mount: "
+                                          f"Kubernetes never updates it; mount the directory"):
+                    continue
                 if vol and "secret" in vol:
                     secret = k8s.find("Secret", vol["secret"]["secretName"])
                     if not consistency.expect(secret, f"{where}: Secret "
@@ -562,7 +566,8 @@ def check_dashboards():
         for expr in exprs:
             check.expect(expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"),
                          f"{path}: unbalanced brackets in {expr}")
-        bad = unknown_metrics("\n".join(exprs), known)
+        # Queries, variables and descriptions alike.
+        bad = unknown_metrics(json.dumps(dashboard), known)
         check.expect(not bad, f"{path}: not metrics of src/metrics.rs: {', '.join(bad)}")
         check.name += f" ({len(panels)} panels)"
     return check
