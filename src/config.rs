@@ -47,6 +47,28 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub secrets: SecretsWatch,
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Threads serving clients and upstream connections. 1 runs everything on one thread
+    /// (tokio's current-thread scheduler); 0 means one per CPU the process may use.
+    pub worker_threads: usize,
+}
+
+impl Runtime {
+    /// The number of threads to start (0 resolved to the CPUs available, cgroup quotas
+    /// included).
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -591,6 +613,9 @@ impl Config {
         if self.limits.client_output_hard_limit < 64 * 1024 {
             return invalid("[limits] client_output_hard_limit must be at least 65536");
         }
+        if self.runtime.worker_threads > 1024 {
+            return invalid("[runtime] worker_threads must be at most 1024 (0: one per CPU)");
+        }
         if self.limits.max_in_flight == 0 || self.limits.max_in_flight > 1_000_000 {
             return invalid("[limits] max_in_flight must be between 1 and 1000000");
         }
@@ -763,6 +788,7 @@ mod tests {
         assert_eq!(config.listen.max_clients, 10_000);
         assert_eq!(config.limits.max_bulk_len, 512 * 1024 * 1024);
         assert_eq!(config.limits.max_in_flight, 4096);
+        assert!(config.runtime.threads() >= 1);
         assert_eq!(
             config.upstream.reconnect_backoff(),
             Duration::from_millis(250)
@@ -793,6 +819,7 @@ mod tests {
             "[client]\nusername = \"u\"\n[upstream]\naddress = \"x:1\"\n",
             "[listen]\naddress = \"0.0.0.0:6379\"\n[upstream]\naddress = \"x:1\"\n",
             "[upstream]\naddress = \"x:1\"\n[limits]\nmax_in_flight = 0\n",
+            "[upstream]\naddress = \"x:1\"\n[runtime]\nworker_threads = 5000\n",
         ] {
             assert!(Config::from_str(text).is_err(), "{text}");
         }

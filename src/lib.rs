@@ -46,7 +46,6 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use admin::{Admin, ProbeSettings, Readiness};
@@ -55,6 +54,10 @@ use config::{Config, Secrets};
 use session::Shared;
 use shutdown::Lifecycle;
 use upstream::Upstream;
+
+/// The client listener's accept queue, as Redis's `tcp-backlog` default (the kernel caps it
+/// at `net.core.somaxconn`): a burst of connects waits there instead of being refused.
+const LISTEN_BACKLOG: u32 = 511;
 
 /// Runs the proxy: installs the metrics recorder, binds the admin address and the Redis
 /// listener, serves until `shutdown` fires (the first SIGTERM/SIGINT), then drains as
@@ -68,14 +71,12 @@ pub async fn run(
     // Before anything records: handles made earlier would be no-ops for good.
     let metrics_handle = metrics::install();
     let admin_listener = admin::bind(config.metrics.address).await?;
-    let listener = TcpListener::bind(config.listen.address)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", config.listen.address),
-            )
-        })?;
+    let listener = net::listen(config.listen.address, LISTEN_BACKLOG).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.listen.address),
+        )
+    })?;
     tracing::info!(
         address = %config.listen.address,
         admin = %config.metrics.address,

@@ -50,7 +50,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}: configuration is valid", cli.config.display());
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let threads = config.runtime.threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -16,8 +16,21 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// A listening socket on `address` with an accept queue of `backlog` (std and tokio use
+/// 128), with `SO_REUSEADDR` so a restarted proxy can bind while old connections linger.
+pub fn listen(address: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(backlog)
+}
 
 type UpstreamTls = tokio_rustls::client::TlsStream<TcpStream>;
 type ClientTls = tokio_rustls::server::TlsStream<TcpStream>;

@@ -251,6 +251,16 @@ fn run_pipeline(port: u16, input: &[u8], n: usize) -> (i64, Vec<Vec<u8>>) {
 
 #[test]
 fn c5_long_mixed_pipeline_matches_redis() {
+    long_mixed_pipeline_matches_redis(0);
+}
+
+/// The same on tokio's current-thread scheduler (`[runtime] worker_threads = 1`).
+#[test]
+fn c5_long_mixed_pipeline_matches_redis_on_one_thread() {
+    long_mixed_pipeline_matches_redis(1);
+}
+
+fn long_mixed_pipeline_matches_redis(worker_threads: usize) {
     const N: usize = 20_000;
     let upstream = RedisServer::start();
     let bare = RedisServer::start();
@@ -258,6 +268,7 @@ fn c5_long_mixed_pipeline_matches_redis() {
     let version_bare = bare.version();
     let proxy = AmbassadorBuilder::for_server(&upstream)
         .pool_size(2)
+        .worker_threads(worker_threads)
         .start();
     let (input, hellos) = mixed_pipeline(N);
     assert!(!hellos.is_empty());

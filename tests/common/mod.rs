@@ -1548,6 +1548,12 @@ impl AmbassadorBuilder {
         ));
         self
     }
+    /// `[runtime] worker_threads` (1: tokio's current-thread scheduler).
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.extra_toml
+            .push(format!("\n[runtime]\nworker_threads = {n}"));
+        self
+    }
     /// The `[secrets]` section: watching on or off, and the poll interval.
     pub fn secrets_watch(mut self, watch: bool, poll_interval_ms: u64, debounce_ms: u64) -> Self {
         self.extra_toml.push(format!(
