@@ -155,32 +155,15 @@ def check_compose_schema(bindir):
 # ---------------------------------------------------------------- configs and mounts
 
 
-def file_keys(config):
-    """Every `*_file` value of a parsed config: the files the ambassador will read."""
+def values_of_keys_ending(config, suffix):
+    """Every string value of a parsed config whose key ends in `suffix`: `_file` for the
+    files the ambassador will read, `_env` for the variables."""
     found = []
 
     def walk(node):
         if isinstance(node, dict):
             for key, value in node.items():
-                if key.endswith("_file") and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(config)
-    return found
-
-
-def env_keys(config):
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key.endswith("_env") and isinstance(value, str):
+                if key.endswith(suffix) and isinstance(value, str):
                     found.append(value)
                 else:
                     walk(value)
@@ -356,7 +339,7 @@ def check_configs(binary, facts):
         # Mirror every file the config names from the volume that provides it.
         with tempfile.TemporaryDirectory() as root:
             mirrored = text
-            for file_path in file_keys(config):
+            for file_path in values_of_keys_ending(config, "_file"):
                 found = mount_of(file_path)
                 if not consistency.expect(found, f"{where}: {file_path} (named in {label}) is "
                                                  f"in no volume the ambassador mounts"):
@@ -387,7 +370,7 @@ def check_configs(binary, facts):
                 mirrored = mirrored.replace(f'"{file_path}"', f'"{root}{file_path}"')
             env = dict(os.environ)
             declared = {e["name"] for e in container.get("env") or []}
-            for name in env_keys(config):
+            for name in values_of_keys_ending(config, "_env"):
                 consistency.expect(name in declared or container.get("envFrom"),
                                    f"{where}: {name} (named in {label}) is not in the "
                                    f"container's env")
@@ -525,7 +508,7 @@ def check_compose_config(binary, configs, consistency, facts):
     with open(config_file, encoding="utf-8") as f:
         text = f.read()
     config = tomllib.loads(text)
-    for file_path in file_keys(config):
+    for file_path in values_of_keys_ending(config, "_file"):
         if consistency.expect(file_path in sources, f"{where}: {file_path} is neither a "
                                                     f"config nor a secret of the service"):
             text = text.replace(f'"{file_path}"',
