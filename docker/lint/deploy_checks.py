@@ -264,8 +264,8 @@ def probe_port(container, probe_name):
     return port
 
 
-class Deployments:
-    """The Kubernetes side: each Deployment that runs the ambassador, with what it mounts."""
+class Manifests:
+    """Every Kubernetes manifest under docker/k8s, by kind and name."""
 
     def __init__(self):
         self.docs = k8s_docs()
@@ -288,7 +288,7 @@ def check_configs(binary, facts):
                     f"{version}, {os.path.relpath(binary)}")
     consistency = Check("manifests consistent with the configs, the admin endpoints and "
                         "the image", f"docker/lint/deploy_checks.py, PyYAML {pkg_version('PyYAML')}")
-    k8s = Deployments()
+    k8s = Manifests()
     checked = 0
     pod_labels = []
     for path, deployment in k8s.by_kind("Deployment"):
@@ -303,9 +303,9 @@ def check_configs(binary, facts):
         config_path = config_arg(args)
         if not consistency.expect(config_path, f"{where}: the ambassador has no --config"):
             continue
-        if config_path != config_arg(facts["cmd"]):
-            consistency.expect(False, f"{where}: --config {config_path} differs from the image's "
-                                      f"default {config_arg(facts['cmd'])}")
+        consistency.expect(config_path == config_arg(facts["cmd"]),
+                           f"{where}: --config {config_path} differs from the image's default "
+                           f"{config_arg(facts['cmd'])}")
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         mounts = container.get("volumeMounts") or []
 
@@ -322,7 +322,7 @@ def check_configs(binary, facts):
         if not consistency.expect(found and found[1] and "configMap" in found[1],
                                   f"{where}: {config_path} is not in a mounted ConfigMap"):
             continue
-        mount, volume, key = found
+        _, volume, key = found
         configmap = k8s.find("ConfigMap", volume["configMap"]["name"])
         if not consistency.expect(configmap and key in (configmap.get("data") or {}),
                                   f"{where}: ConfigMap {volume['configMap']['name']} with key "
@@ -387,7 +387,6 @@ def check_configs(binary, facts):
         consistency.expect(not is_loopback(metrics_address),
                            f"{label}: [metrics] address {metrics_address} is loopback: the "
                            f"kubelet's probes and Prometheus connect to the pod IP")
-        consistency.expect(native or container in spec.get("containers", []), where)
         if native:
             consistency.expect(container.get("restartPolicy") == "Always",
                                f"{where}: a native sidecar needs restartPolicy: Always")
