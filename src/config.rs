@@ -173,9 +173,25 @@ fn default_username() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    /// How the upstream is found: one server (`standalone`), or the master of
+    /// `master_name` as the Sentinels at `address`/`addresses` say (`sentinel`).
+    #[serde(default)]
+    pub mode: Mode,
     /// `host:port`, `redis://host:port` or `rediss://host:port` (TLS); resolved at every
-    /// connect, so a Service name follows its endpoints.
+    /// connect, so a Service name follows its endpoints. In sentinel mode: a Sentinel.
+    #[serde(default)]
     pub address: String,
+    /// More addresses of the same kind (sentinel mode: the other Sentinels), tried in order
+    /// after `address`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Sentinel mode: the name the Sentinels monitor the master under.
+    pub master_name: Option<String>,
+    /// Sentinel mode: the Sentinels' own credentials (Sentinel's `requirepass`/ACL user),
+    /// when they ask for any.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password_file: Option<PathBuf>,
+    pub sentinel_password_env: Option<String>,
     /// TLS to the upstream (also turned on by a `rediss://` address).
     #[serde(default)]
     pub tls: bool,
@@ -206,19 +222,49 @@ pub struct Upstream {
     pub max_pinned: usize,
 }
 
+/// `[upstream] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+/// An address without its `redis://` / `rediss://` scheme: what is dialled.
+fn strip_scheme(address: &str) -> &str {
+    let address = address.trim();
+    address
+        .strip_prefix("rediss://")
+        .or_else(|| address.strip_prefix("redis://"))
+        .unwrap_or(address)
+}
+
 impl Upstream {
-    /// The address without its `redis://` / `rediss://` scheme: what is dialled.
+    /// The first address without its `redis://` / `rediss://` scheme: what is dialled.
     pub fn endpoint(&self) -> &str {
-        let address = self.address.trim();
-        address
-            .strip_prefix("rediss://")
-            .or_else(|| address.strip_prefix("redis://"))
-            .unwrap_or(address)
+        self.seeds().next().unwrap_or("")
+    }
+
+    /// Every address (`address`, then `addresses`), schemes stripped.
+    pub fn seeds(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.address)
+            .chain(&self.addresses)
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| strip_scheme(a))
+    }
+
+    fn raw_addresses(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.address)
+            .chain(&self.addresses)
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
     }
 
     /// Whether connections to the upstream use TLS.
     pub fn tls_enabled(&self) -> bool {
-        self.tls || self.address.trim().starts_with("rediss://")
+        self.tls || self.raw_addresses().any(|a| a.starts_with("rediss://"))
     }
 
     /// The host part of the endpoint (IPv6 brackets removed).
@@ -433,6 +479,8 @@ pub struct Secrets {
     /// `nopass` semantics (no `[client]` section).
     pub client_users: Option<Vec<(String, Arc<RotatingSecret>)>>,
     pub upstream_password: Option<Arc<RotatingSecret>>,
+    /// The Sentinels' own password (sentinel mode).
+    pub sentinel_password: Option<Arc<RotatingSecret>>,
     /// TLS to the upstream, its files read (`None`: plain TCP).
     pub upstream_tls: Option<crate::tls::UpstreamTls>,
     /// TLS for clients, its files read (`None`: plain TCP).
@@ -449,6 +497,7 @@ impl Secrets {
             .map(|(_, secret)| secret.clone())
             .collect();
         all.extend(self.upstream_password.clone());
+        all.extend(self.sentinel_password.clone());
         all
     }
 }
@@ -529,22 +578,7 @@ impl Config {
                  [listen] tls_client_ca_file, or allow_unauthenticated_remote = true",
             );
         }
-        if self.upstream.address.trim().is_empty() {
-            return invalid("[upstream] address is empty");
-        }
-        let endpoint = self.upstream.endpoint();
-        if endpoint.contains('/') || !endpoint.contains(':') {
-            return Err(ConfigError::Invalid(format!(
-                "[upstream] address `{}` must be host:port, redis://host:port or \
-                 rediss://host:port",
-                self.upstream.address
-            )));
-        }
-        if self.upstream.tls && self.upstream.address.trim().starts_with("redis://") {
-            return invalid(
-                "[upstream] tls = true contradicts a redis:// address; use rediss:// or host:port",
-            );
-        }
+        self.validate_upstream_mode()?;
         let upstream_tls_keys = self.upstream.tls_ca_file.is_some()
             || self.upstream.tls_cert_file.is_some()
             || self.upstream.tls_key_file.is_some()
@@ -664,6 +698,92 @@ impl Config {
 
     /// Reads the secrets the config names, and the TLS certificates and keys. Fails if one
     /// is missing, empty or unreadable (the error names the key and the path).
+    /// `[upstream]` addresses and the keys of its mode.
+    fn validate_upstream_mode(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        let upstream = &self.upstream;
+        let count = upstream.raw_addresses().count();
+        if count == 0 {
+            return invalid("[upstream] address is empty");
+        }
+        for (raw, endpoint) in upstream.raw_addresses().zip(upstream.seeds()) {
+            if endpoint.contains('/') || !endpoint.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "[upstream] address `{raw}` must be host:port, redis://host:port or \
+                     rediss://host:port"
+                )));
+            }
+        }
+        let schemes = upstream.raw_addresses().filter(|a| a.contains("://"));
+        let tls_schemes = upstream
+            .raw_addresses()
+            .filter(|a| a.starts_with("rediss://"))
+            .count();
+        if tls_schemes > 0 && tls_schemes != schemes.count() {
+            return invalid("[upstream] addresses mix redis:// and rediss://");
+        }
+        if upstream.tls && upstream.raw_addresses().any(|a| a.starts_with("redis://")) {
+            return invalid(
+                "[upstream] tls = true contradicts a redis:// address; use rediss:// or host:port",
+            );
+        }
+        source(
+            "upstream sentinel",
+            &upstream.sentinel_password_file,
+            &upstream.sentinel_password_env,
+        )?;
+        let sentinel_keys = upstream.master_name.is_some()
+            || upstream.sentinel_username.is_some()
+            || upstream.sentinel_password_file.is_some()
+            || upstream.sentinel_password_env.is_some();
+        match upstream.mode {
+            Mode::Standalone => {
+                if count > 1 {
+                    return invalid(
+                        "[upstream] a standalone upstream has one address; several are for \
+                         mode = \"sentinel\"",
+                    );
+                }
+                if sentinel_keys {
+                    return invalid(
+                        "[upstream] master_name and sentinel_* keys need mode = \"sentinel\"",
+                    );
+                }
+            }
+            Mode::Sentinel => {
+                if upstream
+                    .master_name
+                    .as_deref()
+                    .is_none_or(|n| n.trim().is_empty())
+                {
+                    return invalid("[upstream] mode = \"sentinel\" needs master_name");
+                }
+                if upstream.sentinel_username.is_some()
+                    && upstream.sentinel_password_file.is_none()
+                    && upstream.sentinel_password_env.is_none()
+                {
+                    return invalid(
+                        "[upstream] sentinel_username needs sentinel_password_file or \
+                         sentinel_password_env",
+                    );
+                }
+                if upstream.tls_enabled() && upstream.tls_server_name.is_none() {
+                    return invalid(
+                        "[upstream] TLS in sentinel mode needs tls_server_name: the master's \
+                         address comes from the Sentinels and can change",
+                    );
+                }
+            }
+            Mode::Cluster => {
+                return invalid(
+                    "[upstream] mode = \"cluster\" is not supported yet; use \"standalone\" \
+                     or \"sentinel\"",
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn load_secrets(&self) -> Result<Secrets, ConfigError> {
         let client_users = match &self.client {
             Some(c) => {
@@ -684,9 +804,17 @@ impl Config {
         // The upstream has no overlap of its own: Redis decides what it accepts.
         .map(|s| RotatingSecret::load(s, Duration::ZERO).map(Arc::new))
         .transpose()?;
+        let sentinel_password = source(
+            "upstream sentinel",
+            &self.upstream.sentinel_password_file,
+            &self.upstream.sentinel_password_env,
+        )?
+        .map(|s| RotatingSecret::load(s, Duration::ZERO).map(Arc::new))
+        .transpose()?;
         Ok(Secrets {
             client_users,
             upstream_password,
+            sentinel_password,
             upstream_tls: crate::tls::UpstreamTls::from_config(&self.upstream)?,
             listen_tls: crate::tls::ListenTls::from_config(&self.listen)?,
         })
@@ -829,6 +957,60 @@ mod tests {
     }
 
     const UPSTREAM: &str = "[upstream]\naddress = \"x:1\"\n";
+
+    #[test]
+    fn upstream_modes() {
+        let sentinel = "[upstream]\nmode = \"sentinel\"\naddress = \"s1:26379\"\n\
+                        addresses = [\"s2:26379\", \"redis://s3:26379\"]\n\
+                        master_name = \"mymaster\"\n";
+        let config = Config::from_str(sentinel).expect("sentinel config");
+        assert_eq!(config.upstream.mode, Mode::Sentinel);
+        let seeds: Vec<&str> = config.upstream.seeds().collect();
+        assert_eq!(seeds, ["s1:26379", "s2:26379", "s3:26379"]);
+        // Addresses alone are enough.
+        let only_list = "[upstream]\nmode = \"sentinel\"\naddresses = [\"s2:26379\"]\n\
+                         master_name = \"m\"\n";
+        assert!(Config::from_str(only_list).is_ok());
+        for (text, complaint) in [
+            (
+                "[upstream]\nmode = \"sentinel\"\naddress = \"s:1\"\n",
+                "needs master_name",
+            ),
+            (
+                "[upstream]\naddress = \"a:1\"\naddresses = [\"b:1\"]\n",
+                "one address",
+            ),
+            (
+                "[upstream]\naddress = \"a:1\"\nmaster_name = \"m\"\n",
+                "need mode",
+            ),
+            (
+                "[upstream]\nmode = \"cluster\"\naddress = \"a:1\"\n",
+                "not supported yet",
+            ),
+            (
+                "[upstream]\nmode = \"sentinel\"\naddress = \"rediss://s:1\"\n\
+                 master_name = \"m\"\n",
+                "tls_server_name",
+            ),
+            (
+                "[upstream]\nmode = \"sentinel\"\naddress = \"s:1\"\nmaster_name = \"m\"\n\
+                 sentinel_username = \"u\"\n",
+                "sentinel_username needs",
+            ),
+            (
+                "[upstream]\nmode = \"primary\"\naddress = \"a:1\"\n",
+                "mode",
+            ),
+            ("[upstream]\naddresses = []\n", "address is empty"),
+        ] {
+            let error = Config::from_str(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(complaint), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn tls_settings() {

@@ -88,7 +88,7 @@ pub async fn run(
     );
     let all_secrets = secrets.all();
     rotation::warn_unwatchable(&all_secrets, &config.secrets);
-    let upstream = Upstream::new(&config, secrets.upstream_password, secrets.upstream_tls);
+    let upstream = Upstream::new(&config, &secrets);
     let shared = Arc::new(
         Shared::new(
             upstream,

@@ -46,6 +46,7 @@ pub const UPSTREAM_POOL_WAIT_SECONDS: &str = "redis_ambassador_upstream_pool_wai
 pub const UPSTREAM_POOL_EXHAUSTED_TOTAL: &str = "redis_ambassador_upstream_pool_exhausted_total";
 pub const UPSTREAM_STALE_CONNECTIONS_TOTAL: &str =
     "redis_ambassador_upstream_stale_connections_total";
+pub const UPSTREAM_MASTER_CHANGES_TOTAL: &str = "redis_ambassador_upstream_master_changes_total";
 pub const SECRET_RELOADS_TOTAL: &str = "redis_ambassador_secret_reloads_total";
 pub const SECRET_RELOAD_FAILURES_TOTAL: &str = "redis_ambassador_secret_reload_failures_total";
 
@@ -312,6 +313,7 @@ pub struct Global {
     pub pool_wait: Histogram,
     pub pool_exhausted: Counter,
     pub stale_connections: Counter,
+    pub master_changes: Counter,
     pub upstream_idle: Gauge,
     pub upstream_in_use: Gauge,
     pub upstream_pinned: Gauge,
@@ -336,6 +338,7 @@ pub fn global() -> &'static Global {
         pool_wait: metrics::histogram!(UPSTREAM_POOL_WAIT_SECONDS),
         pool_exhausted: metrics::counter!(UPSTREAM_POOL_EXHAUSTED_TOTAL),
         stale_connections: metrics::counter!(UPSTREAM_STALE_CONNECTIONS_TOTAL),
+        master_changes: metrics::counter!(UPSTREAM_MASTER_CHANGES_TOTAL),
         upstream_idle: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "idle"),
         upstream_in_use: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "in_use"),
         upstream_pinned: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "pinned"),
@@ -524,6 +527,11 @@ fn describe() {
     describe_counter!(
         UPSTREAM_STALE_CONNECTIONS_TOTAL,
         "Idle pooled upstream connections found dead at checkout and replaced."
+    );
+    describe_counter!(
+        UPSTREAM_MASTER_CHANGES_TOTAL,
+        "Sentinel mode: times the master's address changed (a failover), from an \
+         announcement or a fresh answer."
     );
     describe_counter!(
         SECRET_RELOADS_TOTAL,

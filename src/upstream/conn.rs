@@ -78,6 +78,9 @@ pub struct UpstreamConn {
     /// The upstream password's generation when this connection authenticated: after a
     /// rotation, older connections are recycled at their next quiet moment.
     pub credentials: u64,
+    /// The target's generation when this connection was made (see `Target`): a connection
+    /// to a master that has since been replaced is not used again.
+    pub target: u64,
 }
 
 impl UpstreamConn {
@@ -132,6 +135,7 @@ impl UpstreamConn {
             state: ConnState::INITIAL,
             broken: false,
             credentials: 0,
+            target: 0,
         };
         let info = conn.handshake(credentials, deadline).await.map_err(|e| match e {
             UpstreamError::Timeout(_) => UpstreamError::Unavailable(format!(

@@ -22,6 +22,7 @@
 
 pub mod conn;
 pub mod mux;
+pub mod sentinel;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 
 pub use conn::{ConnState, UpstreamConn};
 
-use crate::config::Config;
+use crate::config::{Config, Mode, Secrets};
 use crate::protocol::ReplyError;
 use crate::secret::{Reload, RotatingSecret, Secret};
 
@@ -230,9 +231,36 @@ impl ErrorSink<UpstreamError> for HealthSink {
     }
 }
 
+/// Where connections go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One server (`[upstream] mode = "standalone"`).
+    Address(Arc<str>),
+    /// The master the Sentinels name (`mode = "sentinel"`).
+    Sentinel(Arc<sentinel::Sentinels>),
+}
+
+impl Target {
+    /// Changes when the address connections should go to changes: a connection made in
+    /// another generation is replaced before its next use.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Target::Address(_) => 0,
+            Target::Sentinel(sentinels) => sentinels.generation(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Address(address) => address.to_string(),
+            Target::Sentinel(sentinels) => format!("master `{}`", sentinels.master_name()),
+        }
+    }
+}
+
 /// The bb8 manager: knows how to open and check one upstream connection.
 pub struct Manager {
-    address: String,
+    target: Target,
     tls: Option<crate::tls::UpstreamTls>,
     username: Option<String>,
     password: Option<Arc<RotatingSecret>>,
@@ -254,14 +282,40 @@ impl Manager {
             username: self.username.as_deref(),
             password,
         };
-        let (conn, info) = UpstreamConn::connect(
-            &self.address,
+        let (address, generation) = match &self.target {
+            Target::Address(address) => (address.to_string(), 0),
+            Target::Sentinel(sentinels) => sentinels.master().await?,
+        };
+        let connected = UpstreamConn::connect(
+            &address,
             self.tls.as_ref(),
             credentials,
             self.connect_timeout,
             self.max_reply_depth,
         )
-        .await?;
+        .await;
+        let (mut conn, info) = match (connected, &self.target) {
+            (Ok(pair), _) => pair,
+            (Err(error), Target::Sentinel(sentinels)) => {
+                if !matches!(error, UpstreamError::AuthFailed(_)) {
+                    sentinels.forget(&address);
+                }
+                return Err(error);
+            }
+            (Err(error), Target::Address(_)) => return Err(error),
+        };
+        if let Target::Sentinel(sentinels) = &self.target {
+            // A demoted master that came back is a replica now: never write to it.
+            if &info.role[..] != b"master" {
+                sentinels.forget(&address);
+                return Err(UpstreamError::Unavailable(format!(
+                    "{address} is a {}, not the master of `{}`; asking the Sentinels again",
+                    String::from_utf8_lossy(&info.role),
+                    sentinels.master_name()
+                )));
+            }
+        }
+        conn.target = generation;
         if let Ok(mut slot) = self.info.lock() {
             *slot = Some(info);
         }
@@ -338,7 +392,7 @@ impl ManageConnection for Manager {
         };
         conn.credentials = generation;
         self.health.succeeded();
-        tracing::debug!(address = %self.address, "upstream connection established");
+        tracing::debug!(target = %self.target.describe(), "upstream connection established");
         Ok(conn)
     }
 
@@ -351,6 +405,9 @@ impl ManageConnection for Manager {
             // The password rotated since this connection logged in: replace it now, while
             // nobody uses it (Redis would keep it working, but the old password may go).
             return Err(UpstreamError::Stale("the upstream password rotated"));
+        }
+        if conn.target != self.target.generation() {
+            return Err(UpstreamError::Stale("the master changed"));
         }
         conn.probe().map_err(UpstreamError::Stale)
     }
@@ -401,20 +458,34 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `password` is read again at every connect, so a rotated secret reaches new
-    /// connections.
-    pub fn new(
-        config: &Config,
-        password: Option<Arc<RotatingSecret>>,
-        tls: Option<crate::tls::UpstreamTls>,
-    ) -> Upstream {
+    /// The passwords are read again at every connect, so a rotated secret reaches new
+    /// connections. In sentinel mode this starts the task that follows the Sentinels.
+    pub fn new(config: &Config, secrets: &Secrets) -> Upstream {
+        let password = secrets.upstream_password.clone();
+        let tls = secrets.upstream_tls.clone();
+        let target = match config.upstream.mode {
+            Mode::Sentinel => {
+                let sentinels = Arc::new(sentinel::Sentinels::new(
+                    config.upstream.seeds().map(str::to_owned).collect(),
+                    config.upstream.master_name.clone().unwrap_or_default(),
+                    config.upstream.sentinel_username.clone(),
+                    secrets.sentinel_password.clone(),
+                    tls.clone(),
+                    config.upstream.connect_timeout(),
+                    config.limits.max_reply_depth,
+                ));
+                tokio::spawn(sentinels.clone().watch());
+                Target::Sentinel(sentinels)
+            }
+            Mode::Standalone | Mode::Cluster => Target::Address(config.upstream.endpoint().into()),
+        };
         let health = Arc::new(Health::new(
             config.upstream.reconnect_backoff(),
             config.upstream.reconnect_backoff_max(),
         ));
         let info = Arc::new(Mutex::new(None));
         let manager = || Manager {
-            address: config.upstream.endpoint().to_owned(),
+            target: target.clone(),
             tls: tls.clone(),
             username: config.upstream.username.clone(),
             password: password.clone(),
@@ -442,6 +513,7 @@ impl Upstream {
                 pool: pinned_pool.clone(),
                 password: password.clone(),
                 health: health.clone(),
+                target: target.clone(),
                 command_timeout: config.upstream.command_timeout(),
                 max_reply_depth: config.limits.max_reply_depth,
                 output_limit: config.limits.client_output_hard_limit,

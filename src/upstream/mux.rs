@@ -71,6 +71,9 @@ pub(super) struct LaneContext {
     /// The upstream password, whose generation tells when lanes should be recycled.
     pub password: Option<Arc<RotatingSecret>>,
     pub health: Arc<Health>,
+    /// Where connections go: a lane whose connection belongs to an older generation
+    /// (a master the Sentinels have replaced) reconnects before its next write.
+    pub target: super::Target,
     pub command_timeout: Option<Duration>,
     pub max_reply_depth: usize,
     /// `[limits] client_output_hard_limit`.
@@ -135,6 +138,8 @@ struct Writer {
     dead: Arc<AtomicBool>,
     /// The password generation the connection logged in with.
     credentials: u64,
+    /// The target generation the connection was made in.
+    target: u64,
 }
 
 async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: Arc<AtomicUsize>) {
@@ -154,10 +159,11 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
                 Err(_) => break,
             }
         }
-        if writer
-            .as_ref()
-            .is_some_and(|w| w.dead.load(Ordering::Acquire))
-        {
+        if writer.as_ref().is_some_and(|w| {
+            w.dead.load(Ordering::Acquire) || w.target != context.target.generation()
+        }) {
+            // Dead, or connected to a master that is one no more: replies still due on it
+            // are read by its reader; nothing more is written to it.
             writer = None;
         }
         let live = match writer.as_mut() {
@@ -251,6 +257,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
     };
     let state = conn.state;
     let credentials = conn.credentials;
+    let target = conn.target;
     let (stream, rbuf) = conn.into_parts();
     let (read_half, write_half) = stream.into_split();
     let (in_flight_tx, in_flight_rx) = mpsc::unbounded_channel();
@@ -270,6 +277,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         in_flight: in_flight_tx,
         dead,
         credentials,
+        target,
     })
 }
 

@@ -647,6 +647,8 @@ pub struct RedisServer {
     conf: PathBuf,
     log: PathBuf,
     auth: ServerAuth,
+    /// Runs as a Sentinel (`--sentinel`).
+    sentinel: bool,
 }
 
 impl RedisServer {
@@ -670,6 +672,16 @@ impl RedisServer {
 
     /// `extra` lines are appended to the generated redis.conf.
     pub fn start_with(auth: ServerAuth, extra: &[&str]) -> RedisServer {
+        Self::start_as(auth, extra, false)
+    }
+
+    /// A Sentinel (`redis-server CONF --sentinel`); `extra` holds its `sentinel …` lines.
+    /// `auth` is the Sentinel's own password.
+    pub fn start_sentinel(auth: ServerAuth, extra: &[&str]) -> RedisServer {
+        Self::start_as(auth, extra, true)
+    }
+
+    fn start_as(auth: ServerAuth, extra: &[&str], sentinel: bool) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("ambassador-redis-")
             .tempdir()
@@ -683,6 +695,7 @@ impl RedisServer {
             conf,
             log,
             auth,
+            sentinel,
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -709,7 +722,9 @@ impl RedisServer {
         text.push_str("bind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\n");
         let _ = writeln!(text, "dir \"{}\"", self.dir.path().display());
         let _ = writeln!(text, "logfile \"{}\"", self.log.display());
-        text.push_str("enable-debug-command yes\n");
+        if !self.sentinel {
+            text.push_str("enable-debug-command yes\n");
+        }
         match &self.auth {
             ServerAuth::None => {}
             ServerAuth::Password(pw) => {
@@ -731,8 +746,12 @@ impl RedisServer {
     /// Spawns with the current config and waits for PING. Err(log) if the process exits.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let out = fs::File::create(self.dir.path().join("redis.stdout")).unwrap();
-        let child = Command::new(redis_server_bin())
-            .arg(&self.conf)
+        let mut command = Command::new(redis_server_bin());
+        command.arg(&self.conf);
+        if self.sentinel {
+            command.arg("--sentinel");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -1486,6 +1505,7 @@ impl RedisServer {
             conf,
             log,
             auth,
+            sentinel: false,
         };
         server.write_conf(extra);
         if let Err(log) = server.spawn_and_wait() {
