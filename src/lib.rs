@@ -15,7 +15,10 @@
 //! - [`command`]: the command table (what is local, refused, or forwarded).
 //! - [`session`]: one client's state machine and its read–plan–execute loop.
 //! - [`upstream`]: the shared multiplexed lanes, and the bb8 pool of dedicated (pinned)
-//!   connections for transactions, blocking commands and pub/sub.
+//!   connections for transactions, blocking commands and pub/sub; in sentinel mode, where
+//!   the master is (`upstream::sentinel`).
+//! - [`cluster`]: Redis Cluster's building blocks (slots, key positions, the slot map);
+//!   not routed through yet.
 //! - [`metrics`]: metric names and the handles the hot path records through.
 //! - [`replies`]: every reply the proxy writes itself, with Redis's wording.
 //! - [`server`]: the listener, `max_clients`, and the TLS handshake with clients.
@@ -30,6 +33,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod metrics;

@@ -1,0 +1,281 @@
+//! Which arguments of a command are keys, for routing by slot.
+//!
+//! The table comes from the server itself (`COMMAND`, read once from a cluster node), so
+//! it matches the Redis version behind the proxy: each command's first key, last key
+//! (negative: from the end) and step, and its subcommands' (`OBJECT|ENCODING`). Commands
+//! flagged `movablekeys` — whose keys depend on their arguments — are read by the rules
+//! below, one per argument layout Redis has; one not covered falls back to its first key.
+
+use std::collections::HashMap;
+
+use redis_protocol::resp2::decode::decode as decode_resp2;
+use redis_protocol::resp2::types::OwnedFrame;
+
+/// Where a command's keys are (positions count the command name as 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    pub first: i64,
+    pub last: i64,
+    pub step: i64,
+    pub movable: bool,
+}
+
+/// Commands (and `container|subcommand`s), lowercase, to their key positions.
+#[derive(Debug, Default, Clone)]
+pub struct KeyTable {
+    specs: HashMap<Vec<u8>, KeySpec>,
+}
+
+impl KeyTable {
+    /// Reads a `COMMAND` reply (RESP2). `None` when it is not one.
+    pub fn from_command_reply(reply: &[u8]) -> Option<KeyTable> {
+        let Ok(Some((OwnedFrame::Array(commands), _))) = decode_resp2(reply) else {
+            return None;
+        };
+        let mut table = KeyTable::default();
+        for command in &commands {
+            table.add(command, None);
+        }
+        (!table.specs.is_empty()).then_some(table)
+    }
+
+    fn add(&mut self, command: &OwnedFrame, container: Option<&[u8]>) {
+        let OwnedFrame::Array(fields) = command else {
+            return;
+        };
+        let (Some(name), Some(flags), Some(first), Some(last), Some(step)) = (
+            fields.first().and_then(text),
+            fields.get(2),
+            fields.get(3).and_then(integer),
+            fields.get(4).and_then(integer),
+            fields.get(5).and_then(integer),
+        ) else {
+            return;
+        };
+        let movable = match flags {
+            OwnedFrame::Array(flags) => flags
+                .iter()
+                .filter_map(text)
+                .any(|f| f.eq_ignore_ascii_case(b"movablekeys")),
+            _ => false,
+        };
+        let name = name.to_ascii_lowercase();
+        let spec = KeySpec {
+            first,
+            last,
+            step,
+            movable,
+        };
+        // Redis 7 names subcommands `container|sub` already.
+        let key = match container {
+            Some(c) if !name.contains(&b'|') => [c, b"|", &name].concat(),
+            _ => name.clone(),
+        };
+        self.specs.insert(key, spec);
+        if let Some(OwnedFrame::Array(subcommands)) = fields.get(9) {
+            for sub in subcommands {
+                self.add(sub, Some(&name));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// The spec of `args[0]` (or of `args[0]|args[1]` for a container command).
+    pub fn spec(&self, args: &[&[u8]]) -> Option<KeySpec> {
+        let name = args.first()?.to_ascii_lowercase();
+        if let Some(sub) = args.get(1) {
+            let full = [&name[..], b"|", &sub.to_ascii_lowercase()].concat();
+            if let Some(spec) = self.specs.get(&full) {
+                return Some(*spec);
+            }
+        }
+        self.specs.get(&name).copied()
+    }
+
+    /// The positions in `args` that hold keys (empty for a keyless or unknown command).
+    pub fn key_positions(&self, args: &[&[u8]]) -> Vec<usize> {
+        let Some(spec) = self.spec(args) else {
+            return Vec::new();
+        };
+        if spec.movable {
+            if let Some(positions) = movable_keys(args) {
+                return positions;
+            }
+        }
+        fixed_keys(spec, args.len())
+    }
+}
+
+fn text(frame: &OwnedFrame) -> Option<Vec<u8>> {
+    match frame {
+        OwnedFrame::BulkString(b) => Some(b.clone()),
+        OwnedFrame::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn integer(frame: &OwnedFrame) -> Option<i64> {
+    match frame {
+        OwnedFrame::Integer(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// Positions from first/last/step (`last` < 0 counts from the end: -1 is the last).
+fn fixed_keys(spec: KeySpec, argc: usize) -> Vec<usize> {
+    if spec.first <= 0 || spec.step <= 0 {
+        return Vec::new();
+    }
+    let argc = argc as i64;
+    let last = if spec.last < 0 {
+        argc + spec.last
+    } else {
+        spec.last.min(argc - 1)
+    };
+    (spec.first..=last)
+        .step_by(spec.step as usize)
+        .filter(|&i| i < argc)
+        .map(|i| i as usize)
+        .collect()
+}
+
+fn count_at(args: &[&[u8]], index: usize) -> Option<usize> {
+    std::str::from_utf8(args.get(index)?).ok()?.parse().ok()
+}
+
+/// `numkeys` at `at`, the keys right after it.
+fn numkeys(args: &[&[u8]], at: usize) -> Option<Vec<usize>> {
+    let n = count_at(args, at)?;
+    let end = at + 1 + n;
+    (end <= args.len()).then(|| (at + 1..end).collect())
+}
+
+fn position_of(args: &[&[u8]], word: &[u8], from: usize) -> Option<usize> {
+    (from..args.len()).find(|&i| args[i].eq_ignore_ascii_case(word))
+}
+
+/// The keys of a `movablekeys` command, by its argument layout; `None` when the command
+/// is not one of these (or its arguments do not parse: Redis will refuse it anyway).
+fn movable_keys(args: &[&[u8]]) -> Option<Vec<usize>> {
+    let name = args.first()?.to_ascii_lowercase();
+    match &name[..] {
+        b"eval" | b"evalsha" | b"eval_ro" | b"evalsha_ro" | b"fcall" | b"fcall_ro" => {
+            numkeys(args, 2)
+        }
+        b"zunion" | b"zinter" | b"zdiff" | b"sintercard" | b"zintercard" | b"lmpop" | b"zmpop" => {
+            numkeys(args, 1)
+        }
+        b"blmpop" | b"bzmpop" => numkeys(args, 2),
+        b"zunionstore" | b"zinterstore" | b"zdiffstore" => {
+            let mut keys = vec![1];
+            keys.extend(numkeys(args, 2)?);
+            Some(keys)
+        }
+        b"xread" | b"xreadgroup" => {
+            let streams = position_of(args, b"streams", 1)?;
+            let rest = args.len() - streams - 1;
+            (rest > 0 && rest % 2 == 0).then(|| (streams + 1..streams + 1 + rest / 2).collect())
+        }
+        b"sort" | b"sort_ro" => {
+            let mut keys = vec![1];
+            if let Some(store) = position_of(args, b"store", 2) {
+                keys.push(store + 1);
+            }
+            Some(keys.into_iter().filter(|&i| i < args.len()).collect())
+        }
+        b"georadius" | b"georadiusbymember" => {
+            let mut keys = vec![1];
+            for word in [&b"store"[..], b"storedist"] {
+                if let Some(at) = position_of(args, word, 2) {
+                    keys.push(at + 1);
+                }
+            }
+            Some(keys.into_iter().filter(|&i| i < args.len()).collect())
+        }
+        b"migrate" => match position_of(args, b"keys", 6) {
+            Some(at) => Some((at + 1..args.len()).collect()),
+            None => Some(vec![3]),
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A COMMAND reply in Redis 7's shape for a few commands.
+    fn table() -> KeyTable {
+        fn command(name: &str, flags: &[&str], first: i64, last: i64, step: i64) -> String {
+            let flags: String = flags
+                .iter()
+                .map(|f| format!("+{f}\r\n"))
+                .collect::<String>();
+            format!(
+                "*10\r\n${}\r\n{name}\r\n:-2\r\n*{}\r\n{flags}:{first}\r\n:{last}\r\n:{step}\r\n\
+                 *0\r\n*0\r\n*0\r\n*0\r\n",
+                name.len(),
+                flags.lines().count()
+            )
+        }
+        let commands = [
+            command("get", &["readonly"], 1, 1, 1),
+            command("mset", &["write"], 1, -1, 2),
+            command("mget", &["readonly"], 1, -1, 1),
+            command("ping", &["fast"], 0, 0, 0),
+            command("eval", &["movablekeys"], 0, 0, 0),
+            command("xread", &["movablekeys"], 0, 0, 0),
+            command("zunionstore", &["movablekeys"], 1, 1, 1),
+            command("strange", &["movablekeys"], 1, 1, 1),
+        ];
+        // OBJECT with its ENCODING subcommand.
+        let object = "*10\r\n$6\r\nobject\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*0\r\n*0\r\n*0\r\n\
+             *1\r\n*10\r\n$15\r\nobject|encoding\r\n:3\r\n*0\r\n:2\r\n:2\r\n:1\r\n\
+             *0\r\n*0\r\n*0\r\n*0\r\n";
+        let reply = format!("*{}\r\n{}{object}", commands.len() + 1, commands.concat());
+        KeyTable::from_command_reply(reply.as_bytes()).unwrap_or_default()
+    }
+
+    fn keys(table: &KeyTable, line: &str) -> Vec<usize> {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        table.key_positions(&args)
+    }
+
+    #[test]
+    fn fixed_positions() {
+        let t = table();
+        assert_eq!(t.len(), 10);
+        assert_eq!(keys(&t, "GET k"), [1]);
+        assert_eq!(keys(&t, "MSET a 1 b 2 c 3"), [1, 3, 5]);
+        assert_eq!(keys(&t, "mget a b c"), [1, 2, 3]);
+        assert_eq!(keys(&t, "PING"), Vec::<usize>::new());
+        assert_eq!(keys(&t, "OBJECT ENCODING k"), [2]);
+        assert_eq!(keys(&t, "unknown k"), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn movable_positions() {
+        let t = table();
+        assert_eq!(keys(&t, "EVAL s 2 a b x y"), [3, 4]);
+        assert_eq!(keys(&t, "EVAL s 0"), Vec::<usize>::new());
+        // More keys declared than given: no keys (Redis refuses the command).
+        assert_eq!(keys(&t, "EVAL s 5 a"), Vec::<usize>::new());
+        assert_eq!(keys(&t, "XREAD COUNT 2 STREAMS a b 0 0"), [4, 5]);
+        assert_eq!(keys(&t, "ZUNIONSTORE d 2 a b WEIGHTS 1 2"), [1, 3, 4]);
+        // A movable command without a rule: its declared first key.
+        assert_eq!(keys(&t, "STRANGE k"), [1]);
+    }
+
+    #[test]
+    fn not_a_command_reply() {
+        assert!(KeyTable::from_command_reply(b"-ERR nope\r\n").is_none());
+        assert!(KeyTable::from_command_reply(b"*0\r\n").is_none());
+    }
+}
