@@ -3,20 +3,24 @@
 # redis-ambassador (release build, no client password) and through twemproxy (nutcracker, with
 # redis_auth), all three interleaved in one run so that machine noise spreads evenly.
 #
-#   benches/compare.sh              quick mode (the default): 3 repetitions, ~0.8 s per run
-#   benches/compare.sh --quick      the same
-#   benches/compare.sh --full       5 repetitions, ~3 s per run (about 12 minutes on 2 cores)
-#   benches/compare.sh --out FILE   also write the results as Markdown to FILE
-#   benches/compare.sh --tls        add a fourth target, ambassador-tls (with either mode)
+#   benches/compare.sh                 quick mode (the default): 3 repetitions, ~0.8 s per run
+#   benches/compare.sh --quick         the same
+#   benches/compare.sh --full          5 repetitions, ~3 s per run (about 12 minutes on 2 cores)
+#   benches/compare.sh --out FILE      also write the results as Markdown to FILE
+#   benches/compare.sh --tls           add a fourth target, ambassador-tls (with either mode)
+#   benches/compare.sh --workers 1,2   add one target per listed worker-thread count,
+#                                      ambassador-w1 and ambassador-w2 (with either mode, and
+#                                      with --tls or without)
 #
 # Matrix: tests SET, GET, INCR, LPUSH, MSET (redis-benchmark -t, one test per run), random keys
 # (-r 100000), each at 50 clients pipeline 1, 50 clients pipeline 16 and 1 client pipeline 1.
-# For every repetition, case and test the three targets run back to back (the order rotates
-# from one repetition to the next). -n is calibrated once per case and test, on short warm-up
-# runs against all the targets, so that one run on each takes about the run time on average;
-# it is bounded, and so is every run (timeout). The table gives, per case, test and target,
-# the median requests/s over the repetitions, the ratios to direct and to twemproxy, and the
-# median p50/p99 latencies with their deltas to direct, in microseconds.
+# For every repetition, case and test the targets (three, more with --tls or --workers) run
+# back to back (the order rotates from one repetition to the next). -n is calibrated once per
+# case and test, on short warm-up runs against all the targets, so that one run on each takes
+# about the run time on average; it is bounded, and so is every run (timeout). The table gives,
+# per case, test and target, the median requests/s over the repetitions, the ratios to direct
+# and to twemproxy, and the median p50/p99 latencies with their deltas to direct, in
+# microseconds.
 #
 # On Debian it installs redis-server, redis-tools and nutcracker when they are missing (as
 # root, or through sudo), and builds the ambassador (cargo build --release). Everything listens
@@ -25,12 +29,26 @@
 # is never printed; redis-benchmark has no other way to take it than -a, so it does appear on
 # redis-benchmark's command line (direct and twemproxy runs) while the benchmark runs.
 #
+# --tls and --workers each add ambassadors, with the same build and the same config as the
+# main one but for their overrides, as more targets interleaved with the others; their rows
+# in the table get one more column, ×ambassador: their req/s divided by the main ambassador's.
+#
 # With --tls, the same redis-server also listens on a TLS port (a throwaway CA and a server
 # certificate for 127.0.0.1, made with the openssl CLI in the temporary directory; no client
 # certificates), and a second ambassador, with the same config but upstream
 # rediss://127.0.0.1:<TLS port> and tls_ca_file set, is the fourth target, interleaved with
 # the others. The table and the summary add ambassador-tls / ambassador: the cost of a TLS
 # upstream against a plain TCP one. Quick mode with --tls takes about 3-4 minutes.
+#
+# With --workers LIST (comma-separated thread counts, 0 to 1024, e.g. 1,2), one more ambassador
+# per count N, named ambassador-wN, with [runtime] worker_threads = N (the key set, or the
+# section added when the config has none): 1 is tokio's current-thread scheduler, N > 1 a
+# multi-thread runtime with N workers, 0 one per CPU. The main ambassador keeps config.toml's
+# worker_threads (0, one per CPU, unless edited), so on a 2-CPU machine ambassador-w2 runs the
+# main ambassador's configuration: how far apart those two land shows the noise. A second
+# summary gives, per case, the ambassador and each ambassador-wN against direct, twemproxy and
+# the ambassador. Each extra target adds about a minute to quick mode and 4 to full mode (on
+# 2 cores): quick mode with --workers 1,2 takes about 5 minutes, full mode about 20.
 set -euo pipefail
 
 usage() {
@@ -41,6 +59,32 @@ usage() {
 mode=quick
 out_file=""
 tls=false
+workers=()   # --workers: the worker-thread counts, one more ambassador each
+
+# --workers LIST: comma-separated counts, 0 to 1024 (config.rs's bound), no repeats.
+parse_workers() {
+    local list=$1 item n w items=()
+    if [ -z "$list" ] || [ "${list%,}" != "$list" ]; then
+        echo "error: --workers '$list': expected comma-separated thread counts, e.g. 1,2" >&2
+        exit 2
+    fi
+    IFS=, read -r -a items <<<"$list"
+    for item in "${items[@]}"; do
+        if ! [[ "$item" =~ ^[0-9]{1,4}$ ]] || [ "$((10#$item))" -gt 1024 ]; then
+            echo "error: --workers '$list': '$item' is not a thread count from 0 to 1024" >&2
+            exit 2
+        fi
+        n=$((10#$item))
+        for w in "${workers[@]}"; do
+            if [ "$w" = "$n" ]; then
+                echo "error: --workers '$list': $n is listed twice" >&2
+                exit 2
+            fi
+        done
+        workers+=("$n")
+    done
+}
+
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --quick) mode=quick ;;
@@ -52,6 +96,12 @@ while [ "$#" -gt 0 ]; do
             ;;
         --out=*) out_file=${1#--out=} ;;
         --tls) tls=true ;;
+        --workers)
+            [ "$#" -ge 2 ] || { usage >&2; exit 2; }
+            parse_workers "$2"
+            shift
+            ;;
+        --workers=*) parse_workers "${1#--workers=}" ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -81,19 +131,38 @@ case_ids=(c50p1 c50p16 c1p1)
 case_clients=(50 50 1)
 case_pipeline=(1 16 1)
 case_labels=("50 clients, pipeline 1" "50 clients, pipeline 16" "1 client, pipeline 1")
-targets=(direct ambassador twemproxy)
+# The extra ambassadors (--tls, --workers), each one more target: its name, its upstream
+# (plain: redis-server's port; tls: redis-server's TLS port, with tls_ca_file = the throwaway
+# CA) and its overrides of the main ambassador's config ("section.key=value" words, the value
+# as TOML, set with set_config_value). Their ports and pids are filled in when they start.
+extra_names=()
+extra_upstreams=()
+extra_overrides=()
 if $tls; then
-    targets+=(ambassador-tls)
-    targets_word=four
-else
-    targets_word=three
+    extra_names+=(ambassador-tls)
+    extra_upstreams+=(tls)
+    extra_overrides+=("")
 fi
+for w in "${workers[@]}"; do
+    extra_names+=("ambassador-w$w")
+    extra_upstreams+=(plain)
+    extra_overrides+=("runtime.worker_threads=$w")
+done
+extra_ports=()
+extra_pids=()
+for i in "${!extra_names[@]}"; do
+    extra_pids[i]=""
+done
+targets=(direct ambassador twemproxy "${extra_names[@]}")
+workers_list=$(printf '%s, ' "${workers[@]}" | sed 's/, $//')   # "1, 2"
+number_words=(zero one two three four five six seven eight nine ten eleven twelve)
+targets_word=${number_words[${#targets[@]}]:-${#targets[@]}}
 # Requests per warm-up (calibration) run, per case: ~0.1-0.5 s each.
 case_cal_n=(20000 100000 2000)
 n_min=1000
 if [ "$mode" = full ]; then
     reps=5
-    run_ms=3000        # aimed duration of one run (the mean over the three targets)
+    run_ms=3000        # aimed duration of one run (the mean over the targets)
     n_max=20000000
     run_timeout=60     # seconds; a run that takes longer is killed and counted as failed
 else
@@ -114,6 +183,68 @@ nutcracker_bin() {
     else
         return 1
     fi
+}
+
+# config_value FILE SECTION KEY: print the value of KEY in [SECTION] of the TOML file FILE (as
+# written, comment stripped), nothing when it is not there.
+config_value() {
+    awk -v want="$2" -v key="$3" '
+        /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
+            section = $0
+            sub(/^[[:space:]]*\[/, "", section); sub(/\].*$/, "", section); gsub(/[[:space:]]/, "", section)
+            next
+        }
+        section == want && $0 ~ "^[[:space:]]*" key "[[:space:]]*=" {
+            v = $0
+            sub(/^[^=]*=[[:space:]]*/, "", v); sub(/[[:space:]]*#.*$/, "", v); sub(/[[:space:]]+$/, "", v)
+            print v
+            exit
+        }
+    ' "$1"
+}
+
+# set_config_value FILE SECTION KEY VALUE: in the ambassador config FILE, make [SECTION] say
+# KEY = VALUE (VALUE as TOML): the key's line replaced when the section has it, a line added
+# under the section's header when it has not, the section appended when the file has none.
+set_config_value() {
+    local file=$1 section=$2 key=$3 value=$4
+    # Two passes over FILE: the first finds whether the section has the key.
+    awk -v want="$section" -v key="$key" -v value="$value" '
+        /^[[:space:]]*\[[^]]*\][[:space:]]*(#.*)?$/ {
+            section = $0
+            sub(/^[[:space:]]*\[/, "", section); sub(/\].*$/, "", section); gsub(/[[:space:]]/, "", section)
+            if (NR > FNR) {
+                print
+                if (section == want && !has_key && !done) { print key " = " value; done = 1 }
+                next
+            }
+        }
+        section == want && $0 ~ "^[[:space:]]*" key "[[:space:]]*=" {
+            if (NR == FNR) { has_key = 1; next }
+            if (!done) print key " = " value
+            done = 1
+            next
+        }
+        NR == FNR { next }
+        FNR == 1 { section = "" }
+        { print }
+        END { if (!done) printf "\n[%s]\n%s = %s\n", want, key, value }
+    ' "$file" "$file" >"$file.new"
+    mv -- "$file.new" "$file"
+    [ "$(config_value "$file" "$section" "$key")" = "$value" ] \
+        || die "could not set [$section] $key = $value in $file"
+}
+
+# target_extra TARGET: print the index of the extra ambassador TARGET; return 1 when it is none.
+target_extra() {
+    local i
+    for i in "${!extra_names[@]}"; do
+        if [ "${extra_names[$i]}" = "$1" ]; then
+            echo "$i"
+            return 0
+        fi
+    done
+    return 1
 }
 
 # Install, from Debian's packages, whichever of redis-server, redis-tools (redis-cli,
@@ -137,11 +268,15 @@ ensure_tools() {
 tmp=""
 redis_pid=""
 amb_pid=""
-amb_tls_pid=""
 twem_pid=""
 bench_pid=""
 
-cleanup_pid_vars=(bench_pid amb_pid amb_tls_pid twem_pid redis_pid)
+# The ambassadors before twemproxy and redis-server.
+cleanup_pid_vars=(bench_pid amb_pid)
+for i in "${!extra_names[@]}"; do
+    cleanup_pid_vars+=("extra_pids[$i]")
+done
+cleanup_pid_vars+=(twem_pid redis_pid)
 trap_bench_cleanup
 
 # --- prerequisites and build ---------------------------------------------------------------
@@ -155,11 +290,16 @@ make_bench_tmp
 
 # --- a password-protected Redis ------------------------------------------------------------
 
+# "Starting A, B and C on 127.0.0.1"
+starting=(redis-server redis-ambassador twemproxy)
 if $tls; then
-    step "Starting redis-server (with a TLS port), redis-ambassador, twemproxy and redis-ambassador with a TLS upstream on 127.0.0.1"
-else
-    step "Starting redis-server, redis-ambassador and twemproxy on 127.0.0.1"
+    starting[0]="redis-server (with a TLS port)"
+    starting+=("redis-ambassador with a TLS upstream")
 fi
+for w in "${workers[@]}"; do
+    starting+=("redis-ambassador with worker_threads = $w")
+done
+step "Starting $(printf '%s, ' "${starting[@]:0:${#starting[@]}-1}" | sed 's/, $//') and ${starting[-1]} on 127.0.0.1"
 make_redis_password
 
 # With --tls: a throwaway CA (P-256, valid 2 days) and a server certificate it signs, for
@@ -206,7 +346,10 @@ EOF
     ) >"$dir/openssl.log" 2>&1
 }
 
-redis_port=$(free_port 6379)
+# Every port is a free one on 127.0.0.1, none of those picked before (nor 6379).
+ports_taken=(6379)
+redis_port=$(free_port "${ports_taken[@]}")
+ports_taken+=("$redis_port")
 redis_tls_args=()
 if $tls; then
     mkdir -m 700 "$tmp/tls"
@@ -214,7 +357,8 @@ if $tls; then
         show_log openssl "$tmp/tls/openssl.log"
         die "could not make the throwaway CA and server certificate with openssl"
     fi
-    redis_tls_port=$(free_port 6379 "$redis_port")
+    redis_tls_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$redis_tls_port")
     redis_tls_args=(--tls-port "$redis_tls_port"
         --tls-cert-file "$tmp/tls/server.crt" --tls-key-file "$tmp/tls/server.key"
         --tls-ca-cert-file "$tmp/tls/ca.crt" --tls-auth-clients no)
@@ -228,14 +372,23 @@ fi
 
 # --- the ambassador, with a config derived from the repo's config.toml ----------------------
 
-# config.toml with listen/upstream/metrics addresses (ambassador-tls: upstream
-# rediss://127.0.0.1:<redis TLS port> and tls_ca_file = the throwaway CA), the password file,
-# and [shutdown] drain_delay_ms = 0 when config.toml has that key (see derive_config in
-# scripts/common.sh).
-amb_port=$(free_port 6379 "$redis_port")
-metrics_port=$(free_port 6379 "$redis_port" "$amb_port")
+# config.toml with listen/upstream/metrics addresses, the password file, and [shutdown]
+# drain_delay_ms = 0 when config.toml has that key (see derive_config in scripts/common.sh).
+# The extra ambassadors (below) derive theirs the same way, then apply their overrides.
+amb_port=$(free_port "${ports_taken[@]}")
+ports_taken+=("$amb_port")
+metrics_port=$(free_port "${ports_taken[@]}")
+ports_taken+=("$metrics_port")
 config="$tmp/ambassador.toml"
 derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port"
+
+# What the main ambassador runs with (for the report; the extra ones override it).
+main_workers=$(config_value "$config" runtime worker_threads)
+case "${main_workers:-unset}" in
+    unset) main_workers_shown="0 (unset: one per CPU)" ;;
+    0) main_workers_shown="0 (one per CPU)" ;;
+    *) main_workers_shown=$main_workers ;;
+esac
 
 start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
 drain_note=""
@@ -246,8 +399,10 @@ echo "redis-ambassador  127.0.0.1:$amb_port (pid $amb_pid), metrics 127.0.0.1:$m
 
 # --- twemproxy -----------------------------------------------------------------------------
 
-twem_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port")
-twem_stats_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port" "$twem_port")
+twem_port=$(free_port "${ports_taken[@]}")
+ports_taken+=("$twem_port")
+twem_stats_port=$(free_port "${ports_taken[@]}")
+ports_taken+=("$twem_stats_port")
 twem_conf="$tmp/nutcracker.yml"
 (
     umask 077
@@ -279,24 +434,48 @@ if ! wait_ready "$twem_pid" "$twem_port" "$password"; then
 fi
 echo "twemproxy         127.0.0.1:$twem_port (pid $twem_pid), stats 127.0.0.1:$twem_stats_port, redis_auth set, 1 server connection"
 
-# --- with --tls: a second ambassador, whose upstream is the TLS port ------------------------
+# --- the extra ambassadors (--tls, --workers) ------------------------------------------------
 
-if $tls; then
-    amb_tls_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port" "$twem_port" "$twem_stats_port")
-    amb_tls_metrics_port=$(free_port 6379 "$redis_port" "$amb_port" "$metrics_port" "$twem_port" \
-        "$twem_stats_port" "$amb_tls_port")
-    amb_tls_upstream="rediss://127.0.0.1:$redis_tls_port"
-    config_tls="$tmp/ambassador-tls.toml"
-    derive_config "$config_tls" "127.0.0.1:$amb_tls_port" "$amb_tls_upstream" \
-        "127.0.0.1:$amb_tls_metrics_port" "$tmp/tls/ca.crt"
-    # Ready means a SET went through it, so over TLS to Redis.
-    if ! spawn_ambassador amb_tls_pid "$config_tls" "$amb_tls_port" "$tmp/ambassador-tls.log"; then
-        show_log "redis-ambassador (TLS upstream)" "$tmp/ambassador-tls.log"
-        show_log redis-server "$tmp/redis.log"
-        die "redis-ambassador with the TLS upstream did not come up on 127.0.0.1:$amb_tls_port"
+for i in "${!extra_names[@]}"; do
+    name=${extra_names[$i]}
+    extra_ports[i]=$(free_port "${ports_taken[@]}")
+    ports_taken+=("${extra_ports[$i]}")
+    extra_metrics_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$extra_metrics_port")
+    cafile=""
+    if [ "${extra_upstreams[$i]}" = tls ]; then
+        upstream="rediss://127.0.0.1:$redis_tls_port"
+        cafile="$tmp/tls/ca.crt"
+    else
+        upstream="127.0.0.1:$redis_port"
     fi
-    echo "ambassador-tls    127.0.0.1:$amb_tls_port (pid $amb_tls_pid), metrics 127.0.0.1:$amb_tls_metrics_port, upstream $amb_tls_upstream, tls_ca_file = the throwaway CA"
-fi
+    extra_config="$tmp/$name.toml"
+    derive_config "$extra_config" "127.0.0.1:${extra_ports[$i]}" "$upstream" \
+        "127.0.0.1:$extra_metrics_port" "$cafile"
+    notes=""
+    if [ -n "${extra_overrides[$i]}" ]; then
+        for override in ${extra_overrides[$i]}; do   # words: section.key=value
+            key=${override%%=*}
+            set_config_value "$extra_config" "${key%%.*}" "${key#*.}" "${override#*=}"
+            notes="$notes, [${key%%.*}] ${key#*.} = ${override#*=}"
+        done
+        if ! check_out=$("$ambassador" --config "$extra_config" --check 2>&1); then
+            printf '%s\n' "$check_out" >&2
+            die "redis-ambassador --check rejected $name's config ($extra_config)"
+        fi
+    fi
+    # Ready means a SET went through it (so, for ambassador-tls, over TLS to Redis).
+    if ! spawn_ambassador "extra_pids[$i]" "$extra_config" "${extra_ports[$i]}" "$tmp/$name.log"; then
+        show_log "$name" "$tmp/$name.log"
+        show_log redis-server "$tmp/redis.log"
+        die "$name did not come up on 127.0.0.1:${extra_ports[$i]}"
+    fi
+    if [ -n "$cafile" ]; then
+        notes="$notes, tls_ca_file = the throwaway CA"
+    fi
+    printf '%-17s 127.0.0.1:%s (pid %s), metrics 127.0.0.1:%s, upstream %s%s\n' "$name" \
+        "${extra_ports[$i]}" "${extra_pids[$i]}" "$extra_metrics_port" "$upstream" "$notes"
+done
 
 # --- about this run ------------------------------------------------------------------------
 
@@ -322,19 +501,21 @@ sizes="$tmp/sizes.tsv"       # case test n
 failures=0
 
 target_port() {
+    local i
     case "$1" in
         direct) echo "$redis_port" ;;
         ambassador) echo "$amb_port" ;;
         twemproxy) echo "$twem_port" ;;
-        ambassador-tls) echo "$amb_tls_port" ;;
+        *) i=$(target_extra "$1") && echo "${extra_ports[$i]}" ;;
     esac
 }
 target_pid() {
+    local i
     case "$1" in
         direct) echo "$redis_pid" ;;
         ambassador) echo "$amb_pid" ;;
         twemproxy) echo "$twem_pid" ;;
-        ambassador-tls) echo "$amb_tls_pid" ;;
+        *) i=$(target_extra "$1") && echo "${extra_pids[$i]}" ;;
     esac
 }
 
@@ -346,7 +527,7 @@ run_bench() {
     port=$(target_port "$target")
     # The ambassadors have no client password: the application connects without one.
     case "$target" in
-        ambassador | ambassador-tls) ;;
+        ambassador | ambassador-*) ;;
         *) auth=(-a "$password") ;;
     esac
     timeout -k 5 "$run_timeout" redis-benchmark -h 127.0.0.1 -p "$port" "${auth[@]}" \
@@ -384,7 +565,7 @@ check_alive() {
         direct) log=redis.log ;;
         ambassador) log=ambassador.log ;;
         twemproxy) log=nutcracker.log ;;
-        ambassador-tls) log="ambassador-tls.log" ;;
+        *) log="$target.log" ;;   # the extra ambassadors
     esac
     show_log "$target" "$tmp/$log"
     die "the $target target (pid $pid) has exited"
@@ -459,9 +640,16 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 # The table, as tab-separated rows (first row: header), with medians over the repetitions.
 table="$tmp/table.tsv"
 summary="$tmp/summary.tsv"
+summary_workers="$tmp/summary-workers.tsv"   # with --workers
+worker_targets=""
+for w in "${workers[@]}"; do
+    worker_targets="$worker_targets ambassador-w$w"
+done
 LC_ALL=C awk -F'\t' -v OFS='\t' \
     -v cases="${case_ids[*]}" -v labels="$(printf '%s|' "${case_labels[@]}")" \
-    -v tests="${tests[*]}" -v targets="${targets[*]}" -v summary="$summary" -v tls="$tls" '
+    -v tests="${tests[*]}" -v targets="${targets[*]}" -v summary="$summary" -v tls="$tls" \
+    -v extras="${extra_names[*]}" -v wtargets="$worker_targets" -v wsummary="$summary_workers" \
+    -v main_workers="$main_workers_shown" '
     function median(key,    k, m, i, j, v, a) {
         if (!(key in vals)) return ""
         m = split(vals[key], a, " ")
@@ -502,9 +690,15 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
     END {
         nc = split(cases, C, " "); split(labels, L, "|")
         nt = split(tests, T, " "); ng = split(targets, G, " ")
-        # With --tls, one more column after ×twemproxy: ×ambassador (ambassador-tls rows only).
+        # With --tls or --workers, one more column after ×twemproxy: ×ambassador (in the rows
+        # of the extra ambassadors only).
         tcol = (tls == "true")
-        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct", "×twemproxy" (tcol ? OFS "×ambassador" : ""), \
+        ne = split(extras, E, " "); for (e = 1; e <= ne; e++) extra[E[e]] = 1
+        acol = (ne > 0)
+        # With --workers, a second summary: the ambassador and each ambassador-wN.
+        nw = split(wtargets, W, " ")
+        if (nw > 0) { W[0] = "ambassador"; for (e = nw; e >= 0; e--) W[e + 1] = W[e]; nw++ }
+        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct", "×twemproxy" (acol ? OFS "×ambassador" : ""), \
             "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs"
         for (c = 1; c <= nc; c++) {
             for (t = 1; t <= nt; t++) {
@@ -518,11 +712,11 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
                     vt = (x == "twemproxy") ? "" : ratio(rps[x], rps["twemproxy"])
                     d50 = (x == "direct") ? "" : delta(p50[x], p50["direct"])
                     d99 = (x == "direct") ? "" : delta(p99[x], p99["direct"])
-                    va = (x == "ambassador-tls") ? ratio(rps[x], rps["ambassador"]) : ""
+                    va = (x in extra) ? ratio(rps[x], rps["ambassador"]) : ""
                     if (rps[x] == "") vd = "-"
                     print L[c], (g == 1 ? toupper(T[t]) : ""), (g == 1 ? size[C[c] SUBSEP T[t]] : ""), x, \
                         count[C[c] SUBSEP T[t] SUBSEP x] + 0, (rps[x] == "" ? "failed" : sprintf("%.0f", rps[x])), \
-                        vd, vt (tcol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99
+                        vd, vt (acol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99
                 }
                 if (rps["direct"] != "" && rps["ambassador"] != "") minmax(C[c] "ad", rps["ambassador"] / rps["direct"])
                 if (rps["twemproxy"] != "" && rps["ambassador"] != "") minmax(C[c] "at", rps["ambassador"] / rps["twemproxy"])
@@ -533,7 +727,27 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
                     minmax(C[c] "sa", rps["ambassador-tls"] / rps["ambassador"])
                 if (tcol && p50["ambassador"] != "" && p50["ambassador-tls"] != "")
                     minmax(C[c] "s50", (p50["ambassador-tls"] - p50["ambassador"]) * 1000)
+                for (e = 2; e <= nw; e++) {
+                    x = W[e]
+                    if (rps[x] == "") continue
+                    if (rps["direct"] != "") minmax(C[c] x "/d", rps[x] / rps["direct"])
+                    if (rps["twemproxy"] != "") minmax(C[c] x "/t", rps[x] / rps["twemproxy"])
+                    if (rps["ambassador"] != "") minmax(C[c] x "/a", rps[x] / rps["ambassador"])
+                    if (p50["direct"] != "" && p50[x] != "") minmax(C[c] x "/50", (p50[x] - p50["direct"]) * 1000)
+                }
             }
+        }
+        if (nw > 0) {
+            print "Case", "Target", "worker_threads", "×direct", "×twemproxy", "×ambassador", "Δp50 vs direct" > wsummary
+            for (c = 1; c <= nc; c++)
+                for (e = 1; e <= nw; e++) {
+                    x = W[e]
+                    if (e == 1)
+                        print L[c], x, main_workers, range(C[c] "ad"), range(C[c] "at"), "", urange(C[c] "a50") > wsummary
+                    else
+                        print "", x, substr(x, length("ambassador-w") + 1), range(C[c] x "/d"), range(C[c] x "/t"), \
+                            range(C[c] x "/a"), urange(C[c] x "/50") > wsummary
+                }
         }
         print "Case", "ambassador/direct", "ambassador/twemproxy", "twemproxy/direct", "ambassador Δp50", "twemproxy Δp50" \
             (tcol ? OFS "ambassador-tls/ambassador" OFS "ambassador-tls Δp50 vs ambassador" : "") > summary
@@ -543,10 +757,13 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
     }
 ' "$sizes" "$results" >"$table"
 
-# Display width of a string (UTF-8: count the bytes that do not continue a character).
-# Text rendering: aligned columns; column 1 (the case) becomes a heading when it changes.
+# render_text GROUPED LEFT FILE: aligned columns, those listed in LEFT (column numbers,
+# space-separated) left-aligned; with GROUPED=1, column 1 (the case) becomes a heading when it
+# changes.
 render_text() {
-    LC_ALL=C awk -F'\t' -v grouped="$1" '
+    LC_ALL=C awk -F'\t' -v grouped="$1" -v leftcols="$2" '
+        BEGIN { n = split(leftcols, a, " "); for (i = 1; i <= n; i++) isleft[a[i]] = 1 }
+        # Display width of a string (UTF-8: count the bytes that do not continue a character).
         function w(s) { gsub(/[\200-\277]/, "", s); return length(s) }
         function pad(s, n, left,    p) { p = sprintf("%" (n - w(s) > 0 ? n - w(s) : 0) "s", ""); return left ? s p : p s }
         { for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (w($i) > width[i]) width[i] = w($i) } ; nf[NR] = NF }
@@ -556,14 +773,14 @@ render_text() {
                 if (grouped && r > 1 && cell[r, 1] != prev) { printf "\n%s\n", cell[r, 1]; prev = cell[r, 1] }
                 out = ""
                 for (i = first; i <= nf[r]; i++) {
-                    left = grouped ? (i == 2 || i == 4) : (i == 1)   # text columns left-aligned
+                    left = (i in isleft)
                     out = out (i > first ? "  " : "") pad(cell[r, i], width[i], left)
                 }
                 sub(/ +$/, "", out)
                 print out
             }
         }
-    ' "$2"
+    ' "$3"
 }
 
 # Markdown rendering: a pipe table, the text columns left-aligned.
@@ -600,6 +817,10 @@ about="$tmp/about.tsv"
     if $tls; then
         printf 'TLS upstream\tambassador-tls: the same build and config, upstream rediss:// to the same redis-server'"'"'s TLS port (tls-auth-clients no), tls_ca_file = a throwaway CA; P-256 certificate for IP 127.0.0.1\n'
     fi
+    if [ "${#workers[@]}" -gt 0 ]; then
+        printf 'workers\tambassador: [runtime] worker_threads = %s; %s: the same build and config but worker_threads = %s (1: tokio'"'"'s current-thread scheduler; N > 1: multi-thread, N workers)\n' \
+            "$main_workers_shown" "$(printf 'ambassador-w%s, ' "${workers[@]}" | sed 's/, $//')" "$workers_list"
+    fi
     printf 'mode\t%s: %s repetitions, medians; runs interleaved (%s back to back, order rotated per repetition); %s s of benchmark runs\n' \
         "$mode" "$reps" "$(printf '%s, ' "${targets[@]}" | sed 's/, $//')" "$bench_secs"
     printf 'command\tredis-benchmark -h 127.0.0.1 -p PORT [-a PASSWORD] -c C -P P -n N -r %s -t TEST --csv\n' "$keyspace"
@@ -609,6 +830,28 @@ title="redis-ambassador vs direct Redis vs twemproxy"
 if $tls; then
     title="$title, and redis-ambassador with a TLS upstream"
 fi
+if [ "${#workers[@]}" -gt 0 ]; then
+    title="$title, and with worker_threads = $workers_list"
+fi
+
+# ratio_note UNIT: with --tls or --workers, what the ×ambassador column is.
+ratio_note() {
+    local whose=() what=()
+    if $tls; then
+        whose+=(ambassador-tls)
+        what+=("ambassador-tls: TLS upstream / plain TCP")
+    fi
+    if [ "${#workers[@]}" -gt 0 ]; then
+        whose+=(ambassador-wN)
+        what+=("ambassador-wN: worker_threads = N / ${main_workers:-0}")
+    fi
+    case "${#whose[@]}" in
+        0) ;;
+        1) echo "×ambassador (${whose[0]} only): its $1 divided by the ambassador's (${what[0]#*: })." ;;
+        *) echo "×ambassador (${whose[0]} and ${whose[1]} only): its $1 divided by the ambassador's (${what[0]}; ${what[1]})." ;;
+    esac
+}
+workers_heading="Worker threads (range over the five tests; the ambassador's worker_threads is config.toml's):"
 
 print_report() {
     echo "$title (redis-benchmark, $mode mode)"
@@ -616,15 +859,19 @@ print_report() {
     LC_ALL=C awk -F'\t' '{ printf "%-13s %s\n", $1 ":", $2 }' "$about"
     echo
     echo "Median over the repetitions. ×direct / ×twemproxy: this target's req/s divided by theirs."
-    if $tls; then
-        echo "×ambassador (ambassador-tls only): its req/s divided by the ambassador's (TLS upstream / plain TCP)."
-    fi
+    ratio_note "req/s"
     echo "Latencies in microseconds (redis-benchmark's per-request latency); Δ: minus direct's."
-    render_text 1 "$table"
+    render_text 1 "2 4" "$table"
     echo
     echo "Summary (range over the five tests):"
     echo
-    render_text 0 "$summary"
+    render_text 0 "1" "$summary"
+    if [ "${#workers[@]}" -gt 0 ]; then
+        echo
+        echo "$workers_heading"
+        echo
+        render_text 0 "1 2 3" "$summary_workers"
+    fi
 }
 
 step "Results"
@@ -638,9 +885,7 @@ if [ -n "$out_file" ]; then
         awk -F'\t' '{ printf "- **%s**: %s\n", $1, $2 }' "$about"
         echo
         echo "Median over the repetitions. ×direct / ×twemproxy: this target's requests/s divided by theirs."
-        if $tls; then
-            echo "×ambassador (ambassador-tls only): its requests/s divided by the ambassador's (TLS upstream / plain TCP)."
-        fi
+        ratio_note "requests/s"
         echo "Latencies in µs (redis-benchmark's per-request latency); Δ: minus direct's."
         echo
         render_markdown "$table"
@@ -648,6 +893,12 @@ if [ -n "$out_file" ]; then
         echo "Summary (range over the five tests):"
         echo
         render_markdown "$summary"
+        if [ "${#workers[@]}" -gt 0 ]; then
+            echo
+            echo "$workers_heading"
+            echo
+            render_markdown "$summary_workers"
+        fi
     } >"$out_file"
     echo
     echo "Markdown written to $out_file"
