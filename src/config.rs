@@ -732,6 +732,15 @@ impl Config {
             &upstream.sentinel_password_file,
             &upstream.sentinel_password_env,
         )?;
+        if upstream.mode != Mode::Standalone
+            && upstream.tls_enabled()
+            && upstream.tls_server_name.is_none()
+        {
+            return invalid(
+                "[upstream] TLS in sentinel or cluster mode needs tls_server_name: the \
+                 servers' addresses come from the Sentinels or the cluster and can change",
+            );
+        }
         let sentinel_keys = upstream.master_name.is_some()
             || upstream.sentinel_username.is_some()
             || upstream.sentinel_password_file.is_some()
@@ -741,7 +750,7 @@ impl Config {
                 if count > 1 {
                     return invalid(
                         "[upstream] a standalone upstream has one address; several are for \
-                         mode = \"sentinel\"",
+                         mode = \"sentinel\" or \"cluster\"",
                     );
                 }
                 if sentinel_keys {
@@ -767,18 +776,13 @@ impl Config {
                          sentinel_password_env",
                     );
                 }
-                if upstream.tls_enabled() && upstream.tls_server_name.is_none() {
-                    return invalid(
-                        "[upstream] TLS in sentinel mode needs tls_server_name: the master's \
-                         address comes from the Sentinels and can change",
-                    );
-                }
             }
             Mode::Cluster => {
-                return invalid(
-                    "[upstream] mode = \"cluster\" is not supported yet; use \"standalone\" \
-                     or \"sentinel\"",
-                );
+                if sentinel_keys {
+                    return invalid(
+                        "[upstream] master_name and sentinel_* keys need mode = \"sentinel\"",
+                    );
+                }
             }
         }
         Ok(())
@@ -985,8 +989,8 @@ mod tests {
                 "need mode",
             ),
             (
-                "[upstream]\nmode = \"cluster\"\naddress = \"a:1\"\n",
-                "not supported yet",
+                "[upstream]\nmode = \"cluster\"\naddress = \"a:1\"\nmaster_name = \"m\"\n",
+                "need mode",
             ),
             (
                 "[upstream]\nmode = \"sentinel\"\naddress = \"rediss://s:1\"\n\

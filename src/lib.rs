@@ -93,15 +93,19 @@ pub async fn run(
     let all_secrets = secrets.all();
     rotation::warn_unwatchable(&all_secrets, &config.secrets);
     let upstream = Upstream::new(&config, &secrets);
-    let shared = Arc::new(
-        Shared::new(
-            upstream,
-            ClientAuth::new(secrets.client_users),
-            config.request_limits(),
-        )
-        .with_output_limits(config.output_limits())
-        .with_max_in_flight(config.limits.max_in_flight),
-    );
+    let cluster = (config.upstream.mode == config::Mode::Cluster)
+        .then(|| cluster::Cluster::new(&config, &secrets));
+    let mut shared = Shared::new(
+        upstream,
+        ClientAuth::new(secrets.client_users),
+        config.request_limits(),
+    )
+    .with_output_limits(config.output_limits())
+    .with_max_in_flight(config.limits.max_in_flight);
+    if let Some(cluster) = cluster {
+        shared = shared.with_cluster(cluster);
+    }
+    let shared = Arc::new(shared);
 
     // The admin endpoint, the prober and the secret watcher live as long as this function.
     let admin_stop = CancellationToken::new();

@@ -47,6 +47,8 @@ pub const UPSTREAM_POOL_EXHAUSTED_TOTAL: &str = "redis_ambassador_upstream_pool_
 pub const UPSTREAM_STALE_CONNECTIONS_TOTAL: &str =
     "redis_ambassador_upstream_stale_connections_total";
 pub const UPSTREAM_MASTER_CHANGES_TOTAL: &str = "redis_ambassador_upstream_master_changes_total";
+pub const CLUSTER_REFRESHES_TOTAL: &str = "redis_ambassador_cluster_refreshes_total";
+pub const CLUSTER_REDIRECTS_TOTAL: &str = "redis_ambassador_cluster_redirects_total";
 pub const SECRET_RELOADS_TOTAL: &str = "redis_ambassador_secret_reloads_total";
 pub const SECRET_RELOAD_FAILURES_TOTAL: &str = "redis_ambassador_secret_reload_failures_total";
 
@@ -314,6 +316,10 @@ pub struct Global {
     pub pool_exhausted: Counter,
     pub stale_connections: Counter,
     pub master_changes: Counter,
+    pub cluster_refreshes: Counter,
+    pub cluster_refresh_failures: Counter,
+    pub cluster_moved: Counter,
+    pub cluster_ask: Counter,
     pub upstream_idle: Gauge,
     pub upstream_in_use: Gauge,
     pub upstream_pinned: Gauge,
@@ -339,6 +345,10 @@ pub fn global() -> &'static Global {
         pool_exhausted: metrics::counter!(UPSTREAM_POOL_EXHAUSTED_TOTAL),
         stale_connections: metrics::counter!(UPSTREAM_STALE_CONNECTIONS_TOTAL),
         master_changes: metrics::counter!(UPSTREAM_MASTER_CHANGES_TOTAL),
+        cluster_refreshes: metrics::counter!(CLUSTER_REFRESHES_TOTAL, "result" => "ok"),
+        cluster_refresh_failures: metrics::counter!(CLUSTER_REFRESHES_TOTAL, "result" => "error"),
+        cluster_moved: metrics::counter!(CLUSTER_REDIRECTS_TOTAL, "kind" => "moved"),
+        cluster_ask: metrics::counter!(CLUSTER_REDIRECTS_TOTAL, "kind" => "ask"),
         upstream_idle: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "idle"),
         upstream_in_use: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "in_use"),
         upstream_pinned: metrics::gauge!(UPSTREAM_CONNECTIONS, "state" => "pinned"),
@@ -532,6 +542,14 @@ fn describe() {
         UPSTREAM_MASTER_CHANGES_TOTAL,
         "Sentinel mode: times the master's address changed (a failover), from an \
          announcement or a fresh answer."
+    );
+    describe_counter!(
+        CLUSTER_REFRESHES_TOTAL,
+        "Cluster mode: slot map reads (CLUSTER SLOTS), by result."
+    );
+    describe_counter!(
+        CLUSTER_REDIRECTS_TOTAL,
+        "Cluster mode: -MOVED and -ASK replies followed for clients, by kind."
     );
     describe_counter!(
         SECRET_RELOADS_TOTAL,

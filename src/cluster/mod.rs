@@ -6,5 +6,8 @@
 //! that uses these (per-node lanes, MOVED/ASK, multi-key splitting) lands.
 
 pub mod keys;
+pub mod router;
 pub mod slot;
 pub mod topology;
+
+pub use router::{Cluster, Redirect};

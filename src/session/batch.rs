@@ -18,6 +18,9 @@ use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
 use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError, mux};
 
 /// Replies buffered for a client beyond this are written out before reading more from
@@ -94,6 +97,12 @@ pub struct Batch {
     /// must run on the client's dedicated connection, whatever state it ends in.
     pub pin_required: bool,
     db_unknown: bool,
+    /// Cluster mode: the node every forwarded request of this batch goes to, the cluster
+    /// (to follow -MOVED/-ASK), and each forwarded request with the state it needs, in
+    /// the order of the client-visible upstream steps.
+    pub node: Option<Arc<Upstream>>,
+    pub cluster: Option<Arc<Cluster>>,
+    routed: Vec<(Bytes, ConnState)>,
 }
 
 impl Batch {
@@ -113,6 +122,9 @@ impl Batch {
             barrier: false,
             pin_required: false,
             db_unknown: false,
+            node: None,
+            cluster: None,
+            routed: Vec::new(),
         }
     }
 
@@ -198,6 +210,18 @@ impl Batch {
     /// The local replies written so far (for a scratch batch that never goes upstream).
     pub fn into_local(self) -> BytesMut {
         self.local
+    }
+
+    /// Whether anything in the batch goes upstream.
+    pub fn has_upstream(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// Cluster mode: appends a request for this batch's node, kept so that a redirect can
+    /// send it again.
+    pub fn forward_routed(&mut self, request: Bytes, state: ConnState) {
+        self.routed.push((request.clone(), state));
+        self.forward(request, state);
     }
 
     /// Appends a request to forward on a connection in `state`.
@@ -400,6 +424,7 @@ impl Batch {
     ) -> std::io::Result<Outcome> {
         let mut outcome = Outcome::default();
         let mut start = 0;
+        let mut routed = self.routed.iter();
         for step in &self.steps {
             match *step {
                 Step::Local(end) => {
@@ -415,12 +440,41 @@ impl Batch {
                                 }
                             }
                             Ok((reply, frame)) => {
-                                let class = frame.error.then(|| ErrorClass::of_reply(&reply));
-                                metrics::record_command(command, class, self.started.elapsed());
-                                if pass == Pass::Hold {
-                                    outcome.held = Some(reply);
-                                } else {
-                                    out.extend_from_slice(&reply);
+                                let followed = match (&self.cluster, &self.node, routed.next()) {
+                                    (Some(cluster), Some(node), Some((request, state)))
+                                        if frame.error =>
+                                    {
+                                        let from = node.address();
+                                        let follow = cluster.follow(
+                                            (reply, frame),
+                                            request,
+                                            *state,
+                                            &from,
+                                            self.blocking,
+                                        );
+                                        Box::pin(follow).await
+                                    }
+                                    _ => Ok((reply, frame)),
+                                };
+                                match followed {
+                                    Ok((reply, frame)) => {
+                                        let class =
+                                            frame.error.then(|| ErrorClass::of_reply(&reply));
+                                        metrics::record_command(
+                                            command,
+                                            class,
+                                            self.started.elapsed(),
+                                        );
+                                        if pass == Pass::Hold {
+                                            outcome.held = Some(reply);
+                                        } else {
+                                            out.extend_from_slice(&reply);
+                                        }
+                                    }
+                                    Err(error) => {
+                                        tracing::debug!(%error, "following a cluster redirect failed");
+                                        failure = Some(failure_of(&error));
+                                    }
                                 }
                             }
                             Err(error @ UpstreamError::ClientOutputLimit(_)) => {

@@ -63,7 +63,7 @@ impl Session {
 
 /// The elements of an array reply, or `None` when the reply is not a (non-null) array or
 /// cannot be taken apart.
-fn split_array(reply: &Bytes) -> Option<Vec<Bytes>> {
+pub(super) fn split_array(reply: &Bytes) -> Option<Vec<Bytes>> {
     if reply.first() != Some(&b'*') {
         return None;
     }

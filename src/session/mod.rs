@@ -7,6 +7,7 @@
 //! answered after the replies owed to earlier requests, and then the connection closes.
 
 mod batch;
+mod cluster;
 mod exec;
 mod relay;
 
@@ -42,6 +43,9 @@ pub struct Shared {
     pub output_limits: OutputLimits,
     /// `[limits] max_in_flight`: requests of one client planned into one batch at most.
     pub max_in_flight: usize,
+    /// Cluster mode: where each key's node is (`upstream` is then the first seed, for
+    /// server information, the readiness probe and pub/sub).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     next_client_id: AtomicU64,
 }
 
@@ -71,6 +75,12 @@ impl Shared {
         self
     }
 
+    /// Routes by key slot over `cluster`'s nodes (cluster mode).
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Shared {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// Caps the requests of one client in flight at once (4096 otherwise).
     pub fn with_max_in_flight(mut self, max: usize) -> Shared {
         self.max_in_flight = max.max(1);
@@ -84,6 +94,7 @@ impl Shared {
             limits,
             output_limits: OutputLimits::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            cluster: None,
             next_client_id: AtomicU64::new(1),
         }
     }
@@ -106,6 +117,12 @@ enum Flow {
     /// Run what is planned, then relay this request and what follows to a dedicated
     /// connection (SUBSCRIBE, MONITOR, CLIENT TRACKING ON, CLIENT REPLY OFF|SKIP).
     Relay(Request),
+    /// Cluster mode: run what is planned (it goes to another node), then plan this request
+    /// first in the next batch.
+    Defer(Request),
+    /// Cluster mode: run what is planned, then answer this request from several nodes
+    /// (keys in several slots, or a command every master must run).
+    Scatter(Request),
 }
 
 /// A command queued inside MULTI, as far as the proxy must remember it.
@@ -249,10 +266,14 @@ impl Session {
         let mut inbuf = BytesMut::new();
         let mut out = BytesMut::new();
         let mut read_size = FIRST_READ;
+        let mut deferred: Option<Request> = None;
         loop {
             let mut batch = Batch::new(self.shared.max_in_flight);
             let mut flow = Flow::Continue;
-            while !batch.is_full() && !batch.barrier {
+            if let Some(request) = deferred.take() {
+                flow = self.handle(request, &mut batch).await;
+            }
+            while matches!(flow, Flow::Continue) && !batch.is_full() && !batch.barrier {
                 match scanner.next(&mut inbuf, self.requires_auth()) {
                     Ok(Some(request)) => {
                         flow = self.handle(request, &mut batch).await;
@@ -290,6 +311,19 @@ impl Session {
                 Flow::Close => {
                     let _ = writer.shutdown().await;
                     return;
+                }
+                Flow::Defer(request) => {
+                    deferred = Some(request);
+                    continue;
+                }
+                Flow::Scatter(request) => {
+                    Box::pin(self.scatter(request, &mut out)).await;
+                    global.bytes_out.increment(out.len() as u64);
+                    if writer.send(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    continue;
                 }
                 Flow::Relay(request) => {
                     // Boxed, like the other rare paths, so that an idle client's task stays
@@ -356,7 +390,10 @@ impl Session {
     ) -> bool {
         let pin = self.needs_pin();
         let blocking = batch.blocking;
-        let run = batch.execute(&self.shared.upstream, &mut self.pinned, pin, out, writer);
+        // Cluster mode: the node the batch's keys live on.
+        let node = batch.node.clone();
+        let upstream = node.as_deref().unwrap_or(&self.shared.upstream);
+        let run = batch.execute(upstream, &mut self.pinned, pin, out, writer);
         let result = if blocking {
             // A blocking command may wait for ever: watch the client meanwhile, so one that
             // leaves releases its connection (and Redis its block) at once. Bytes it sends
@@ -419,6 +456,11 @@ impl Session {
             if self.multi.is_some() {
                 return self.queue_forward(request, batch);
             }
+            if let Some(cluster) = self.shared.cluster.clone() {
+                return self
+                    .route_cluster(cluster, request, batch, cluster::Blocks::Never)
+                    .await;
+            }
             return self.forward(request, batch);
         };
         if command.kind == Kind::HttpProbe {
@@ -435,6 +477,26 @@ impl Session {
             return self
                 .handle_in_multi(command.kind, command.name, request, batch)
                 .await;
+        }
+        if let Some(cluster) = self.shared.cluster.clone() {
+            let blocks = match command.kind {
+                Kind::Forward => Some(cluster::Blocks::Never),
+                Kind::Blocking => Some(cluster::Blocks::Always),
+                Kind::StreamRead => Some(cluster::Blocks::StreamRead),
+                _ => None,
+            };
+            if let Some(blocks) = blocks {
+                return self.route_cluster(cluster, request, batch, blocks).await;
+            }
+            if matches!(command.kind, Kind::Multi | Kind::Watch) && !self.requires_auth() {
+                replies::unsupported(
+                    batch.local(),
+                    command.name,
+                    "transactions are not supported in cluster mode yet",
+                );
+                batch.end_local_as(Some(ErrorClass::Unsupported));
+                return Flow::Continue;
+            }
         }
         match command.kind {
             Kind::Local(local) => self.local(local, &request, batch).await,
@@ -768,9 +830,10 @@ impl Session {
         encode::bulk(out, b"id");
         encode::integer(out, self.id as i64);
         encode::bulk(out, b"mode");
+        // In cluster mode the application sees one server, as it would a standalone Redis.
         encode::bulk(
             out,
-            if info.mode.is_empty() {
+            if info.mode.is_empty() || self.shared.cluster.is_some() {
                 b"standalone"
             } else {
                 &info.mode

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
@@ -444,6 +444,7 @@ impl std::ops::DerefMut for Pinned {
 pub struct Upstream {
     /// The shared path: multiplexed lanes (see `mux`).
     pub mux: mux::Mux,
+    target: Target,
     lanes: usize,
     /// Dedicated connections: a separate pool, so clients holding one never starve the
     /// shared pool, bounded by `pins`.
@@ -457,27 +458,49 @@ pub struct Upstream {
     pub command_timeout: Option<Duration>,
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Upstream {
     /// The passwords are read again at every connect, so a rotated secret reaches new
     /// connections. In sentinel mode this starts the task that follows the Sentinels.
     pub fn new(config: &Config, secrets: &Secrets) -> Upstream {
+        Upstream::build(config, secrets, None)
+    }
+
+    /// An upstream at `address` (one node of a cluster), with `config`'s other settings.
+    pub fn for_address(config: &Config, secrets: &Secrets, address: &str) -> Upstream {
+        Upstream::build(config, secrets, Some(address))
+    }
+
+    fn build(config: &Config, secrets: &Secrets, address: Option<&str>) -> Upstream {
         let password = secrets.upstream_password.clone();
         let tls = secrets.upstream_tls.clone();
-        let target = match config.upstream.mode {
-            Mode::Sentinel => {
-                let sentinels = Arc::new(sentinel::Sentinels::new(
-                    config.upstream.seeds().map(str::to_owned).collect(),
-                    config.upstream.master_name.clone().unwrap_or_default(),
-                    config.upstream.sentinel_username.clone(),
-                    secrets.sentinel_password.clone(),
-                    tls.clone(),
-                    config.upstream.connect_timeout(),
-                    config.limits.max_reply_depth,
-                ));
-                tokio::spawn(sentinels.clone().watch());
-                Target::Sentinel(sentinels)
-            }
-            Mode::Standalone | Mode::Cluster => Target::Address(config.upstream.endpoint().into()),
+        let target = match (address, config.upstream.mode) {
+            (Some(address), _) => Target::Address(address.into()),
+            (None, mode) => match mode {
+                Mode::Sentinel => {
+                    let sentinels = Arc::new(sentinel::Sentinels::new(
+                        config.upstream.seeds().map(str::to_owned).collect(),
+                        config.upstream.master_name.clone().unwrap_or_default(),
+                        config.upstream.sentinel_username.clone(),
+                        secrets.sentinel_password.clone(),
+                        tls.clone(),
+                        config.upstream.connect_timeout(),
+                        config.limits.max_reply_depth,
+                    ));
+                    tokio::spawn(sentinels.clone().watch());
+                    Target::Sentinel(sentinels)
+                }
+                Mode::Standalone | Mode::Cluster => {
+                    Target::Address(config.upstream.endpoint().into())
+                }
+            },
         };
         let health = Arc::new(Health::new(
             config.upstream.reconnect_backoff(),
@@ -521,6 +544,7 @@ impl Upstream {
         );
         Upstream {
             mux,
+            target,
             lanes: config.upstream.pool_size as usize,
             pinned_pool,
             pins: Arc::new(Semaphore::new(max_pinned)),
@@ -530,6 +554,85 @@ impl Upstream {
             pool_wait_timeout: config.upstream.pool_wait_timeout(),
             command_timeout: config.upstream.command_timeout(),
         }
+    }
+
+    /// Sends `chunks` (whole requests expecting `replies` replies) on a shared lane, in
+    /// connection state `state`, and returns the replies.
+    pub async fn call(
+        &self,
+        state: ConnState,
+        chunks: Vec<Bytes>,
+        replies: usize,
+    ) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
+        let (reply_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.mux
+            .submit(mux::Job {
+                first: state,
+                last: state,
+                db_unknown: false,
+                chunks,
+                replies,
+                reply_tx,
+                pending: pending.clone(),
+                overflow: Arc::new(tokio::sync::Notify::new()),
+            })
+            .await?;
+        let mut out = Vec::with_capacity(replies);
+        while out.len() < replies {
+            match rx.recv().await {
+                Some(reply) => {
+                    let reply = reply?;
+                    pending.fetch_sub(reply.0.len(), Ordering::AcqRel);
+                    out.push(reply);
+                }
+                None => return Err(UpstreamError::Lost("lane stopped".to_owned())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`call`](Upstream::call), on a dedicated connection (for a blocking command,
+    /// which must not hold up a shared lane). No timeout: the command's own applies.
+    pub async fn call_pinned(
+        &self,
+        state: ConnState,
+        chunks: Vec<Bytes>,
+        replies: usize,
+    ) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
+        let mut pinned = self.pin().await?;
+        let conn: &mut UpstreamConn = &mut pinned;
+        let mut prelude = BytesMut::new();
+        let swallow = conn::transition(&mut prelude, conn.state, state);
+        let mut all = Vec::with_capacity(chunks.len() + 1);
+        if swallow > 0 {
+            all.push(prelude.freeze());
+        }
+        all.extend(chunks);
+        // Armed until every reply is read.
+        conn.broken = true;
+        conn.write_all(&all, None).await?;
+        for _ in 0..swallow {
+            let (reply, frame) = conn.read_reply(None).await?;
+            if frame.error {
+                return Err(UpstreamError::Unavailable(format!(
+                    "state change refused: {}",
+                    conn::error_text(&reply)
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            out.push(conn.read_reply(None).await?);
+        }
+        conn.state = state;
+        conn.broken = false;
+        Ok(out)
+    }
+
+    /// The address this upstream dials (a description in sentinel mode).
+    pub fn address(&self) -> String {
+        self.target.describe()
     }
 
     /// Checks a connection out of the dedicated pool for a short exchange (the readiness

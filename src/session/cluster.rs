@@ -1,0 +1,324 @@
+//! Cluster mode in the session: each forwarded request goes to the master of its keys'
+//! slot, a batch carries requests for one node (the next node's requests wait for the next
+//! batch, so replies stay in order), and requests that no single node can answer are
+//! answered by several:
+//!
+//! - keys in several slots: MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split by slot,
+//!   sent to their masters together, and merged in key order with the reply shape of one
+//!   Redis (MGET's array, MSET's `+OK`, the others' sum); any other command answers Redis
+//!   Cluster's own `-CROSSSLOT Keys in request don't hash to the same slot`;
+//! - keyless commands that concern the whole data set run on every master: DBSIZE (summed),
+//!   KEYS (concatenated), FLUSHALL/FLUSHDB, SCRIPT LOAD/FLUSH, FUNCTION LOAD/FLUSH/DELETE
+//!   (one reply when all agree, else the first error); other keyless commands go to the
+//!   first master.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::batch::Batch;
+use super::{Flow, Session, request_bytes};
+use crate::cluster::Cluster;
+use crate::cluster::slot::slot;
+use crate::command;
+use crate::metrics::{self, ErrorClass};
+use crate::protocol::{Request, encode};
+use crate::replies;
+use crate::upstream::{ConnState, Upstream, UpstreamError};
+
+pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+
+/// How a forwarded command may block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    Never,
+    Always,
+    /// XREAD/XREADGROUP: only with BLOCK.
+    StreamRead,
+}
+
+/// How the replies of a split or fanned-out command combine into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    /// Elements of arrays, put back in key order (MGET).
+    Elements,
+    /// Integers, added (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
+    Sum,
+    /// Elements of arrays, concatenated (KEYS).
+    Concat,
+    /// The same reply from every node, or the first error (MSET, FLUSHALL, SCRIPT LOAD).
+    Agree,
+}
+
+/// A command split over slots: its merge, and how many arguments make one key's share
+/// (MSET: key and value).
+fn split_rule(name: &[u8]) -> Option<(Merge, usize)> {
+    Some(match name {
+        b"mget" => (Merge::Elements, 1),
+        b"mset" => (Merge::Agree, 2),
+        b"del" | b"unlink" | b"exists" | b"touch" => (Merge::Sum, 1),
+        _ => return None,
+    })
+}
+
+/// A keyless command every master runs.
+fn fan_out_rule(name: &[u8], args: &[Bytes]) -> Option<Merge> {
+    let sub = args.get(1).map(|a| a.to_ascii_lowercase());
+    Some(match (name, sub.as_deref()) {
+        (b"dbsize", _) => Merge::Sum,
+        (b"keys", _) => Merge::Concat,
+        (b"flushall" | b"flushdb", _) => Merge::Agree,
+        (b"script", Some(b"load" | b"flush")) => Merge::Agree,
+        (b"function", Some(b"load" | b"flush" | b"delete")) => Merge::Agree,
+        _ => return None,
+    })
+}
+
+impl Session {
+    /// Plans a forwarded request in cluster mode (see the module's comment).
+    pub(super) async fn route_cluster(
+        &mut self,
+        cluster: Arc<Cluster>,
+        request: Request,
+        batch: &mut Batch,
+        blocks: Blocks,
+    ) -> Flow {
+        if self.requires_auth() {
+            batch.reply(replies::NOAUTH);
+            return Flow::Continue;
+        }
+        if let Err(error) = cluster.ready().await {
+            replies::proxy_error(batch.local(), &error.to_string());
+            batch.end_local_as(Some(error.class()));
+            return Flow::Continue;
+        }
+        let name = request.name().to_ascii_lowercase();
+        let positions = {
+            let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
+            cluster.keys().key_positions(&args)
+        };
+        let target = match positions.split_first() {
+            None if fan_out_rule(&name, &request.args).is_some() => {
+                return Flow::Scatter(request);
+            }
+            None => cluster
+                .masters()
+                .await
+                .and_then(|m| m.into_iter().next().ok_or_else(no_master)),
+            Some((&first, rest)) => {
+                let first_slot = slot(&request.args[first]);
+                if rest.iter().any(|&i| slot(&request.args[i]) != first_slot) {
+                    if split_rule(&name).is_some() {
+                        return Flow::Scatter(request);
+                    }
+                    batch.reply(CROSSSLOT);
+                    return Flow::Continue;
+                }
+                cluster.route(first_slot).await
+            }
+        };
+        let node = match target {
+            Ok(node) => node,
+            Err(error) => {
+                replies::proxy_error(batch.local(), &error.to_string());
+                batch.end_local_as(Some(error.class()));
+                return Flow::Continue;
+            }
+        };
+        if batch.has_upstream()
+            && batch
+                .node
+                .as_ref()
+                .is_some_and(|current| !Arc::ptr_eq(current, &node))
+        {
+            return Flow::Defer(request);
+        }
+        batch.node = Some(node);
+        batch.cluster = Some(cluster);
+        match blocks {
+            Blocks::Never => {}
+            Blocks::Always => batch.blocking = true,
+            Blocks::StreamRead => {
+                batch.blocking |= command::stream_read_blocks(&request.args);
+            }
+        }
+        let state = self.conn_state();
+        batch.forward_routed(request_bytes(request), state);
+        Flow::Continue
+    }
+
+    /// Answers a request from several nodes, into `out`.
+    pub(super) async fn scatter(&mut self, request: Request, out: &mut BytesMut) {
+        let started = Instant::now();
+        let id = command::id(request.name());
+        let result = match self.shared.cluster.clone() {
+            Some(cluster) => scatter(&cluster, &request, self.conn_state()).await,
+            None => Err(UpstreamError::Unavailable("not in cluster mode".to_owned())),
+        };
+        let class = match result {
+            Ok(reply) => {
+                let class = (reply.first() == Some(&b'-')).then(|| ErrorClass::of_reply(&reply));
+                out.extend_from_slice(&reply);
+                class
+            }
+            Err(error) => {
+                replies::proxy_error(out, &error.to_string());
+                Some(error.class())
+            }
+        };
+        metrics::record_command(id, class, started.elapsed());
+    }
+}
+
+fn no_master() -> UpstreamError {
+    UpstreamError::Unavailable("the cluster has no master".to_owned())
+}
+
+/// One sub-request: the node it goes to, its bytes, and which of the original keys (or
+/// nodes, for a fan-out) its reply covers.
+struct Part {
+    node: Arc<Upstream>,
+    request: Bytes,
+    covers: Vec<usize>,
+}
+
+async fn scatter(
+    cluster: &Arc<Cluster>,
+    request: &Request,
+    state: ConnState,
+) -> Result<Vec<u8>, UpstreamError> {
+    let name = request.name().to_ascii_lowercase();
+    let args = &request.args;
+    let (merge, parts, keys) = if let Some((merge, width)) = split_rule(&name) {
+        let keys = (args.len() - 1) / width;
+        // Keys of one slot go together, in their order.
+        let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
+        for key in 0..keys {
+            let s = slot(&args[1 + key * width]);
+            match by_slot.iter_mut().find(|(slot, _)| *slot == s) {
+                Some((_, list)) => list.push(key),
+                None => by_slot.push((s, vec![key])),
+            }
+        }
+        let mut parts = Vec::with_capacity(by_slot.len());
+        for (s, covers) in by_slot {
+            let mut sub: Vec<&[u8]> = vec![&args[0]];
+            for &key in &covers {
+                for a in &args[1 + key * width..1 + (key + 1) * width] {
+                    sub.push(a);
+                }
+            }
+            parts.push(Part {
+                node: cluster.route(s).await?,
+                request: encode::command(&sub),
+                covers,
+            });
+        }
+        (merge, parts, keys)
+    } else if let Some(merge) = fan_out_rule(&name, args) {
+        let bytes = encode::command(args);
+        let masters = cluster.masters().await?;
+        let parts: Vec<Part> = masters
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| Part {
+                node,
+                request: bytes.clone(),
+                covers: vec![i],
+            })
+            .collect();
+        let n = parts.len();
+        (merge, parts, n)
+    } else {
+        return Err(UpstreamError::Unavailable(
+            "no rule to split this command".to_owned(),
+        ));
+    };
+
+    // Every part at once, each on its node's lanes; redirects followed one by one.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, part) in parts.iter().enumerate() {
+        let node = part.node.clone();
+        let request = part.request.clone();
+        let cluster = cluster.clone();
+        tasks.spawn(async move {
+            let mut replies = node.call(state, vec![request.clone()], 1).await?;
+            let reply = replies
+                .pop()
+                .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))?;
+            let reply = cluster
+                .follow(reply, &request, state, &node.address(), false)
+                .await?;
+            Ok::<_, UpstreamError>((index, reply.0))
+        });
+    }
+    let mut replies: Vec<Option<Bytes>> = vec![None; parts.len()];
+    while let Some(done) = tasks.join_next().await {
+        let (index, reply) =
+            done.map_err(|e| UpstreamError::Lost(format!("a cluster sub-request failed: {e}")))??;
+        replies[index] = Some(reply);
+    }
+    let replies: Vec<Bytes> = replies.into_iter().flatten().collect();
+    if replies.len() != parts.len() {
+        return Err(UpstreamError::Lost(
+            "a cluster sub-request went unanswered".to_owned(),
+        ));
+    }
+    // Any error is the answer, as one Redis would give its first.
+    if let Some(error) = replies.iter().find(|r| r.first() == Some(&b'-')) {
+        return Ok(error.to_vec());
+    }
+    merge_replies(merge, &parts, &replies, keys).ok_or_else(|| {
+        UpstreamError::Unavailable("cluster nodes sent replies that cannot be merged".to_owned())
+    })
+}
+
+fn merge_replies(merge: Merge, parts: &[Part], replies: &[Bytes], keys: usize) -> Option<Vec<u8>> {
+    let mut out = BytesMut::new();
+    match merge {
+        Merge::Sum => {
+            let mut sum: i64 = 0;
+            for reply in replies {
+                let text =
+                    std::str::from_utf8(reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?).ok()?;
+                sum = sum.checked_add(text.parse().ok()?)?;
+            }
+            encode::integer(&mut out, sum);
+        }
+        Merge::Agree => {
+            let first = replies.first()?;
+            if replies.iter().any(|r| r != first) {
+                return None;
+            }
+            out.extend_from_slice(first);
+        }
+        Merge::Elements => {
+            let mut slots: Vec<Option<Bytes>> = vec![None; keys];
+            for (part, reply) in parts.iter().zip(replies) {
+                let elements = super::exec::split_array(reply)?;
+                if elements.len() != part.covers.len() {
+                    return None;
+                }
+                for (&key, element) in part.covers.iter().zip(elements) {
+                    slots[key] = Some(element);
+                }
+            }
+            encode::array_header(&mut out, keys);
+            for element in slots {
+                out.extend_from_slice(&element?);
+            }
+        }
+        Merge::Concat => {
+            let mut all = Vec::new();
+            for reply in replies {
+                all.extend(super::exec::split_array(reply)?);
+            }
+            encode::array_header(&mut out, all.len());
+            for element in all {
+                out.extend_from_slice(&element);
+            }
+        }
+    }
+    Some(out.to_vec())
+}
