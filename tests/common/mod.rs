@@ -21,6 +21,9 @@ use tempfile::TempDir;
 /// The script runner: the same steps against bare Redis and through the proxy.
 pub mod script;
 
+/// A real Redis Cluster (3+ masters with replicas) on loopback.
+pub mod cluster;
+
 /// Default deadline for one read helper.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
