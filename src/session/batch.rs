@@ -102,7 +102,7 @@ pub struct Batch {
     /// the order of the client-visible upstream steps.
     pub node: Option<Arc<Upstream>>,
     pub cluster: Option<Arc<Cluster>>,
-    routed: Vec<(Bytes, ConnState)>,
+    routed: Vec<(usize, Bytes, ConnState)>,
 }
 
 impl Batch {
@@ -220,8 +220,9 @@ impl Batch {
     /// Cluster mode: appends a request for this batch's node, kept so that a redirect can
     /// send it again.
     pub fn forward_routed(&mut self, request: Bytes, state: ConnState) {
-        self.routed.push((request.clone(), state));
-        self.forward(request, state);
+        self.forward(request.clone(), state);
+        // Its step is the last one (after any state change the forward added).
+        self.routed.push((self.steps.len() - 1, request, state));
     }
 
     /// Appends a request to forward on a connection in `state`.
@@ -424,8 +425,12 @@ impl Batch {
     ) -> std::io::Result<Outcome> {
         let mut outcome = Outcome::default();
         let mut start = 0;
-        let mut routed = self.routed.iter();
-        for step in &self.steps {
+        let mut routed = self.routed.iter().peekable();
+        for (index, step) in self.steps.iter().enumerate() {
+            // The request of this step, when a redirect may have to send it again.
+            let resend = routed
+                .next_if(|(at, _, _)| *at == index)
+                .map(|(_, request, state)| (request, *state));
             match *step {
                 Step::Local(end) => {
                     out.extend_from_slice(&self.local[start..end]);
@@ -440,7 +445,7 @@ impl Batch {
                                 }
                             }
                             Ok((reply, frame)) => {
-                                let followed = match (&self.cluster, &self.node, routed.next()) {
+                                let followed = match (&self.cluster, &self.node, resend) {
                                     (Some(cluster), Some(node), Some((request, state)))
                                         if frame.error =>
                                     {
@@ -448,7 +453,7 @@ impl Batch {
                                         let follow = cluster.follow(
                                             (reply, frame),
                                             request,
-                                            *state,
+                                            state,
                                             &from,
                                             self.blocking,
                                         );

@@ -28,6 +28,32 @@ use crate::replies;
 use crate::upstream::{ConnState, Upstream, UpstreamError};
 
 pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+/// Redis Cluster's reply for a slot nobody serves.
+pub const CLUSTERDOWN: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+
+/// Cluster mode: the node (and slot) a connection-bound state — WATCH, MULTI — lives on.
+/// Every command of the transaction goes there; one whose keys are in another slot gets
+/// `-CROSSSLOT` (and EXEC then `-EXECABORT`), as Redis Cluster answers a transaction that
+/// spans slots.
+#[derive(Debug, Default)]
+pub(super) struct Binding {
+    pub node: Option<Arc<Upstream>>,
+    pub slot: Option<u16>,
+    /// MULTI was answered locally and is still to be sent: with the first command that
+    /// says which node the transaction is on.
+    pub multi_pending: bool,
+}
+
+/// What [`Session::before_exec`] decided.
+pub(super) enum BeforeExec {
+    /// Go on planning the EXEC.
+    Ready,
+    /// Run the batch first: the transaction is on another node.
+    Defer,
+    /// A reply was planned instead.
+    Replied,
+}
 
 /// How a forwarded command may block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +119,22 @@ impl Session {
             batch.end_local_as(Some(error.class()));
             return Flow::Continue;
         }
+        if self.needs_pin() {
+            // WATCH is in force: the command goes to its node (see `forward_bound`).
+            match blocks {
+                Blocks::Never => {}
+                Blocks::Always => batch.blocking = true,
+                Blocks::StreamRead => {
+                    batch.blocking |= command::stream_read_blocks(&request.args);
+                }
+            }
+            return self.forward(request, batch);
+        }
+        if let Err(error) = cluster.ready().await {
+            replies::proxy_error(batch.local(), &error.to_string());
+            batch.end_local_as(Some(error.class()));
+            return Flow::Continue;
+        }
         let name = request.name().to_ascii_lowercase();
         let positions = {
             let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
@@ -146,6 +188,123 @@ impl Session {
         let state = self.conn_state();
         batch.forward_routed(request_bytes(request), state);
         Flow::Continue
+    }
+
+    /// The node a command of a connection-bound state goes to, binding the state to it on
+    /// first use; `Err` is the reply when the command cannot join it.
+    fn bind(
+        &mut self,
+        cluster: &Cluster,
+        request: Option<&Request>,
+    ) -> Result<Arc<Upstream>, &'static [u8]> {
+        let topology = cluster.topology().ok_or(CLUSTERDOWN)?;
+        let mut slots = Vec::new();
+        if let Some(request) = request {
+            let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
+            for position in cluster.keys().key_positions(&args) {
+                let s = slot(args[position]);
+                if !slots.contains(&s) {
+                    slots.push(s);
+                }
+            }
+        }
+        match slots.as_slice() {
+            [] => {
+                if self.binding.node.is_none() {
+                    let first = topology.masters.first().ok_or(CLUSTERDOWN)?;
+                    self.binding.node = Some(cluster.node(&first.address));
+                }
+            }
+            [s] => {
+                if self.binding.slot.is_some_and(|bound| bound != *s) {
+                    return Err(CROSSSLOT);
+                }
+                let owner = cluster.node(&topology.master_of(*s).ok_or(CLUSTERDOWN)?.address);
+                if let Some(bound) = &self.binding.node {
+                    if !Arc::ptr_eq(bound, &owner) {
+                        return Err(CROSSSLOT);
+                    }
+                }
+                self.binding.slot = Some(*s);
+                self.binding.node = Some(owner);
+            }
+            _ => return Err(CROSSSLOT),
+        }
+        self.binding.node.clone().ok_or(CLUSTERDOWN)
+    }
+
+    /// Cluster mode, inside a connection-bound state: plans `request` on the state's node
+    /// (sending a pending MULTI first). `None` when not in that case; the caller forwards
+    /// as usual.
+    pub(super) fn forward_bound(
+        &mut self,
+        request: Request,
+        batch: &mut Batch,
+    ) -> Result<Flow, Request> {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return Err(request);
+        };
+        if !self.needs_pin() && !self.binding.multi_pending {
+            return Err(request);
+        }
+        let node = match self.bind(&cluster, Some(&request)) {
+            Ok(node) => node,
+            Err(reply) => {
+                batch.reply(reply);
+                self.flag_multi();
+                return Ok(Flow::Continue);
+            }
+        };
+        if batch.has_upstream()
+            && batch
+                .node
+                .as_ref()
+                .is_some_and(|current| !Arc::ptr_eq(current, &node))
+        {
+            return Ok(Flow::Defer(request));
+        }
+        batch.node = Some(node);
+        batch.cluster = Some(cluster);
+        batch.pin_required = true;
+        let state = self.conn_state();
+        if self.binding.multi_pending {
+            self.binding.multi_pending = false;
+            batch.forward_swallowed(Bytes::from_static(MULTI), state);
+        }
+        batch.forward(request_bytes(request), state);
+        Ok(Flow::Continue)
+    }
+
+    /// Before EXEC in cluster mode: a MULTI still pending goes first, to the transaction's
+    /// node (the first master when no command chose one).
+    pub(super) fn before_exec(&mut self, batch: &mut Batch) -> BeforeExec {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return BeforeExec::Ready;
+        };
+        if !self.binding.multi_pending {
+            return BeforeExec::Ready;
+        }
+        let node = match self.bind(&cluster, None) {
+            Ok(node) => node,
+            Err(reply) => {
+                batch.reply(reply);
+                return BeforeExec::Replied;
+            }
+        };
+        if batch.has_upstream()
+            && batch
+                .node
+                .as_ref()
+                .is_some_and(|current| !Arc::ptr_eq(current, &node))
+        {
+            return BeforeExec::Defer;
+        }
+        batch.node = Some(node);
+        batch.cluster = Some(cluster);
+        batch.pin_required = true;
+        self.binding.multi_pending = false;
+        batch.forward_swallowed(Bytes::from_static(MULTI), self.conn_state());
+        BeforeExec::Ready
     }
 
     /// Answers a request from several nodes, into `out`.

@@ -185,6 +185,8 @@ pub struct Session {
     /// The pinned connection must be dropped after the running batch (RESET or QUIT
     /// inside a connection-bound state left it dirty).
     drop_pin: bool,
+    /// Cluster mode: the node the connection-bound state is on.
+    binding: cluster::Binding,
 }
 
 impl Session {
@@ -212,6 +214,7 @@ impl Session {
             exec_queue: None,
             pinned: None,
             drop_pin: false,
+            binding: cluster::Binding::default(),
         }
     }
 
@@ -446,6 +449,9 @@ impl Session {
             // command) is over.
             self.pinned = None;
         }
+        if !self.needs_pin() && !self.binding.multi_pending {
+            self.binding = cluster::Binding::default();
+        }
         true
     }
 
@@ -488,15 +494,6 @@ impl Session {
             if let Some(blocks) = blocks {
                 return self.route_cluster(cluster, request, batch, blocks).await;
             }
-            if matches!(command.kind, Kind::Multi | Kind::Watch) && !self.requires_auth() {
-                replies::unsupported(
-                    batch.local(),
-                    command.name,
-                    "transactions are not supported in cluster mode yet",
-                );
-                batch.end_local_as(Some(ErrorClass::Unsupported));
-                return Flow::Continue;
-            }
         }
         match command.kind {
             Kind::Local(local) => self.local(local, &request, batch).await,
@@ -507,6 +504,13 @@ impl Session {
             }
             Kind::Multi => {
                 self.multi = Some(Multi::default());
+                if self.shared.cluster.is_some() && self.binding.node.is_none() {
+                    // Cluster mode: the transaction's node is its first key's; MULTI goes
+                    // with the first command that has one.
+                    self.binding.multi_pending = true;
+                    batch.reply(replies::OK);
+                    return Flow::Continue;
+                }
                 self.forward(request, batch)
             }
             Kind::Watch => {
@@ -545,6 +549,15 @@ impl Session {
     ) -> Flow {
         match kind {
             Kind::Local(Local::Exec) => {
+                match self.before_exec(batch) {
+                    cluster::BeforeExec::Ready => {}
+                    cluster::BeforeExec::Defer => return Flow::Defer(request),
+                    cluster::BeforeExec::Replied => {
+                        self.multi = None;
+                        self.watching = false;
+                        return Flow::Continue;
+                    }
+                }
                 let Some(multi) = self.multi.take() else {
                     return Flow::Continue;
                 };
@@ -570,6 +583,11 @@ impl Session {
             Kind::Local(Local::Discard) => {
                 self.multi = None;
                 self.watching = false;
+                if std::mem::take(&mut self.binding.multi_pending) {
+                    // Cluster mode: MULTI never left the proxy.
+                    batch.reply(replies::OK);
+                    return Flow::Continue;
+                }
                 self.forward(request, batch)
             }
             Kind::Local(Local::Quit) => {
@@ -663,11 +681,15 @@ impl Session {
         Flow::Continue
     }
 
-    fn forward(&self, request: Request, batch: &mut Batch) -> Flow {
+    fn forward(&mut self, request: Request, batch: &mut Batch) -> Flow {
         if self.requires_auth() {
             batch.reply(replies::NOAUTH);
             return Flow::Continue;
         }
+        let request = match self.forward_bound(request, batch) {
+            Ok(flow) => return flow,
+            Err(request) => request,
+        };
         if self.needs_pin() {
             batch.pin_required = true;
         }
@@ -881,6 +903,7 @@ impl Session {
     fn reset(&mut self) {
         self.multi = None;
         self.watching = false;
+        self.binding.multi_pending = false;
         self.db = 0;
         self.proto = Proto::Resp2;
         self.name = None;
