@@ -227,9 +227,10 @@ fn a12_missing_crlf_after_bulk_is_a_protocol_error() {
     // The one intended divergence: Redis accepts any two bytes, the proxy wants CRLF.
     let p = pair();
     let mut bystander = p.proxy.conn();
-    let pings_before = p.upstream.command_calls("ping");
+    // TIME, not PING: the readiness prober PINGs the upstream every second.
+    let times_before = p.upstream.command_calls("time");
     let mut c = p.proxy.conn();
-    c.send(b"*1\r\n$4\r\nPINGXY");
+    c.send(b"*1\r\n$4\r\nTIMEXY");
     let (got, eof) = c.read_to_eof(Duration::from_secs(5));
     assert!(
         got.starts_with(b"-ERR Protocol error: ") && got.ends_with(b"\r\n"),
@@ -243,7 +244,7 @@ fn a12_missing_crlf_after_bulk_is_a_protocol_error() {
         escape(&got)
     );
     assert!(eof, "connection not closed after \"{}\"", escape(&got));
-    assert_eq!(p.upstream.command_calls("ping"), pings_before);
+    assert_eq!(p.upstream.command_calls("time"), times_before);
     // Same with a forwarded command.
     let mut c = p.proxy.conn();
     c.send(b"*3\r\n$3\r\nSET\r\n$3\r\ncrl\r\n$1\r\n1XY*1\r\n$4\r\nPING\r\n");
