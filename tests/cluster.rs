@@ -104,6 +104,24 @@ fn a_plain_client_sees_one_redis() {
     c.call_expect(&["DBSIZE"], b":32\r\n");
     let reply = c.call(&["KEYS", "{u}*"]);
     assert!(reply.starts_with(b"*2\r\n"), "{}", escape(&reply));
+    // SCAN walks every master: each key exactly once.
+    let mut cursor = "0".to_owned();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..1000 {
+        let reply = c.call(&["SCAN", &cursor, "COUNT", "7"]);
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        cursor = lines[2].to_owned();
+        for key in lines[4..].iter().skip(1).step_by(2) {
+            *seen.entry(key.to_string()).or_insert(0) += 1;
+        }
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0", "SCAN did not finish");
+    assert_eq!(seen.len(), 32, "{seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "a key twice: {seen:?}");
     // One Redis, database 0 only, and a standalone server to the client.
     c.call_expect(&["SELECT", "0"], b"+OK\r\n");
     c.call_expect(

@@ -75,7 +75,16 @@ enum Merge {
     Concat,
     /// The same reply from every node, or the first error (MSET, FLUSHALL, SCRIPT LOAD).
     Agree,
+    /// SCAN: one master at a time (see `scan`).
+    Scan,
 }
+
+/// SCAN walks the masters one after the other: the client's cursor carries the master's
+/// index in its low `SCAN_NODE_BITS` bits and that master's own cursor above them. A
+/// master's cursor of 0 moves on to the next master; after the last, the cursor is 0. Keys
+/// that move between masters during a scan may be missed or returned twice (Redis Cluster
+/// clients that scan node by node have the same caveat).
+const SCAN_NODE_BITS: u32 = 10;
 
 /// A command split over slots: its merge, and how many arguments make one key's share
 /// (MSET: key and value).
@@ -97,6 +106,7 @@ fn fan_out_rule(name: &[u8], args: &[Bytes]) -> Option<Merge> {
         (b"flushall" | b"flushdb", _) => Merge::Agree,
         (b"script", Some(b"load" | b"flush")) => Merge::Agree,
         (b"function", Some(b"load" | b"flush" | b"delete")) => Merge::Agree,
+        (b"scan", _) => Merge::Scan,
         _ => return None,
     })
 }
@@ -349,6 +359,9 @@ async fn scatter(
 ) -> Result<Vec<u8>, UpstreamError> {
     let name = request.name().to_ascii_lowercase();
     let args = &request.args;
+    if name == b"scan" {
+        return scan(cluster, request, state).await;
+    }
     let (merge, parts, keys) = if let Some((merge, width)) = split_rule(&name) {
         let keys = (args.len() - 1) / width;
         // Keys of one slot go together, in their order.
@@ -433,6 +446,60 @@ async fn scatter(
     })
 }
 
+/// One step of a cluster-wide SCAN (see `SCAN_NODE_BITS`).
+async fn scan(
+    cluster: &Arc<Cluster>,
+    request: &Request,
+    state: ConnState,
+) -> Result<Vec<u8>, UpstreamError> {
+    let Some(cursor) = std::str::from_utf8(&request.args[1])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return Ok(b"-ERR invalid cursor\r\n".to_vec());
+    };
+    let masters = cluster.masters().await?;
+    let index = (cursor & ((1 << SCAN_NODE_BITS) - 1)) as usize;
+    let node_cursor = cursor >> SCAN_NODE_BITS;
+    let Some(node) = masters.get(index) else {
+        // A cursor from before the cluster shrank: the scan is over.
+        return Ok(b"*2\r\n$1\r\n0\r\n*0\r\n".to_vec());
+    };
+    let mut args: Vec<Bytes> = request.args.clone();
+    args[1] = Bytes::from(node_cursor.to_string());
+    let mut replies = node.call(state, vec![encode::command(&args)], 1).await?;
+    let reply = replies
+        .pop()
+        .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))?
+        .0;
+    if reply.first() == Some(&b'-') {
+        return Ok(reply.to_vec());
+    }
+    let parts = super::exec::split_array(&reply)
+        .filter(|p| p.len() == 2)
+        .ok_or_else(|| UpstreamError::Unavailable("SCAN reply not understood".to_owned()))?;
+    let next: u64 = std::str::from_utf8(&parts[0])
+        .ok()
+        .and_then(|line| line.lines().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| UpstreamError::Unavailable("SCAN cursor not understood".to_owned()))?;
+    let next = match (next, index + 1 < masters.len()) {
+        (0, true) => (index + 1) as u64,
+        (0, false) => 0,
+        (n, _) if n >> (64 - SCAN_NODE_BITS) != 0 => {
+            return Err(UpstreamError::Unavailable(
+                "a node's SCAN cursor is too large to carry".to_owned(),
+            ));
+        }
+        (n, _) => (n << SCAN_NODE_BITS) | index as u64,
+    };
+    let mut out = BytesMut::new();
+    encode::array_header(&mut out, 2);
+    encode::bulk(&mut out, next.to_string().as_bytes());
+    out.extend_from_slice(&parts[1]);
+    Ok(out.to_vec())
+}
+
 fn merge_replies(merge: Merge, parts: &[Part], replies: &[Bytes], keys: usize) -> Option<Vec<u8>> {
     let mut out = BytesMut::new();
     match merge {
@@ -445,6 +512,7 @@ fn merge_replies(merge: Merge, parts: &[Part], replies: &[Bytes], keys: usize) -
             }
             encode::integer(&mut out, sum);
         }
+        Merge::Scan => return None,
         Merge::Agree => {
             let first = replies.first()?;
             if replies.iter().any(|r| r != first) {
