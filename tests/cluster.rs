@@ -153,6 +153,19 @@ fn a_plain_client_sees_one_redis() {
     c.send(&input);
     let got = c.read_exact_bytes(expected.len());
     assert_bytes_eq("a 6000-command pipeline over three nodes", &expected, &got);
+
+    // Runs for several nodes, then QUIT: every reply before the close.
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        input.extend(resp(&["GET", &format!("p{i}")]));
+        expected.extend(bulk((i + 1).to_string().as_bytes()));
+    }
+    input.extend(resp(&["QUIT"]));
+    expected.extend(b"+OK\r\n");
+    let (got, eof) = exchange_to_eof(proxy.port(), &input, Duration::from_secs(10));
+    assert_bytes_eq("300 GETs over three nodes, then QUIT", &expected, &got);
+    assert!(eof, "not closed after QUIT");
 }
 
 #[test]

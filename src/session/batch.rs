@@ -8,19 +8,18 @@
 //! connection's own state differs from what the first request needs, the same commands go
 //! first. So every forwarded request runs on a connection in its client's state.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cluster::Cluster;
 use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
 use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
-use std::sync::Arc;
-
-use crate::cluster::Cluster;
 use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError, mux};
 
 /// Replies buffered for a client beyond this are written out before reading more from
@@ -51,6 +50,29 @@ enum Step {
     Local(usize),
     /// One upstream reply, counted for `command`.
     Upstream { pass: Pass, command: CommandId },
+}
+
+/// A batch sent ahead on a lane (cluster mode), its replies still to be read.
+pub struct Submitted {
+    batch: Batch,
+    replies: tokio::sync::mpsc::UnboundedReceiver<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    overflow: Arc<tokio::sync::Notify>,
+    failure: Option<(String, ErrorClass)>,
+}
+
+impl Submitted {
+    /// Writes the batch's replies, in order, into `out` (as `Batch::execute` does).
+    pub async fn emit(
+        mut self,
+        out: &mut BytesMut,
+        client: &mut ClientWrite,
+    ) -> std::io::Result<Outcome> {
+        let source = Source::Lane(&mut self.replies, &self.pending, &self.overflow);
+        self.batch
+            .emit(out, client, self.failure.take(), source)
+            .await
+    }
 }
 
 /// How a batch ended, for the session to update its state.
@@ -135,6 +157,11 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// Steps planned (requests answered, and state changes woven in).
+    pub fn len(&self) -> usize {
+        self.steps.len()
     }
 
     /// Whether the batch is big enough to run before scanning further.
@@ -301,6 +328,55 @@ impl Batch {
         } else {
             let first = self.first.unwrap_or(ConnState::INITIAL);
             self.run_shared(upstream, first, out, client).await
+        }
+    }
+
+    /// Cluster mode: whether this batch can go to its node's lane now and have its replies
+    /// read later (after other nodes' batches are sent): shared lanes only, nothing pinned.
+    pub fn can_submit_ahead(&self, pinned: bool) -> bool {
+        self.node.is_some()
+            && self.has_upstream()
+            && !self.blocking
+            && !self.pin_required
+            && !pinned
+    }
+
+    /// Hands the batch to a lane of its node without waiting for the replies; see
+    /// [`Submitted::emit`].
+    pub async fn submit(mut self) -> Submitted {
+        if !self.pending.is_empty() {
+            self.chunks.push(self.pending.split().freeze());
+        }
+        let expected = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Upstream { .. }))
+            .count();
+        let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let overflow = Arc::new(tokio::sync::Notify::new());
+        let job = mux::Job {
+            first: self.first.unwrap_or(ConnState::INITIAL),
+            last: self.last,
+            db_unknown: self.db_unknown,
+            chunks: std::mem::take(&mut self.chunks),
+            replies: expected,
+            reply_tx,
+            pending: pending.clone(),
+            overflow: overflow.clone(),
+        };
+        let failure = match &self.node {
+            Some(node) => node.mux.submit(job).await.err().map(|e| failure_of(&e)),
+            None => Some(failure_of(&UpstreamError::Unavailable(
+                "no node for this batch".to_owned(),
+            ))),
+        };
+        Submitted {
+            batch: self,
+            replies,
+            pending,
+            overflow,
+            failure,
         }
     }
 

@@ -270,6 +270,10 @@ impl Session {
         let mut out = BytesMut::new();
         let mut read_size = FIRST_READ;
         let mut deferred: Option<Request> = None;
+        // Cluster mode: batches sent to their nodes whose replies are read after the next
+        // node's batch is sent too (see `batch::Submitted`), and their steps.
+        let mut ahead: Vec<batch::Submitted> = Vec::new();
+        let mut ahead_steps = 0;
         loop {
             let mut batch = Batch::new(self.shared.max_in_flight);
             let mut flow = Flow::Continue;
@@ -298,6 +302,34 @@ impl Session {
                         break;
                     }
                 }
+            }
+            // Cluster mode: a run of requests for one node, cut short by a request for
+            // another, goes out at once; its replies are read after the next runs are out.
+            if let Flow::Defer(request) = flow {
+                if batch.can_submit_ahead(self.pinned.is_some())
+                    && ahead_steps + batch.len() <= self.shared.max_in_flight
+                {
+                    ahead_steps += batch.len();
+                    ahead.push(batch.submit().await);
+                    deferred = Some(request);
+                    continue;
+                }
+                flow = Flow::Defer(request);
+            }
+            // Replies owed for batches sent ahead come first.
+            for submitted in ahead.drain(..) {
+                match submitted.emit(&mut out, &mut writer).await {
+                    Ok(outcome) if !outcome.close => {}
+                    _ => return,
+                }
+            }
+            ahead_steps = 0;
+            if batch.is_empty() && !out.is_empty() {
+                global.bytes_out.increment(out.len() as u64);
+                if writer.send(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
             }
             if !batch.is_empty() {
                 let ok = self
