@@ -429,3 +429,50 @@ fn failover_while_clients_write() {
         total()
     );
 }
+
+/// Pub/sub: shard channels on their slot's master, classic channels cluster-wide.
+#[test]
+fn pubsub_and_shard_channels() {
+    let cluster = RedisCluster::start(3, 0, PW);
+    let proxy = proxy_for(&cluster);
+    // Two shard channels on different masters.
+    let (a, b) = ("news", "sports");
+    assert_ne!(
+        cluster.node_for_slot(cluster.slot_of(a)).port(),
+        cluster.node_for_slot(cluster.slot_of(b)).port(),
+        "pick channels on two masters"
+    );
+    let mut subs = Vec::new();
+    for ch in [a, b] {
+        let mut s = proxy.conn();
+        let mut want = b"*3\r\n".to_vec();
+        want.extend(bulk(b"ssubscribe"));
+        want.extend(bulk(ch.as_bytes()));
+        want.extend(b":1\r\n");
+        s.call_expect(&["SSUBSCRIBE", ch], &want);
+        subs.push(s);
+    }
+    let mut plain = proxy.conn();
+    let mut want = b"*3\r\n".to_vec();
+    want.extend(bulk(b"subscribe"));
+    want.extend(bulk(b"plain"));
+    want.extend(b":1\r\n");
+    plain.call_expect(&["SUBSCRIBE", "plain"], &want);
+
+    let mut publisher = proxy.conn();
+    publisher.call_expect(&["SPUBLISH", a, "hello"], b":1\r\n");
+    publisher.call_expect(&["SPUBLISH", b, "goal"], b":1\r\n");
+    publisher.call_expect(&["PUBLISH", "plain", "hi"], b":1\r\n");
+    for (s, (ch, msg)) in subs.iter_mut().zip([(a, "hello"), (b, "goal")]) {
+        let mut want = b"*3\r\n".to_vec();
+        want.extend(bulk(b"smessage"));
+        want.extend(bulk(ch.as_bytes()));
+        want.extend(bulk(msg.as_bytes()));
+        s.expect(&want);
+    }
+    let mut want = b"*3\r\n".to_vec();
+    want.extend(bulk(b"message"));
+    want.extend(bulk(b"plain"));
+    want.extend(bulk(b"hi"));
+    plain.expect(&want);
+}

@@ -120,9 +120,21 @@ impl Session {
         inbuf: &mut BytesMut,
         scanner: &mut RequestScanner,
     ) -> Exit {
+        // Cluster mode: shard channels live on their slot's master; the rest of pub/sub
+        // is cluster-wide, served by any node.
+        let node = match (&self.shared.cluster, first.args.get(1)) {
+            (Some(cluster), Some(channel)) if first.name().eq_ignore_ascii_case(b"ssubscribe") => {
+                cluster
+                    .route(crate::cluster::slot::slot(channel))
+                    .await
+                    .ok()
+            }
+            _ => None,
+        };
+        let upstream = node.as_deref().unwrap_or(&self.shared.upstream);
         let mut conn = match self.pinned.take() {
             Some(conn) => conn,
-            None => match self.shared.upstream.pin().await {
+            None => match upstream.pin().await {
                 Ok(conn) => conn,
                 Err(error) => {
                     let mut out = BytesMut::new();
