@@ -49,6 +49,7 @@ pub const UPSTREAM_STALE_CONNECTIONS_TOTAL: &str =
 pub const UPSTREAM_MASTER_CHANGES_TOTAL: &str = "redis_ambassador_upstream_master_changes_total";
 pub const CLUSTER_REFRESHES_TOTAL: &str = "redis_ambassador_cluster_refreshes_total";
 pub const CLUSTER_REDIRECTS_TOTAL: &str = "redis_ambassador_cluster_redirects_total";
+pub const CLUSTER_NODE_REQUESTS_TOTAL: &str = "redis_ambassador_cluster_node_requests_total";
 pub const SECRET_RELOADS_TOTAL: &str = "redis_ambassador_secret_reloads_total";
 pub const SECRET_RELOAD_FAILURES_TOTAL: &str = "redis_ambassador_secret_reload_failures_total";
 
@@ -546,6 +547,10 @@ fn describe() {
     describe_counter!(
         CLUSTER_REFRESHES_TOTAL,
         "Cluster mode: slot map reads (CLUSTER SLOTS), by result."
+    );
+    describe_counter!(
+        CLUSTER_NODE_REQUESTS_TOTAL,
+        "Cluster mode: requests sent to each master (`node`: its address; one series per node)."
     );
     describe_counter!(
         CLUSTER_REDIRECTS_TOTAL,

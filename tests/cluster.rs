@@ -166,6 +166,16 @@ fn a_plain_client_sees_one_redis() {
     let (got, eof) = exchange_to_eof(proxy.port(), &input, Duration::from_secs(10));
     assert_bytes_eq("300 GETs over three nodes, then QUIT", &expected, &got);
     assert!(eof, "not closed after QUIT");
+
+    // Requests per master: one series per node, three in all.
+    let scrape = proxy.scrape();
+    let per_node: Vec<f64> = scrape
+        .lines()
+        .filter(|l| l.starts_with("redis_ambassador_cluster_node_requests_total{node=\"127.0.0.1:"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(per_node.len(), 3, "{scrape}");
+    assert!(per_node.iter().all(|&n| n > 100.0), "{per_node:?}");
 }
 
 #[test]

@@ -303,6 +303,7 @@ impl Batch {
         if !self.pending.is_empty() {
             self.chunks.push(self.pending.split().freeze());
         }
+        upstream.count_requests(self.routed.len());
         // A blocking command waits as long as its own timeout says: never cut it short.
         let timeout = if self.blocking {
             None
@@ -366,7 +367,10 @@ impl Batch {
             overflow: overflow.clone(),
         };
         let failure = match &self.node {
-            Some(node) => node.mux.submit(job).await.err().map(|e| failure_of(&e)),
+            Some(node) => {
+                node.count_requests(self.routed.len());
+                node.mux.submit(job).await.err().map(|e| failure_of(&e))
+            }
             None => Some(failure_of(&UpstreamError::Unavailable(
                 "no node for this batch".to_owned(),
             ))),

@@ -445,6 +445,8 @@ pub struct Upstream {
     /// The shared path: multiplexed lanes (see `mux`).
     pub mux: mux::Mux,
     target: Target,
+    /// Cluster mode: requests sent to this node (`node` label: its address).
+    requests: Option<metrics::Counter>,
     lanes: usize,
     /// Dedicated connections: a separate pool, so clients holding one never starve the
     /// shared pool, bounded by `pins`.
@@ -542,9 +544,13 @@ impl Upstream {
                 output_limit: config.limits.client_output_hard_limit,
             },
         );
+        let requests = address.map(|address| {
+            metrics::counter!(crate::metrics::CLUSTER_NODE_REQUESTS_TOTAL, "node" => address.to_owned())
+        });
         Upstream {
             mux,
             target,
+            requests,
             lanes: config.upstream.pool_size as usize,
             pinned_pool,
             pins: Arc::new(Semaphore::new(max_pinned)),
@@ -628,6 +634,13 @@ impl Upstream {
         conn.state = state;
         conn.broken = false;
         Ok(out)
+    }
+
+    /// Counts `n` requests sent to this node (cluster mode; nothing otherwise).
+    pub fn count_requests(&self, n: usize) {
+        if let Some(counter) = &self.requests {
+            counter.increment(n as u64);
+        }
     }
 
     /// The address this upstream dials (a description in sentinel mode).
