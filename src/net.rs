@@ -19,6 +19,28 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Rea
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+/// Buffers above this capacity are given back once empty: a large value passes through
+/// without leaving its buffer behind for the life of the connection.
+pub const KEEP_BUFFER: usize = 256 * 1024;
+
+/// Drops `buf`'s allocation if it is empty and larger than [`KEEP_BUFFER`].
+pub fn shrink_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Splits the first `len` bytes off `buf` as one frame. After a frame larger than
+/// [`KEEP_BUFFER`], what is left moves to a buffer of its own, so that the frame alone holds
+/// the large allocation and frees it when it is dropped.
+pub fn take_frame(buf: &mut BytesMut, len: usize) -> bytes::Bytes {
+    let frame = buf.split_to(len).freeze();
+    if len > KEEP_BUFFER {
+        *buf = BytesMut::from(&buf[..]);
+    }
+    frame
+}
+
 /// A listening socket on `address` with an accept queue of `backlog` (std and tokio use
 /// 128), with `SO_REUSEADDR` so a restarted proxy can bind while old connections linger.
 pub fn listen(address: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListener> {

@@ -438,3 +438,38 @@ fn proxy_fds(proxy: &Ambassador) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// A large value passes through without its buffers staying behind: after GETs of a 64 MiB
+/// value (and the value's SET), the proxy's RSS is back near where it started, while the
+/// client connection stays open.
+#[test]
+fn buffers_shrink_back_after_a_large_value() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .pool_size(1)
+        .start();
+    let mut c = proxy.conn();
+    c.timeout = Duration::from_secs(30);
+    c.call_expect(&["PING"], b"+PONG\r\n");
+    let before = proxy.rss_kib();
+    let value = vec![b'v'; SIZE];
+    let mut set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${SIZE}\r\n").into_bytes();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    c.send(&set);
+    c.expect(b"+OK\r\n");
+    let header = format!("${SIZE}\r\n");
+    for _ in 0..3 {
+        c.send(&resp(&["GET", "big"]));
+        let got = c.read_exact_bytes(header.len() + SIZE + 2);
+        assert!(got.starts_with(header.as_bytes()) && got.ends_with(b"v\r\n"));
+    }
+    c.call_expect(&["PING"], b"+PONG\r\n");
+    let after = proxy.rss_kib();
+    eprintln!("RSS {before} KiB before, {after} KiB after 64 MiB through");
+    assert!(
+        after < before + (SIZE as u64 / 1024) / 2,
+        "RSS {before} KiB before, {after} KiB after: a 64 MiB buffer stayed behind"
+    );
+}

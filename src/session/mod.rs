@@ -330,6 +330,7 @@ impl Session {
                     return;
                 }
                 out.clear();
+                crate::net::shrink_if_empty(&mut out);
             }
             if !batch.is_empty() {
                 let ok = self
@@ -340,6 +341,7 @@ impl Session {
                     return;
                 }
                 out.clear();
+                crate::net::shrink_if_empty(&mut out);
             }
             match flow {
                 Flow::Drop => return,
@@ -358,6 +360,7 @@ impl Session {
                         return;
                     }
                     out.clear();
+                    crate::net::shrink_if_empty(&mut out);
                     continue;
                 }
                 Flow::Relay(request) => {
@@ -378,6 +381,7 @@ impl Session {
             if batch_was_full(&scanner, &inbuf) {
                 continue;
             }
+            crate::net::shrink_if_empty(&mut inbuf);
             inbuf.reserve(read_size);
             let spare = inbuf.capacity() - inbuf.len();
             // A client holding a connection-bound state is not idle: it is left to the

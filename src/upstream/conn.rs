@@ -241,7 +241,10 @@ impl UpstreamConn {
     /// For the relay (pub/sub, MONITOR), where every frame goes to the client.
     pub fn next_frame(&mut self) -> Result<Option<(Bytes, ReplyFrame)>, UpstreamError> {
         match self.scanner.scan(&self.rbuf) {
-            Ok(Some(frame)) => Ok(Some((self.rbuf.split_to(frame.len).freeze(), frame))),
+            Ok(Some(frame)) => Ok(Some((
+                crate::net::take_frame(&mut self.rbuf, frame.len),
+                frame,
+            ))),
             Ok(None) => Ok(None),
             Err(e) => {
                 self.broken = true;
@@ -252,6 +255,7 @@ impl UpstreamConn {
 
     /// Reads whatever bytes are available into the buffer (cancel-safe). `Ok(0)` is EOF.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
+        crate::net::shrink_if_empty(&mut self.rbuf);
         self.rbuf.reserve(READ_CHUNK);
         let result = self.stream.read_buf(&mut self.rbuf).await;
         if !matches!(result, Ok(n) if n > 0) {
@@ -270,7 +274,7 @@ impl UpstreamConn {
         loop {
             match self.scanner.scan(&self.rbuf) {
                 Ok(Some(frame)) => {
-                    let bytes = self.rbuf.split_to(frame.len).freeze();
+                    let bytes = crate::net::take_frame(&mut self.rbuf, frame.len);
                     if frame.push {
                         tracing::debug!("dropping an unexpected push frame from upstream");
                         continue;
@@ -283,6 +287,7 @@ impl UpstreamConn {
                     return Err(UpstreamError::BadReply(e));
                 }
             }
+            crate::net::shrink_if_empty(&mut self.rbuf);
             self.rbuf.reserve(READ_CHUNK);
             let read = self.stream.read_buf(&mut self.rbuf);
             let result = match timeout {

@@ -294,7 +294,7 @@ impl Reader {
         loop {
             match self.scanner.scan(&self.rbuf) {
                 Ok(Some(frame)) => {
-                    let bytes = self.rbuf.split_to(frame.len).freeze();
+                    let bytes = crate::net::take_frame(&mut self.rbuf, frame.len);
                     if frame.push {
                         continue;
                     }
@@ -303,6 +303,7 @@ impl Reader {
                 Ok(None) => {}
                 Err(error) => return Err(UpstreamError::BadReply(error)),
             }
+            crate::net::shrink_if_empty(&mut self.rbuf);
             self.rbuf.reserve(READ_CHUNK);
             let read = self.half.read_buf(&mut self.rbuf);
             let result = match self.timeout {
