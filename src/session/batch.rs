@@ -289,7 +289,7 @@ impl Batch {
     /// reply, local and upstream, in request order into `out`, flushing to `client` when
     /// `out` grows large.
     pub async fn execute(
-        mut self,
+        &mut self,
         upstream: &Upstream,
         pinned: &mut Option<Pinned>,
         pin: bool,

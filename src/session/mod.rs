@@ -318,7 +318,7 @@ impl Session {
             }
             // Replies owed for batches sent ahead come first.
             for submitted in ahead.drain(..) {
-                match submitted.emit(&mut out, &mut writer).await {
+                match Box::pin(submitted.emit(&mut out, &mut writer)).await {
                     Ok(outcome) if !outcome.close => {}
                     _ => return,
                 }
@@ -334,7 +334,7 @@ impl Session {
             }
             if !batch.is_empty() {
                 let ok = self
-                    .execute(batch, &mut out, &mut writer, &mut reader, &mut inbuf)
+                    .execute(&mut batch, &mut out, &mut writer, &mut reader, &mut inbuf)
                     .await;
                 global.bytes_out.increment(out.len() as u64);
                 if !ok || writer.send(&out).await.is_err() {
@@ -421,7 +421,7 @@ impl Session {
     /// Returns `false` when the client cannot be written to any more.
     async fn execute(
         &mut self,
-        batch: Batch,
+        batch: &mut Batch,
         out: &mut BytesMut,
         writer: &mut ClientWrite,
         reader: &mut ClientRead,
@@ -499,9 +499,9 @@ impl Session {
                 return self.queue_forward(request, batch);
             }
             if let Some(cluster) = self.shared.cluster.clone() {
-                return self
-                    .route_cluster(cluster, request, batch, cluster::Blocks::Never)
-                    .await;
+                // Boxed: only cluster mode pays for this future's size.
+                let route = self.route_cluster(cluster, request, batch, cluster::Blocks::Never);
+                return Box::pin(route).await;
             }
             return self.forward(request, batch);
         };
@@ -528,7 +528,7 @@ impl Session {
                 _ => None,
             };
             if let Some(blocks) = blocks {
-                return self.route_cluster(cluster, request, batch, blocks).await;
+                return Box::pin(self.route_cluster(cluster, request, batch, blocks)).await;
             }
         }
         match command.kind {
