@@ -314,9 +314,33 @@ pub async fn probe_upstream(
         }
         // Not raced against `stop`: every step is bounded, and dropping a checked-out
         // connection between the write and the read would return it to the pool dirty.
-        let result = ping(&shared.upstream, settings.ping_timeout).await;
+        let result = match &shared.cluster {
+            Some(cluster) => ping_cluster(cluster, settings.ping_timeout).await,
+            None => ping(&shared.upstream, settings.ping_timeout).await,
+        };
         readiness.record(result);
     }
+}
+
+/// Cluster mode: the slot map is known, every slot has a master, and every master answers
+/// PING.
+async fn ping_cluster(cluster: &crate::cluster::Cluster, timeout: Duration) -> Result<(), String> {
+    let topology = cluster
+        .ready()
+        .await
+        .map_err(|e| one_line(&e.to_string()))?;
+    if topology.unassigned() > 0 {
+        return Err(format!(
+            "{} cluster slots have no master",
+            topology.unassigned()
+        ));
+    }
+    for master in &topology.masters {
+        ping(&cluster.node(&master.address), timeout)
+            .await
+            .map_err(|e| one_line(&format!("{}: {e}", master.address)))?;
+    }
+    Ok(())
 }
 
 /// One probe: a pooled connection (authenticated when it was opened) answers PING.

@@ -486,3 +486,64 @@ fn pubsub_and_shard_channels() {
     want.extend(bulk(b"hi"));
     plain.expect(&want);
 }
+
+/// A master crashes: the cluster promotes its replica, the ambassador finds the new owner
+/// (its slot map refreshed after the failures), and `/readyz` follows the cluster, not the
+/// first seed address (which was the crashed master).
+#[test]
+fn a_master_crash_is_survived_and_readiness_follows_the_cluster() {
+    let cluster = RedisCluster::start(3, 1, PW);
+    let proxy = proxy_for(&cluster);
+    let seed = cluster.seed_addresses()[0].clone();
+    let crashed = cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.addr() == seed)
+        .expect("the first seed is a master");
+    assert!(
+        wait_until(Duration::from_secs(10), || proxy.http_get("/readyz").status
+            == 200),
+        "not ready at start: {}",
+        proxy.http_get("/readyz").body
+    );
+    // A key that lives on the master about to crash.
+    let key = (0..10_000)
+        .map(|i| format!("crash{i}"))
+        .find(|k| cluster.node_for_slot(cluster.slot_of(k)).port() == crashed.port())
+        .expect("a key on that master");
+    let mut c = proxy.conn();
+    c.call_expect(&["SET", &key, "before"], b"+OK\r\n");
+    // Let the replica have it before the master goes.
+    cluster
+        .conn_for_key(&key)
+        .call_expect(&["WAIT", "1", "5000"], b":1\r\n");
+
+    let mut killer = crashed.conn();
+    killer.send(&resp(&["SHUTDOWN", "NOSAVE"]));
+    assert!(
+        wait_until(Duration::from_secs(10), || RawConn::try_connect(
+            crashed.port()
+        )
+        .is_none()),
+        "the master did not go down"
+    );
+    let mut errors = 0;
+    let recovered = wait_until(Duration::from_secs(60), || {
+        let reply = c.call(&["GET", &key]);
+        if reply == bulk(b"before") {
+            return true;
+        }
+        assert!(reply.starts_with(b"-"), "GET {key}: {}", escape(&reply));
+        errors += 1;
+        false
+    });
+    assert!(recovered, "the key never came back after the failover");
+    c.call_expect(&["SET", &key, "after"], b"+OK\r\n");
+    assert!(
+        wait_until(Duration::from_secs(30), || proxy.http_get("/readyz").status
+            == 200),
+        "readiness did not come back: {}",
+        proxy.http_get("/readyz").body
+    );
+    eprintln!("crash: {errors} failed GETs until the replica took over");
+}

@@ -259,8 +259,9 @@ impl Cluster {
         }
     }
 
-    /// Asks for a refresh soon, without waiting for it.
-    fn refresh_soon(self: &Arc<Self>) {
+    /// Asks for a refresh soon, without waiting for it (after a redirect, or when a node
+    /// could not be reached: a failover may have moved its slots).
+    pub fn refresh_soon(self: &Arc<Self>) {
         let cluster = self.clone();
         tokio::spawn(async move {
             if let Err(error) = cluster.refresh(false).await {

@@ -319,7 +319,11 @@ impl Session {
             // Replies owed for batches sent ahead come first.
             for submitted in ahead.drain(..) {
                 match Box::pin(submitted.emit(&mut out, &mut writer)).await {
-                    Ok(outcome) if !outcome.close => {}
+                    Ok(outcome) if !outcome.close => {
+                        if let (true, Some(cluster)) = (outcome.failed, &self.shared.cluster) {
+                            cluster.refresh_soon();
+                        }
+                    }
                     _ => return,
                 }
             }
@@ -463,6 +467,10 @@ impl Session {
             Err(_) => return false,
         };
         if outcome.failed {
+            // Cluster mode: a node that failed may have been replaced by a replica.
+            if let Some(cluster) = &self.shared.cluster {
+                cluster.refresh_soon();
+            }
             // The connection (and any transaction or watch on it) is gone.
             self.multi = None;
             self.watching = false;
@@ -494,6 +502,13 @@ impl Session {
     /// Dispatches one request: a local answer, a refusal, or a place in the batch.
     async fn handle(&mut self, request: Request, batch: &mut Batch) -> Flow {
         batch.begin(command::id(request.name()));
+        if let Some(cluster) = &self.shared.cluster {
+            if cluster.topology().is_none() {
+                // Until the first slot map is read (just after start): read it now; an
+                // error shows up in the command's own reply.
+                let _ = Box::pin(cluster.ready()).await;
+            }
+        }
         let Some(command) = command::lookup(request.name()) else {
             if self.multi.is_some() {
                 return self.queue_forward(request, batch);
