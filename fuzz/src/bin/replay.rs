@@ -1,7 +1,7 @@
 //! Runs fuzz inputs through the same property checks as the libFuzzer targets, without
 //! libFuzzer: works on a stable toolchain with plain `cargo run`.
 //!
-//!     cargo run --release --bin replay -- <request_scanner|reply_scanner> <file-or-dir>...
+//!     cargo run --release --bin replay -- <request_scanner|reply_scanner|session> <file-or-dir>...
 //!
 //! Directories are read one level deep (a libFuzzer corpus). A failed property panics and
 //! names the file; the exit status is then non-zero.
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(target) = args.next() else {
-        eprintln!("usage: replay <request_scanner|reply_scanner> <file-or-dir>...");
+        eprintln!("usage: replay <request_scanner|reply_scanner|session> <file-or-dir>...");
         std::process::exit(2);
     };
     let mut files: Vec<PathBuf> = Vec::new();
