@@ -1129,3 +1129,49 @@ fn quit_inside_multi_leaves_a_clean_connection() {
     b.expect(b"+QUEUED\r\n*1\r\n:0\r\n");
     up.conn().call_expect(&["EXISTS", "q", "after"], b":0\r\n");
 }
+
+/// Found by the session fuzz target (fuzz/README.md, "Findings"); each case is diffed with
+/// a bare Redis, the connection closed by QUIT. (Finding 4, SKIP then a protocol error, has
+/// no Redis reference: Redis skips the error and leaves the connection open; the proxy
+/// answers the error and closes, see `skip_then_protocol_error_ends`.)
+#[test]
+fn fuzz_findings_match_redis() {
+    let redis = RedisServer::start();
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .pool_size(1)
+        .start();
+    let big = "v".repeat(800);
+    let cases: Vec<Vec<u8>> = vec![
+        // 1. MULTI and WATCH inside MULTI: answered at once, not queued.
+        b"MULTI\r\nMULTI\r\nCLIENT SETNAME x\r\nEXEC\r\nCLIENT GETNAME\r\nQUIT\r\n".to_vec(),
+        b"MULTI\r\nWATCH k\r\nSELECT 1\r\nEXEC\r\nSET where here\r\nGET where\r\nSELECT 0\r\nGET where\r\nQUIT\r\n"
+            .to_vec(),
+        // 2. A request split around a blocking command is answered after it.
+        format!("BLPOP q 1\r\nSET big {big}\r\nGET big\r\nQUIT\r\n").into_bytes(),
+        // 5. CLIENT REPLY SKIP, then RESET: its reply is skipped.
+        b"CLIENT REPLY SKIP\r\nRESET\r\nPING\r\nQUIT\r\n".to_vec(),
+    ];
+    for input in &cases {
+        diff_closing(redis.port(), proxy.port(), input);
+    }
+}
+
+#[test]
+fn skip_then_protocol_error_ends() {
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .pool_size(1)
+        .start();
+    let (got, eof) = exchange_to_eof(
+        proxy.port(),
+        b"CLIENT REPLY SKIP\r\nPING \"unbalanced\r\n",
+        Duration::from_secs(15),
+    );
+    assert!(eof, "the connection did not end: \"{}\"", escape(&got));
+    assert!(
+        got.is_empty() || got.starts_with(b"-ERR Protocol error: unbalanced"),
+        "\"{}\"",
+        escape(&got)
+    );
+}

@@ -336,6 +336,9 @@ impl Session {
                 out.clear();
                 crate::net::shrink_if_empty(&mut out);
             }
+            // A blocking command's execution reads on (to see the client leave): bytes that
+            // arrive meanwhile must be scanned before the next read.
+            let unscanned = inbuf.len();
             if !batch.is_empty() {
                 let ok = self
                     .execute(&mut batch, &mut out, &mut writer, &mut reader, &mut inbuf)
@@ -382,7 +385,7 @@ impl Session {
                 }
                 Flow::Continue => {}
             }
-            if batch_was_full(&scanner, &inbuf) {
+            if batch_was_full(&scanner, &inbuf) || inbuf.len() > unscanned {
                 continue;
             }
             crate::net::shrink_if_empty(&mut inbuf);
@@ -704,8 +707,18 @@ impl Session {
                 self.flag_multi();
                 Flow::Continue
             }
-            // MULTI and WATCH get Redis's own errors from the upstream; blocking commands
-            // and MONITOR are queued and run (or fail) inside EXEC, as in Redis.
+            // Redis answers these at once and queues nothing (nor aborts the transaction):
+            // forwarded and queued, they would put EXEC's array out of step with the queue.
+            Kind::Multi => {
+                batch.reply(b"-ERR MULTI calls can not be nested\r\n");
+                Flow::Continue
+            }
+            Kind::Watch => {
+                batch.reply(b"-ERR WATCH inside MULTI is not allowed\r\n");
+                Flow::Continue
+            }
+            // Blocking commands and MONITOR are queued and run (or fail) inside EXEC, as in
+            // Redis.
             _ => self.queue_forward(request, batch),
         }
     }

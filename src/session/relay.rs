@@ -44,6 +44,8 @@ enum After {
     Local(Request),
     /// Send this protocol error, then close.
     Fatal(Vec<u8>),
+    /// RESET with CLIENT REPLY SKIP armed: reset, showing nothing (Redis skips the reply).
+    QuietReset,
 }
 
 /// A reply the relay swallows: the answer to a state change it sent itself.
@@ -92,6 +94,13 @@ struct Relay {
     modes: Modes,
     /// The token of the barrier PING in flight, and what to do when it returns.
     barrier: Option<(Bytes, After)>,
+    /// A MULTI was forwarded and no EXEC/DISCARD yet (outside RESP2 subscribed mode).
+    in_multi: bool,
+    /// Local commands refused inside such a transaction: the token of the unknown command
+    /// sent in their place, and the reply that replaces its error.
+    refusals: std::collections::VecDeque<(Bytes, Bytes)>,
+    /// When the barrier in flight was sent (a barrier never answered closes the client).
+    barrier_since: Option<Instant>,
     swallow: std::collections::VecDeque<Expect>,
     /// No more client requests are read (QUIT or RESET forwarded).
     stop_client: bool,
@@ -156,6 +165,9 @@ impl Session {
         let mut relay = Relay {
             modes: Modes::default(),
             barrier: None,
+            barrier_since: None,
+            in_multi: false,
+            refusals: std::collections::VecDeque::new(),
             swallow: Default::default(),
             stop_client: false,
             quit: false,
@@ -269,6 +281,13 @@ impl Session {
                         return Exit::Close;
                     }
                 }
+                _ = barrier_expired(relay.barrier_since, self.shared.upstream.command_timeout), if relay.barrier.is_some() => {
+                    // Never answered: something the relay does not model swallowed it. The
+                    // connection's state is unknown: it goes, and so does the client.
+                    tracing::warn!("closing a relayed client: the upstream never answered the relay's barrier");
+                    conn.broken = true;
+                    return Exit::Close;
+                }
                 read = reader.read_buf(inbuf), if !relay.stop_client && relay.barrier.is_none() => {
                     match read {
                         Ok(0) | Err(_) => return Exit::Close,
@@ -333,14 +352,27 @@ impl Session {
                 relay.stop_client = true;
                 forward(conn, relay, request).await
             }
+            Kind::Local(Local::Reset) if relay.modes.skip_armed => {
+                // Redis would skip RESET's reply: wait for what is in flight, then reset
+                // here, showing nothing.
+                relay.stop_client = true;
+                match start_barrier(conn, relay, After::QuietReset).await {
+                    Ok(()) => Step::Continue,
+                    Err(exit) => Step::Exit(exit),
+                }
+            }
             Kind::Local(Local::Reset) => {
                 relay.reset_pending = true;
                 relay.stop_client = true;
                 forward(conn, relay, request).await
             }
-            Kind::Local(
-                Local::Ping | Local::Echo | Local::Exec | Local::Discard | Local::Unwatch,
-            ) => forward(conn, relay, request).await,
+            Kind::Local(Local::Exec | Local::Discard) => {
+                relay.in_multi = false;
+                forward(conn, relay, request).await
+            }
+            Kind::Local(Local::Ping | Local::Echo | Local::Unwatch) => {
+                forward(conn, relay, request).await
+            }
             Kind::Local(Local::Client) => {
                 let sub = command::client_subcommand(&request.args[1]);
                 match sub.map(|s| s.kind) {
@@ -356,6 +388,12 @@ impl Session {
                             return self.local_in_relay(request, conn, relay).await;
                         }
                         relay.modes.tracking = on;
+                        forward(conn, relay, request).await
+                    }
+                    // Redis refuses CLIENT REPLY in RESP2 subscribed mode: the modes stay.
+                    Some(ClientSub::Reply)
+                        if self.proto == Proto::Resp2 && relay.modes.subscribed() =>
+                    {
                         forward(conn, relay, request).await
                     }
                     Some(ClientSub::Reply) if request.args.len() == 3 => {
@@ -379,6 +417,11 @@ impl Session {
             Kind::Local(_) | Kind::Refused => self.local_in_relay(request, conn, relay).await,
             Kind::Multi | Kind::Watch => {
                 relay.modes.sticky = true;
+                if cmd.kind == Kind::Multi
+                    && !(self.proto == Proto::Resp2 && relay.modes.subscribed())
+                {
+                    relay.in_multi = true;
+                }
                 forward(conn, relay, request).await
             }
             Kind::Relay if request.name().eq_ignore_ascii_case(b"monitor") => {
@@ -418,6 +461,21 @@ impl Session {
             }
             return leave_if_idle(conn, relay).await;
         }
+        if relay.in_multi {
+            // Inside a transaction a barrier PING would only be queued. Redis itself must
+            // answer in order: an unknown command carrying a token gets its error (and
+            // aborts the transaction at EXEC, as a refused command does), and that error is
+            // replaced by the proxy's refusal when it comes back.
+            let mut reply = BytesMut::new();
+            replies::unsupported(
+                &mut reply,
+                &full_name(&request),
+                "inside MULTI while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force",
+            );
+            let marker = barrier_token();
+            relay.refusals.push_back((marker.clone(), reply.freeze()));
+            return forward_raw_bytes(conn, encode::command(&[&marker[..]])).await;
+        }
         match start_barrier(conn, relay, After::Local(request)).await {
             Ok(()) => Step::Continue,
             Err(exit) => Step::Exit(exit),
@@ -455,6 +513,14 @@ impl Session {
                     return Step::Continue;
                 };
                 return self.barrier_done(after, conn, relay, out).await;
+            }
+        }
+        if let Some((marker, _)) = relay.refusals.front() {
+            if bytes.starts_with(b"-") && memchr::memmem::find(&bytes, marker).is_some() {
+                if let Some((_, reply)) = relay.refusals.pop_front() {
+                    out.extend_from_slice(&reply);
+                }
+                return Step::Continue;
             }
         }
         if relay.reset_pending && &bytes[..] == b"+RESET\r\n" {
@@ -496,6 +562,11 @@ impl Session {
             After::Fatal(reply) => {
                 out.extend_from_slice(&reply);
                 Step::Exit(Exit::Close)
+            }
+            After::QuietReset => {
+                self.reset();
+                relay.drop_conn = true;
+                Step::Exit(Exit::Resume)
             }
             After::Local(request) => {
                 if self.proto == Proto::Resp2 && relay.modes.subscribed() {
@@ -605,14 +676,36 @@ async fn sync_state(
     }
 }
 
-/// Sends a PING carrying a fresh random token; client requests wait until it returns.
-async fn start_barrier(conn: &mut Pinned, relay: &mut Relay, after: After) -> Result<(), Exit> {
+/// Resolves when a barrier sent at `since` has waited longer than the command timeout (10 s
+/// when that is off).
+async fn barrier_expired(since: Option<Instant>, timeout: Option<std::time::Duration>) {
+    let limit = timeout.unwrap_or(std::time::Duration::from_secs(10));
+    match since {
+        Some(since) => tokio::time::sleep_until((since + limit).into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fresh random token.
+fn barrier_token() -> Bytes {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(0x5eed);
-    let token = Bytes::from(format!("redis-ambassador-barrier-{:016x}", hasher.finish()));
+    Bytes::from(format!("redis-ambassador-barrier-{:016x}", hasher.finish()))
+}
+
+/// Sends a PING carrying a fresh random token; client requests wait until it returns.
+async fn start_barrier(conn: &mut Pinned, relay: &mut Relay, after: After) -> Result<(), Exit> {
+    let token = barrier_token();
     let ping = encode::command(&[&b"PING"[..], &token]);
     relay.barrier = Some((token, after));
-    conn.write_all(&[ping], None).await.map_err(|_| Exit::Close)
+    relay.barrier_since = Some(Instant::now());
+    let mut chunks = Vec::with_capacity(2);
+    if std::mem::take(&mut relay.modes.skip_armed) {
+        // The upstream would skip the barrier's reply: give it a command to skip first.
+        chunks.push(encode::command(&[&b"PING"[..]]));
+    }
+    chunks.push(ping);
+    conn.write_all(&chunks, None).await.map_err(|_| Exit::Close)
 }
 
 /// Whether `frame` is the answer to the barrier PING: a bulk string in normal mode, or

@@ -27,8 +27,9 @@
 //! request (`Plan::trailing`, the close may then be a reset), the received replies must be a
 //! prefix of the predicted ones instead of all of them.
 //!
-//! The proxy bugs this target found (fuzz/README.md, "Findings") are stepped around — see
-//! "Known bug N" here and in `model.rs` — unless `SESSION_FUZZ_STRICT=1`.
+//! The proxy bugs this target found (fuzz/README.md, "Findings") are fixed; the harness's
+//! workarounds for them ("Known bug N" here and in `model.rs`) apply only with
+//! `SESSION_FUZZ_STRICT=0`, to fuzz an older proxy.
 
 mod fake;
 mod input;
@@ -67,11 +68,11 @@ fn hang_limit() -> Duration {
     })
 }
 
-/// Whether the harness steps around the proxy bugs this target found (see the README's
-/// "Findings"); `SESSION_FUZZ_STRICT=1` turns the workarounds off, to check a fix.
+/// Whether the harness checks strictly (the default: the bugs it found are fixed);
+/// `SESSION_FUZZ_STRICT=0` turns the workarounds for them back on, for an older proxy.
 pub(crate) fn strict() -> bool {
     static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("SESSION_FUZZ_STRICT").is_some_and(|v| v != "0"))
+    *STRICT.get_or_init(|| std::env::var_os("SESSION_FUZZ_STRICT").is_none_or(|v| v != "0"))
 }
 
 /// `[limits] max_in_flight` of the small-batch proxies: a pipeline of a few requests
