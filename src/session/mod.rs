@@ -448,21 +448,25 @@ impl Session {
             loop {
                 inbuf.reserve(READ_CHUNK);
                 tokio::select! {
-                    result = &mut run => break result,
+                    result = &mut run => break Some(result),
                     read = reader.read_buf(inbuf), if inbuf.len() < self.shared.limits.query_buffer_limit => {
                         match read {
                             Ok(n) if n > 0 => metrics::global().bytes_in.increment(n as u64),
-                            _ => {
-                                tracing::debug!("client left during a blocking command");
-                                // The pinned connection is still armed (broken): dropped.
-                                return false;
-                            }
+                            _ => break None,
                         }
                     }
                 }
             }
         } else {
-            run.await
+            Some(run.await)
+        };
+        let Some(result) = result else {
+            // The client closed (or half-closed) its side while the command blocked: Redis
+            // frees such a client, its block with it. What was answered before the blocking
+            // command still goes out; the pinned connection, still armed, is dropped.
+            tracing::debug!("client left during a blocking command");
+            let _ = writer.send(out).await;
+            return false;
         };
         let outcome = match result {
             Ok(outcome) if outcome.close => return false,
