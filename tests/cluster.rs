@@ -29,13 +29,6 @@ fn proxy_for(cluster: &RedisCluster) -> Ambassador {
         .start()
 }
 
-fn counter(scrape: &str, sample: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Keys `prefix0..prefixN` spread over the three masters.
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
@@ -341,11 +334,11 @@ fn slot_migration_while_clients_write() {
         c.call_expect(&["GET", &format!("{{mig}}old{i}")], b"$1\r\nx\r\n");
     }
     let scrape = proxy.scrape();
-    let asks = counter(
+    let asks = scraped_value(
         &scrape,
         "redis_ambassador_cluster_redirects_total{kind=\"ask\"}",
     );
-    let moved = counter(
+    let moved = scraped_value(
         &scrape,
         "redis_ambassador_cluster_redirects_total{kind=\"moved\"}",
     );

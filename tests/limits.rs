@@ -260,13 +260,6 @@ fn max_in_flight_splits_a_pipeline_without_moving_a_reply() {
     direct.call_expect(&["GET", "counter"], b"$4\r\n3000\r\n");
 }
 
-fn counter(scrape: &str, sample: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn connected_clients(port: u16) -> Option<u64> {
     let mut c = RawConn::try_connect(port)?;
     c.send(&resp(&["AUTH", "storm-pw"]));
@@ -376,7 +369,7 @@ fn e5_connection_storm_with_an_upstream_restart() {
             >= total / 3),
         "the storm made no progress"
     );
-    let failures_before = counter(
+    let failures_before = scraped_value(
         &proxy.scrape(),
         "redis_ambassador_upstream_connect_failures_total{reason=\"unavailable\"}",
     );
@@ -403,7 +396,7 @@ fn e5_connection_storm_with_an_upstream_restart() {
         most <= u64::from(LANES) + 2,
         "the upstream saw {most} clients at once; lanes: {LANES}"
     );
-    let failed_connects = counter(
+    let failed_connects = scraped_value(
         &proxy.scrape(),
         "redis_ambassador_upstream_connect_failures_total{reason=\"unavailable\"}",
     ) - failures_before;

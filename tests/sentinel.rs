@@ -139,13 +139,6 @@ fn temp_dir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-fn counter(scrape: &str, sample: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A plain client through the ambassador reads and writes the master the Sentinels name,
 /// then keeps working across `SENTINEL FAILOVER` while four clients write: errors only
 /// during the switch, never `-READONLY` (no write reaches the demoted master), no INCR
@@ -287,7 +280,7 @@ fn follows_a_sentinel_failover_while_clients_write() {
     );
     let scrape = proxy.scrape();
     assert!(
-        counter(&scrape, "redis_ambassador_upstream_master_changes_total") >= 1.0,
+        scraped_value(&scrape, "redis_ambassador_upstream_master_changes_total") >= 1.0,
         "the master change was not counted:\n{scrape}"
     );
     assert!(proxy.log().contains("new master address"));

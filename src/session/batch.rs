@@ -55,10 +55,15 @@ enum Step {
 /// A batch sent ahead on a lane (cluster mode), its replies still to be read.
 pub struct Submitted {
     batch: Batch,
+    lane: LaneReplies,
+    failure: Option<(String, ErrorClass)>,
+}
+
+/// Where a lane job's replies come, with the job's output accounting.
+struct LaneReplies {
     replies: tokio::sync::mpsc::UnboundedReceiver<Result<(Bytes, ReplyFrame), UpstreamError>>,
     pending: Arc<std::sync::atomic::AtomicUsize>,
     overflow: Arc<tokio::sync::Notify>,
-    failure: Option<(String, ErrorClass)>,
 }
 
 impl Submitted {
@@ -68,7 +73,8 @@ impl Submitted {
         out: &mut BytesMut,
         client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
-        let source = Source::Lane(&mut self.replies, &self.pending, &self.overflow);
+        let lane = &mut self.lane;
+        let source = Source::Lane(&mut lane.replies, &lane.pending, &lane.overflow);
         self.batch
             .emit(out, client, self.failure.take(), source)
             .await
@@ -348,24 +354,7 @@ impl Batch {
         if !self.pending.is_empty() {
             self.chunks.push(self.pending.split().freeze());
         }
-        let expected = self
-            .steps
-            .iter()
-            .filter(|s| matches!(s, Step::Upstream { .. }))
-            .count();
-        let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let overflow = Arc::new(tokio::sync::Notify::new());
-        let job = mux::Job {
-            first: self.first.unwrap_or(ConnState::INITIAL),
-            last: self.last,
-            db_unknown: self.db_unknown,
-            chunks: std::mem::take(&mut self.chunks),
-            replies: expected,
-            reply_tx,
-            pending: pending.clone(),
-            overflow: overflow.clone(),
-        };
+        let (job, lane) = self.lane_job(self.first.unwrap_or(ConnState::INITIAL));
         let failure = match &self.node {
             Some(node) => {
                 node.count_requests(self.routed.len());
@@ -377,9 +366,7 @@ impl Batch {
         };
         Submitted {
             batch: self,
-            replies,
-            pending,
-            overflow,
+            lane,
             failure,
         }
     }
@@ -392,14 +379,31 @@ impl Batch {
         out: &mut BytesMut,
         client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
+        let (job, mut lane) = self.lane_job(first);
+        let failure = upstream.mux.submit(job).await.err().map(|e| failure_of(&e));
+        self.emit(
+            out,
+            client,
+            failure,
+            Source::Lane(&mut lane.replies, &lane.pending, &lane.overflow),
+        )
+        .await
+    }
+
+    /// The lane job for this batch's forwarded requests (in state `first`), and where its
+    /// replies will come.
+    fn lane_job(&mut self, first: ConnState) -> (mux::Job, LaneReplies) {
         let expected = self
             .steps
             .iter()
             .filter(|s| matches!(s, Step::Upstream { .. }))
             .count();
-        let (reply_tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
-        let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let overflow = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
+        let lane = LaneReplies {
+            replies,
+            pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            overflow: Arc::new(tokio::sync::Notify::new()),
+        };
         let job = mux::Job {
             first,
             last: self.last,
@@ -407,17 +411,10 @@ impl Batch {
             chunks: std::mem::take(&mut self.chunks),
             replies: expected,
             reply_tx,
-            pending: pending.clone(),
-            overflow: overflow.clone(),
+            pending: lane.pending.clone(),
+            overflow: lane.overflow.clone(),
         };
-        let failure = upstream.mux.submit(job).await.err().map(|e| failure_of(&e));
-        self.emit(
-            out,
-            client,
-            failure,
-            Source::Lane(&mut replies, &pending, &overflow),
-        )
-        .await
+        (job, lane)
     }
 
     /// Runs the batch on the client's dedicated connection.

@@ -1440,6 +1440,14 @@ pub fn http_raw(port: u16, request: &[u8], timeout: Duration) -> Option<HttpResp
 
 /// `METHOD path` on 127.0.0.1:`port`, one request per connection. Panics on failure.
 #[track_caller]
+/// The value of one sample (`name{labels}` as printed) in a Prometheus scrape, 0 if absent.
+pub fn scraped_value(scrape: &str, sample: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn http(port: u16, method: &str, path: &str) -> HttpResponse {
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
