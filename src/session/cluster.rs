@@ -97,6 +97,11 @@ fn split_rule(name: &[u8]) -> Option<(Merge, usize)> {
     })
 }
 
+/// Whether a command with keys in several slots is split (see `split_rule`).
+pub(super) fn splits(name: &[u8]) -> bool {
+    split_rule(&name.to_ascii_lowercase()).is_some()
+}
+
 /// A keyless command every master runs.
 fn fan_out_rule(name: &[u8], args: &[Bytes]) -> Option<Merge> {
     let sub = args.get(1).map(|a| a.to_ascii_lowercase());
@@ -352,7 +357,7 @@ struct Part {
     covers: Vec<usize>,
 }
 
-async fn scatter(
+pub(super) async fn scatter(
     cluster: &Arc<Cluster>,
     request: &Request,
     state: ConnState,

@@ -10,6 +10,7 @@ mod batch;
 mod cluster;
 mod exec;
 mod relay;
+mod shards;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

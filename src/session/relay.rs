@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::batch::Batch;
+use super::shards::{self, Shards, Wake};
 use super::{Session, request_bytes};
 use crate::command::{self, ClientSub, Kind, Local};
 use crate::metrics;
@@ -46,6 +47,18 @@ enum After {
     Fatal(Vec<u8>),
     /// RESET with CLIENT REPLY SKIP armed: reset, showing nothing (Redis skips the reply).
     QuietReset,
+    /// Cluster mode: SSUBSCRIBE or SUNSUBSCRIBE, carried out on the shard channels' links.
+    Shard(Request),
+    /// Cluster mode: a command for a RESP2 client subscribed to shard channels only, sent
+    /// to a link for Redis's subscribed-mode answer.
+    OnLink(Request),
+    /// Cluster mode: a keyed command for another node than the relay's connection, sent
+    /// there (`quiet`: under CLIENT REPLY OFF/SKIP, its reply is not shown).
+    Routed {
+        request: Request,
+        slots: Vec<u16>,
+        quiet: bool,
+    },
 }
 
 /// A reply the relay swallows: the answer to a state change it sent itself.
@@ -72,6 +85,8 @@ struct Modes {
     /// MULTI or WATCH went through the relay: the connection holds state the session does
     /// not track, so it stays relayed until RESET, QUIT or the client leaves.
     sticky: bool,
+    /// Cluster mode: a shard-channel command is in progress on the links.
+    shard_busy: bool,
 }
 
 impl Modes {
@@ -83,6 +98,7 @@ impl Modes {
             || self.reply_off
             || self.skip_armed
             || self.sticky
+            || self.shard_busy
     }
 
     fn subscribed(&self) -> bool {
@@ -112,6 +128,10 @@ struct Relay {
     left: bool,
     /// Since when the client's pending output has been over the soft limit.
     over_soft_since: Option<Instant>,
+    /// Cluster mode: the shard channels' links (made at the first shard-channel command).
+    shards: Option<Shards>,
+    /// Cluster mode: the node the relay's connection is on.
+    node: Option<String>,
 }
 
 enum Step {
@@ -129,16 +149,18 @@ impl Session {
         inbuf: &mut BytesMut,
         scanner: &mut RequestScanner,
     ) -> Exit {
-        // Cluster mode: shard channels live on their slot's master; the rest of pub/sub
-        // is cluster-wide, served by any node.
-        let node = match (&self.shared.cluster, first.args.get(1)) {
-            (Some(cluster), Some(channel)) if first.name().eq_ignore_ascii_case(b"ssubscribe") => {
-                cluster
-                    .route(crate::cluster::slot::slot(channel))
+        // Cluster mode: the relay's connection is on a master (the transaction's, if one is
+        // bound); classic pub/sub is cluster-wide, shard channels have links of their own.
+        let node = match &self.shared.cluster {
+            Some(cluster) => match &self.binding.node {
+                Some(bound) => Some(bound.clone()),
+                None => cluster
+                    .masters()
                     .await
                     .ok()
-            }
-            _ => None,
+                    .and_then(|masters| masters.into_iter().next()),
+            },
+            None => None,
         };
         let upstream = node.as_deref().unwrap_or(&self.shared.upstream);
         let mut conn = match self.pinned.take() {
@@ -175,6 +197,8 @@ impl Session {
             drop_conn: false,
             left: false,
             over_soft_since: None,
+            shards: None,
+            node: node.as_ref().map(|n| n.address()),
         };
         let mut out = BytesMut::new();
         let exit = self
@@ -225,7 +249,7 @@ impl Session {
         }
         loop {
             // Forward what the client has sent, unless waiting on a barrier.
-            while !relay.stop_client && relay.barrier.is_none() {
+            while !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy {
                 match scanner.next(inbuf, self.requires_auth()) {
                     Ok(Some(request)) => {
                         if let Step::Exit(exit) = self.relay_request(request, conn, relay).await {
@@ -281,14 +305,23 @@ impl Session {
                         return Exit::Close;
                     }
                 }
-                _ = barrier_expired(relay.barrier_since, self.shared.upstream.command_timeout), if relay.barrier.is_some() => {
+                wake = next_wake(&mut relay.shards) => {
+                    if let Some(shards) = relay.shards.as_mut() {
+                        shards.handle(wake, self.proto, out).await;
+                    }
+                    sync_shards(relay);
+                    if let Step::Exit(exit) = leave_if_idle(conn, relay).await {
+                        return exit;
+                    }
+                }
+                _ = barrier_expired(relay.barrier_since, self.shared.upstream.command_timeout), if relay.barrier.is_some() || relay.modes.shard_busy => {
                     // Never answered: something the relay does not model swallowed it. The
                     // connection's state is unknown: it goes, and so does the client.
                     tracing::warn!("closing a relayed client: the upstream never answered the relay's barrier");
                     conn.broken = true;
                     return Exit::Close;
                 }
-                read = reader.read_buf(inbuf), if !relay.stop_client && relay.barrier.is_none() => {
+                read = reader.read_buf(inbuf), if !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy => {
                     match read {
                         Ok(0) | Err(_) => return Exit::Close,
                         Ok(n) => {
@@ -335,6 +368,10 @@ impl Session {
         conn: &mut Pinned,
         relay: &mut Relay,
     ) -> Step {
+        let request = match self.cluster_request(request, conn, relay).await {
+            Ok(step) => return step,
+            Err(request) => request,
+        };
         // Relayed commands are not timed: their replies are not told apart from pushes.
         let Some(cmd) = command::lookup(request.name()) else {
             return forward(conn, relay, request).await;
@@ -432,6 +469,103 @@ impl Session {
         }
     }
 
+    /// Cluster mode: the requests the relay's one connection cannot carry (see
+    /// `shards`). `Err` gives the request back to the usual relay path.
+    async fn cluster_request(
+        &mut self,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Result<Step, Request> {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return Err(request);
+        };
+        let cmd = command::lookup(request.name());
+        let name = request.name();
+        let shard_command =
+            name.eq_ignore_ascii_case(b"ssubscribe") || name.eq_ignore_ascii_case(b"sunsubscribe");
+        if shard_command {
+            if cmd.is_some_and(|c| !command::arity_ok(c.arity, request.args.len())) {
+                return Err(request);
+            }
+            if relay.in_multi {
+                let mut reply = BytesMut::new();
+                replies::unsupported(
+                    &mut reply,
+                    &full_name(&request),
+                    "inside MULTI in cluster mode",
+                );
+                return Ok(refuse_in_multi(conn, relay, reply.freeze()).await);
+            }
+            return Ok(barrier(conn, relay, After::Shard(request)).await);
+        }
+        let resp2_subscribed = self.proto == Proto::Resp2 && relay.modes.subscribed();
+        if resp2_subscribed && relay.modes.subscriptions == 0 {
+            // Shard channels only: subscribed mode is on the links. Local commands get the
+            // subscribed-context rules where they are answered; the subscribe family, QUIT
+            // and RESET stay on the relay's connection.
+            let stays = match cmd.map(|c| c.kind) {
+                Some(Kind::Local(Local::Ping)) => false,
+                Some(Kind::Local(_) | Kind::Relay | Kind::HttpProbe) => true,
+                _ => false,
+            };
+            if !stays
+                && relay
+                    .shards
+                    .as_ref()
+                    .is_some_and(|s| s.subscribed_link().is_some())
+            {
+                return Ok(barrier(conn, relay, After::OnLink(request)).await);
+            }
+            return Err(request);
+        }
+        if resp2_subscribed
+            || !matches!(
+                cmd.map(|c| c.kind),
+                None | Some(Kind::Forward | Kind::Blocking | Kind::StreamRead)
+            )
+        {
+            return Err(request);
+        }
+        // A keyed command: on the relay's connection if its node serves the slot.
+        let mut slots: Vec<u16> = Vec::new();
+        {
+            let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
+            for position in cluster.keys().key_positions(&args) {
+                let s = crate::cluster::slot::slot(args[position]);
+                if !slots.contains(&s) {
+                    slots.push(s);
+                }
+            }
+        }
+        let here = match (slots.as_slice(), cluster.topology(), &relay.node) {
+            ([], _, _) => true,
+            ([one], Some(topology), Some(node)) => topology
+                .master_of(*one)
+                .is_some_and(|master| master.address == *node),
+            _ => false,
+        };
+        if here {
+            return Err(request);
+        }
+        if relay.in_multi {
+            // The transaction is on the relay's node: as Redis Cluster refuses it.
+            let reply = Bytes::from_static(super::cluster::CROSSSLOT);
+            return Ok(refuse_in_multi(conn, relay, reply).await);
+        }
+        let quiet = relay.modes.reply_off || relay.modes.skip_armed;
+        Ok(barrier(
+            conn,
+            relay,
+            After::Routed {
+                request,
+                slots,
+                quiet,
+            },
+        )
+        .await)
+    }
+
     /// A command the proxy answers itself, in relay mode: after everything forwarded
     /// before it has been answered.
     async fn local_in_relay(
@@ -462,24 +596,16 @@ impl Session {
             return leave_if_idle(conn, relay).await;
         }
         if relay.in_multi {
-            // Inside a transaction a barrier PING would only be queued. Redis itself must
-            // answer in order: an unknown command carrying a token gets its error (and
-            // aborts the transaction at EXEC, as a refused command does), and that error is
-            // replaced by the proxy's refusal when it comes back.
+            // No barrier inside a transaction (see `refuse_in_multi`).
             let mut reply = BytesMut::new();
             replies::unsupported(
                 &mut reply,
                 &full_name(&request),
                 "inside MULTI while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force",
             );
-            let marker = barrier_token();
-            relay.refusals.push_back((marker.clone(), reply.freeze()));
-            return forward_raw_bytes(conn, encode::command(&[&marker[..]])).await;
+            return refuse_in_multi(conn, relay, reply.freeze()).await;
         }
-        match start_barrier(conn, relay, After::Local(request)).await {
-            Ok(()) => Step::Continue,
-            Err(exit) => Step::Exit(exit),
-        }
+        barrier(conn, relay, After::Local(request)).await
     }
 
     fn conn_target(&self) -> ConnState {
@@ -568,8 +694,63 @@ impl Session {
                 relay.drop_conn = true;
                 Step::Exit(Exit::Resume)
             }
+            After::Shard(request) => {
+                let Some(cluster) = self.shared.cluster.clone() else {
+                    return Step::Exit(Exit::Close);
+                };
+                let timeout = self.shared.upstream.command_timeout;
+                let shards = relay.shards.get_or_insert_with(|| {
+                    Shards::new(
+                        cluster,
+                        timeout.unwrap_or(std::time::Duration::from_secs(10)),
+                    )
+                });
+                shards.command(&request, self.proto, out).await;
+                sync_shards(relay);
+                relay.barrier_since = Some(Instant::now());
+                leave_if_idle(conn, relay).await
+            }
+            After::OnLink(request) => {
+                let link = relay.shards.as_ref().and_then(Shards::subscribed_link);
+                match (link, relay.shards.as_mut()) {
+                    (Some(index), Some(shards)) => {
+                        shards.command_on_link(index, request_bytes(request));
+                        sync_shards(relay);
+                        relay.barrier_since = Some(Instant::now());
+                        Step::Continue
+                    }
+                    // The links are gone meanwhile: answered here, in subscribed mode.
+                    _ => Box::pin(self.barrier_done(After::Local(request), conn, relay, out)).await,
+                }
+            }
+            After::Routed {
+                request,
+                slots,
+                quiet,
+            } => {
+                let Some(cluster) = self.shared.cluster.clone() else {
+                    return Step::Exit(Exit::Close);
+                };
+                let blocking = command::lookup(request.name()).is_some_and(|c| {
+                    c.kind == Kind::Blocking
+                        || (c.kind == Kind::StreamRead
+                            && command::stream_read_blocks(&request.args))
+                });
+                let reply =
+                    shards::routed(&cluster, &request, &slots, self.conn_target(), blocking).await;
+                if !quiet {
+                    out.extend_from_slice(&reply);
+                }
+                leave_if_idle(conn, relay).await
+            }
             After::Local(request) => {
                 if self.proto == Proto::Resp2 && relay.modes.subscribed() {
+                    if request.name().eq_ignore_ascii_case(b"ping") && request.args.len() <= 2 {
+                        // PING's subscribed form.
+                        out.extend_from_slice(b"*2\r\n$4\r\npong\r\n");
+                        encode::bulk(out, request.args.get(1).map_or(&b""[..], |a| &a[..]));
+                        return Step::Continue;
+                    }
                     // Redis checks the command's existence and arity first.
                     if !precheck(&request, out) {
                         replies::not_in_subscribed_context(out, &full_name(&request));
@@ -588,6 +769,40 @@ impl Session {
                 leave_if_idle(conn, relay).await
             }
         }
+    }
+}
+
+/// Inside a transaction a barrier PING would only be queued: Redis itself must answer in
+/// order. An unknown command carrying a token gets its error (and aborts the transaction
+/// at EXEC, as a refused command does), and that error is replaced by `reply` when it
+/// comes back.
+async fn refuse_in_multi(conn: &mut Pinned, relay: &mut Relay, reply: Bytes) -> Step {
+    let marker = barrier_token();
+    relay.refusals.push_back((marker.clone(), reply));
+    forward_raw_bytes(conn, encode::command(&[&marker[..]])).await
+}
+
+/// Sends a barrier; `after` runs when it returns.
+async fn barrier(conn: &mut Pinned, relay: &mut Relay, after: After) -> Step {
+    match start_barrier(conn, relay, after).await {
+        Ok(()) => Step::Continue,
+        Err(exit) => Step::Exit(exit),
+    }
+}
+
+/// What the shard channels' links have to say, when there are links.
+async fn next_wake(shards: &mut Option<Shards>) -> Wake {
+    match shards {
+        Some(shards) => shards.wake().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The modes follow the shard channels.
+fn sync_shards(relay: &mut Relay) {
+    if let Some(shards) = &relay.shards {
+        relay.modes.shard_subscriptions = shards.count() as i64;
+        relay.modes.shard_busy = shards.busy();
     }
 }
 
@@ -639,6 +854,9 @@ async fn sync_state(
     relay: &mut Relay,
     replies: bool,
 ) -> Step {
+    if let Some(shards) = relay.shards.as_mut() {
+        shards.set_proto(target.proto);
+    }
     if conn.state == target {
         return Step::Continue;
     }

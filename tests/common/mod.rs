@@ -1438,8 +1438,6 @@ pub fn http_raw(port: u16, request: &[u8], timeout: Duration) -> Option<HttpResp
     })
 }
 
-/// `METHOD path` on 127.0.0.1:`port`, one request per connection. Panics on failure.
-#[track_caller]
 /// The value of one sample (`name{labels}` as printed) in a Prometheus scrape, 0 if absent.
 pub fn scraped_value(scrape: &str, sample: &str) -> f64 {
     scrape
@@ -1448,6 +1446,8 @@ pub fn scraped_value(scrape: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `METHOD path` on 127.0.0.1:`port`, one request per connection. Panics on failure.
+#[track_caller]
 pub fn http(port: u16, method: &str, path: &str) -> HttpResponse {
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
