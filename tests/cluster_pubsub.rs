@@ -339,3 +339,33 @@ fn shard_subscriptions_survive_a_lost_connection() {
         &confirmation("*", "sunsubscribe", &a, 0),
     );
 }
+
+#[test]
+fn shard_subscriptions_survive_a_failover() {
+    let cluster = RedisCluster::start(3, 1, PW);
+    let proxy = proxy_for(&cluster);
+    let [a, b, _] = channels_on_three_masters(&cluster);
+    let mut s = proxy.conn();
+    let mut want = confirmation("*", "ssubscribe", &a, 1);
+    want.extend(confirmation("*", "ssubscribe", &b, 2));
+    s.call_expect(&["SSUBSCRIBE", &a, &b], &want);
+    let mut publisher = proxy.conn();
+    publisher.call_expect(&["SPUBLISH", &a, "before"], b":1\r\n");
+    s.expect(&smessage("*", &a, "before"));
+
+    // The master of `a` hands over to its replica (the ambassador's subscription was on
+    // the old master, which may keep it as a replica or end it).
+    let owner = cluster.node_for_slot(cluster.slot_of(&a));
+    let replica = cluster.replicas_of(owner)[0];
+    cluster.failover(replica);
+
+    let message = publish_until_heard(&mut publisher, &a);
+    expect_message(&mut s, &a, &message);
+    publisher.call_expect(&["SPUBLISH", &b, "other"], b":1\r\n");
+    expect_message(&mut s, &b, "other");
+    // Still two shard channels, each heard once.
+    let mut want = confirmation("*", "sunsubscribe", &a, 1);
+    want.extend(confirmation("*", "sunsubscribe", &b, 0));
+    s.call_expect(&["SUNSUBSCRIBE", &a, &b], &want);
+    s.call_expect(&["PING"], b"+PONG\r\n");
+}
