@@ -168,7 +168,7 @@ impl Shards {
         self.links.iter().position(|link| {
             self.channels
                 .values()
-                .any(|place| *place == Place::Node(link.address.clone()))
+                .any(|place| matches!(place, Place::Node(a) if *a == link.address))
         })
     }
 
