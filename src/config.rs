@@ -220,6 +220,11 @@ pub struct Upstream {
     pub reconnect_backoff_max_ms: u64,
     #[serde(default = "defaults::max_pinned")]
     pub max_pinned: usize,
+    /// Cluster mode: read-only commands with keys go to a replica of their slot's master
+    /// (its master when no replica can answer). Replication is asynchronous, so a read may
+    /// not see the client's own write yet.
+    #[serde(default)]
+    pub read_from_replicas: bool,
 }
 
 /// `[upstream] mode`.
@@ -741,6 +746,12 @@ impl Config {
                  servers' addresses come from the Sentinels or the cluster and can change",
             );
         }
+        if upstream.read_from_replicas && upstream.mode != Mode::Cluster {
+            return invalid(
+                "[upstream] read_from_replicas needs mode = \"cluster\" (a standalone or \
+                 Sentinel upstream is one master: there is no replica to read from)",
+            );
+        }
         let sentinel_keys = upstream.master_name.is_some()
             || upstream.sentinel_username.is_some()
             || upstream.sentinel_password_file.is_some()
@@ -971,6 +982,11 @@ mod tests {
         assert_eq!(config.upstream.mode, Mode::Sentinel);
         let seeds: Vec<&str> = config.upstream.seeds().collect();
         assert_eq!(seeds, ["s1:26379", "s2:26379", "s3:26379"]);
+        assert!(!config.upstream.read_from_replicas, "off by default");
+        let replicas = "[upstream]\nmode = \"cluster\"\naddress = \"n1:7000\"\n\
+                        read_from_replicas = true\n";
+        let config = Config::from_str(replicas).expect("cluster config reading from replicas");
+        assert!(config.upstream.read_from_replicas);
         // Addresses alone are enough.
         let only_list = "[upstream]\nmode = \"sentinel\"\naddresses = [\"s2:26379\"]\n\
                          master_name = \"m\"\n";
@@ -1007,6 +1023,19 @@ mod tests {
                 "mode",
             ),
             ("[upstream]\naddresses = []\n", "address is empty"),
+            (
+                "[upstream]\naddress = \"a:1\"\nread_from_replicas = true\n",
+                "read_from_replicas needs mode = \"cluster\"",
+            ),
+            (
+                "[upstream]\nmode = \"sentinel\"\naddress = \"s:1\"\nmaster_name = \"m\"\n\
+                 read_from_replicas = true\n",
+                "read_from_replicas needs mode = \"cluster\"",
+            ),
+            (
+                "[upstream]\nmode = \"cluster\"\naddress = \"a:1\"\nread_from_replicas = 1\n",
+                "read_from_replicas",
+            ),
         ] {
             let error = Config::from_str(text)
                 .err()

@@ -95,6 +95,33 @@ fn check_rejects_a_zero_pool() {
 }
 
 #[test]
+fn check_refuses_replica_reads_outside_cluster_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "standalone.toml",
+        &minimal("read_from_replicas = true\n"),
+    );
+    assert_check_rejects_naming(
+        "read_from_replicas in standalone mode",
+        &p,
+        "read_from_replicas",
+    );
+    // Off, or on in cluster mode: accepted.
+    for extra in [
+        "read_from_replicas = false\n",
+        "mode = \"cluster\"\nread_from_replicas = true\n",
+    ] {
+        let p = write(dir.path(), "ok.toml", &minimal(extra));
+        let (status, out) = check_config(&p);
+        assert!(
+            status.success(),
+            "--check with {extra:?} failed ({status}):\n{out}"
+        );
+    }
+}
+
+#[test]
 fn missing_secret_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-secret");

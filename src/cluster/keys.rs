@@ -5,6 +5,8 @@
 //! (negative: from the end) and step, and its subcommands' (`OBJECT|ENCODING`). Commands
 //! flagged `movablekeys` — whose keys depend on their arguments — are read by the rules
 //! below, one per argument layout Redis has; one not covered falls back to its first key.
+//! The table also keeps each command's `readonly` flag: with `read_from_replicas`, only
+//! such commands may go to a replica.
 
 use std::collections::HashMap;
 
@@ -18,6 +20,9 @@ pub struct KeySpec {
     pub last: i64,
     pub step: i64,
     pub movable: bool,
+    /// Flagged `readonly` by the server: it never changes the data set (GET, MGET,
+    /// EVAL_RO; not EVAL, which may write).
+    pub readonly: bool,
 }
 
 /// Commands (and `container|subcommand`s), lowercase, to their key positions.
@@ -52,19 +57,21 @@ impl KeyTable {
         ) else {
             return;
         };
-        let movable = match flags {
+        let flagged = |flag: &[u8]| match flags {
             OwnedFrame::Array(flags) => flags
                 .iter()
                 .filter_map(text)
-                .any(|f| f.eq_ignore_ascii_case(b"movablekeys")),
+                .any(|f| f.eq_ignore_ascii_case(flag)),
             _ => false,
         };
+        let (movable, readonly) = (flagged(b"movablekeys"), flagged(b"readonly"));
         let name = name.to_ascii_lowercase();
         let spec = KeySpec {
             first,
             last,
             step,
             movable,
+            readonly,
         };
         // Redis 7 names subcommands `container|sub` already.
         let key = match container {
@@ -97,6 +104,12 @@ impl KeyTable {
             }
         }
         self.specs.get(&name).copied()
+    }
+
+    /// Whether the server flags the command (or its subcommand) `readonly`; `false` for
+    /// a command it does not know.
+    pub fn is_readonly(&self, args: &[&[u8]]) -> bool {
+        self.spec(args).is_some_and(|spec| spec.readonly)
     }
 
     /// The positions in `args` that hold keys (empty for a keyless or unknown command).
@@ -231,13 +244,14 @@ mod tests {
             command("mget", &["readonly"], 1, -1, 1),
             command("ping", &["fast"], 0, 0, 0),
             command("eval", &["movablekeys"], 0, 0, 0),
+            command("eval_ro", &["readonly", "movablekeys"], 0, 0, 0),
             command("xread", &["movablekeys"], 0, 0, 0),
             command("zunionstore", &["movablekeys"], 1, 1, 1),
             command("strange", &["movablekeys"], 1, 1, 1),
         ];
         // OBJECT with its ENCODING subcommand.
         let object = "*10\r\n$6\r\nobject\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*0\r\n*0\r\n*0\r\n\
-             *1\r\n*10\r\n$15\r\nobject|encoding\r\n:3\r\n*0\r\n:2\r\n:2\r\n:1\r\n\
+             *1\r\n*10\r\n$15\r\nobject|encoding\r\n:3\r\n*1\r\n+readonly\r\n:2\r\n:2\r\n:1\r\n\
              *0\r\n*0\r\n*0\r\n*0\r\n";
         let reply = format!("*{}\r\n{}{object}", commands.len() + 1, commands.concat());
         KeyTable::from_command_reply(reply.as_bytes()).unwrap_or_default()
@@ -251,7 +265,7 @@ mod tests {
     #[test]
     fn fixed_positions() {
         let t = table();
-        assert_eq!(t.len(), 10);
+        assert_eq!(t.len(), 11);
         assert_eq!(keys(&t, "GET k"), [1]);
         assert_eq!(keys(&t, "MSET a 1 b 2 c 3"), [1, 3, 5]);
         assert_eq!(keys(&t, "mget a b c"), [1, 2, 3]);
@@ -271,6 +285,28 @@ mod tests {
         assert_eq!(keys(&t, "ZUNIONSTORE d 2 a b WEIGHTS 1 2"), [1, 3, 4]);
         // A movable command without a rule: its declared first key.
         assert_eq!(keys(&t, "STRANGE k"), [1]);
+    }
+
+    #[test]
+    fn readonly_flags() {
+        let t = table();
+        let readonly = |line: &str| {
+            let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+            t.is_readonly(&args)
+        };
+        assert!(readonly("GET k"));
+        assert!(readonly("get k"));
+        assert!(readonly("MGET a b"));
+        assert!(readonly("EVAL_RO s 1 k"));
+        // A subcommand's own flags: OBJECT is not flagged, OBJECT ENCODING is.
+        assert!(readonly("OBJECT ENCODING k"));
+        assert!(!readonly("OBJECT FREQ k"));
+        assert!(!readonly("MSET a 1"));
+        assert!(!readonly("EVAL s 1 k"));
+        assert!(!readonly("PING"));
+        // Unknown to the server: not known to be safe.
+        assert!(!readonly("unknown k"));
+        assert!(!readonly(""));
     }
 
     #[test]

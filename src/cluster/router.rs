@@ -10,8 +10,17 @@
 //! this key is already on the target: the command is sent there once, preceded by `ASKING`,
 //! without changing the map. The client sees neither, only the final reply; after
 //! `MAX_REDIRECTS` the last redirect is shown as Redis sent it.
+//!
+//! With `[upstream] read_from_replicas`, a read may go to a replica instead
+//! ([`Cluster::route_read`]): each replica the slot map lists gets its own `Upstream`,
+//! kept apart from the masters' (its connections say `READONLY`; a node that changes role
+//! in a failover is then reached through the right one for what is asked of it). A
+//! replica whose upstream is backing off after a failed connect is skipped; one that
+//! cannot answer (unreachable, connection lost, `-LOADING`, `-MASTERDOWN`) has its
+//! reads answered by the master instead ([`Cluster::call`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +43,10 @@ pub struct Cluster {
     config: Config,
     secrets: Secrets,
     nodes: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Replicas serving reads (`read_from_replicas`), apart from `nodes`.
+    replicas: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Round-robin over a slot's replicas.
+    next_replica: AtomicUsize,
     topology: RwLock<Option<Arc<Topology>>>,
     keys: RwLock<Arc<KeyTable>>,
     refresh_lock: tokio::sync::Mutex<Option<Instant>>,
@@ -86,6 +99,8 @@ impl Cluster {
             config: config.clone(),
             secrets: secrets.clone(),
             nodes: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(HashMap::new()),
+            next_replica: AtomicUsize::new(0),
             topology: RwLock::new(None),
             keys: RwLock::new(Arc::new(KeyTable::default())),
             refresh_lock: tokio::sync::Mutex::new(None),
@@ -121,6 +136,27 @@ impl Cluster {
             .clone()
     }
 
+    /// The upstream that reads from one replica (its connections say `READONLY`), made on
+    /// first use.
+    pub fn replica(&self, address: &str) -> Arc<Upstream> {
+        let mut replicas = match self.replicas.lock() {
+            Ok(replicas) => replicas,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        replicas
+            .entry(address.to_owned())
+            .or_insert_with(|| {
+                tracing::debug!(%address, "cluster replica added for reads");
+                Arc::new(Upstream::for_replica(&self.config, &self.secrets, address))
+            })
+            .clone()
+    }
+
+    /// Whether reads may go to replicas (`[upstream] read_from_replicas`).
+    pub fn reads_from_replicas(&self) -> bool {
+        self.config.upstream.read_from_replicas
+    }
+
     pub fn topology(&self) -> Option<Arc<Topology>> {
         self.topology.read().ok()?.clone()
     }
@@ -152,6 +188,77 @@ impl Cluster {
                 "no cluster node serves slot {slot} (CLUSTERDOWN?)"
             ))),
         }
+    }
+
+    /// Where a read of `slot` goes: a replica of the slot's master, with that master to
+    /// answer instead if the replica cannot; or the master alone when it has no replica
+    /// whose upstream is usable now. `current` (the node a batch already goes to) is kept
+    /// when it is one of the replicas, so a pipeline of reads stays in one batch; otherwise
+    /// the replicas take turns.
+    pub async fn route_read(
+        &self,
+        slot: u16,
+        current: Option<&Arc<Upstream>>,
+    ) -> Result<(Arc<Upstream>, Option<Arc<Upstream>>), UpstreamError> {
+        let topology = self.ready().await?;
+        let master = self.route(slot).await?;
+        let replicas: Vec<Arc<Upstream>> = topology
+            .replicas_of(slot)
+            .iter()
+            .map(|node| self.replica(&node.address))
+            .filter(|replica| !replica.backing_off())
+            .collect();
+        if let Some(current) = current.filter(|c| replicas.iter().any(|r| Arc::ptr_eq(r, c))) {
+            return Ok((current.clone(), Some(master)));
+        }
+        if replicas.is_empty() {
+            return Ok((master, None));
+        }
+        let turn = self.next_replica.fetch_add(1, Ordering::Relaxed) % replicas.len();
+        Ok((replicas[turn].clone(), Some(master)))
+    }
+
+    /// Sends one request to `node` and follows its redirects; when `node` is a replica
+    /// that cannot answer (see [`replica_cannot_serve`]; or it cannot be reached),
+    /// `fallback` — its master — answers instead.
+    pub async fn call(
+        self: &Arc<Self>,
+        node: &Arc<Upstream>,
+        fallback: Option<&Arc<Upstream>>,
+        request: &Bytes,
+        state: ConnState,
+    ) -> Result<(Bytes, ReplyFrame), UpstreamError> {
+        let sent = node.call(state, vec![request.clone()], 1).await;
+        let sent = sent.and_then(|mut replies| {
+            replies
+                .pop()
+                .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))
+        });
+        let (node, reply) = match (sent, fallback) {
+            (Ok(reply), Some(master)) if reply.1.error && replica_cannot_serve(&reply.0) => {
+                let reply = crate::upstream::conn::error_text(&reply.0);
+                tracing::debug!(
+                    replica = %node.address(),
+                    %reply,
+                    "a replica cannot serve a read; asking its master"
+                );
+                return Box::pin(self.call(master, None, request, state)).await;
+            }
+            (Ok(reply), _) => (node, reply),
+            (Err(error), Some(master)) if !matches!(error, UpstreamError::ClientOutputLimit(_)) => {
+                tracing::debug!(
+                    replica = %node.address(),
+                    %error,
+                    "a replica cannot serve a read; asking its master"
+                );
+                self.refresh_soon();
+                return Box::pin(self.call(master, None, request, state)).await;
+            }
+            (Err(error), _) => return Err(error),
+        };
+        node.count_requests(1);
+        self.follow(reply, request, state, &node.address(), false)
+            .await
     }
 
     /// Every master, in the slot map's order.
@@ -322,9 +429,34 @@ impl Cluster {
     }
 }
 
+/// A replica's error reply that its master would not give: the replica is loading its
+/// data set (`-LOADING`), or has lost its master and serves no stale data
+/// (`-MASTERDOWN`). The read goes to the master instead.
+pub fn replica_cannot_serve(reply: &[u8]) -> bool {
+    reply.starts_with(b"-LOADING ") || reply.starts_with(b"-MASTERDOWN ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_errors_that_go_to_the_master() {
+        assert!(replica_cannot_serve(
+            b"-LOADING Redis is loading the dataset in memory\r\n"
+        ));
+        assert!(replica_cannot_serve(
+            b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
+        ));
+        for other in [
+            &b"-MOVED 1 a:1\r\n"[..],
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            b"-ERR LOADING\r\n",
+            b"+LOADING \r\n",
+        ] {
+            assert!(!replica_cannot_serve(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn redirects() {

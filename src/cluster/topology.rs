@@ -26,6 +26,9 @@ pub struct SlotRange {
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub masters: Vec<Node>,
+    /// `replicas[i]`: the replicas of `masters[i]` (as its first range lists them; Redis
+    /// leaves out replicas it marks failed or that have not synced yet).
+    replicas: Vec<Vec<Node>>,
     /// `owner[slot]`: index into `masters`, or `None` for an unassigned slot.
     owner: Vec<Option<u16>>,
     pub ranges: Vec<SlotRange>,
@@ -57,6 +60,7 @@ impl Topology {
             });
         }
         let mut masters: Vec<Node> = Vec::new();
+        let mut replicas: Vec<Vec<Node>> = Vec::new();
         let mut owner = vec![None; usize::from(SLOTS)];
         for range in &ranges {
             let index = match masters
@@ -66,6 +70,7 @@ impl Topology {
                 Some(i) => i,
                 None => {
                     masters.push(range.master.clone());
+                    replicas.push(range.replicas.clone());
                     masters.len() - 1
                 }
             };
@@ -76,6 +81,7 @@ impl Topology {
         }
         Some(Topology {
             masters,
+            replicas,
             owner,
             ranges,
         })
@@ -85,6 +91,16 @@ impl Topology {
     pub fn master_of(&self, slot: u16) -> Option<&Node> {
         let index = (*self.owner.get(usize::from(slot))?)?;
         self.masters.get(usize::from(index))
+    }
+
+    /// The replicas of the master serving `slot` (empty for an unassigned slot).
+    pub fn replicas_of(&self, slot: u16) -> &[Node] {
+        self.owner
+            .get(usize::from(slot))
+            .copied()
+            .flatten()
+            .and_then(|index| self.replicas.get(usize::from(index)))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Slots without a master.
@@ -163,12 +179,24 @@ mod tests {
         assert_eq!(master(5461), Some("127.0.0.1:7001"));
         assert_eq!(master(16383), Some("[::1]:7002"));
         assert_eq!(topology.ranges[0].replicas[0].address, "127.0.0.1:7003");
+        let replicas = |slot| {
+            topology
+                .replicas_of(slot)
+                .iter()
+                .map(|n| n.address.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(replicas(0), ["127.0.0.1:7003"]);
+        assert_eq!(replicas(5460), ["127.0.0.1:7003"]);
+        assert!(replicas(5461).is_empty());
+        assert!(replicas(16383).is_empty());
     }
 
     #[test]
     fn gaps_and_garbage() {
         let reply = format!("*1\r\n*3\r\n:0\r\n:99\r\n{}", node_frame("h", 1, "x"));
         let topology = Topology::from_cluster_slots(reply.as_bytes());
+        assert_eq!(topology.as_ref().map(|t| t.replicas_of(100).len()), Some(0));
         assert_eq!(topology.map(|t| t.unassigned()), Some(16384 - 100));
         assert!(
             Topology::from_cluster_slots(b"-ERR This instance has cluster support disabled\r\n")

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::cluster::Cluster;
+use crate::cluster::router::replica_cannot_serve;
 use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
 use crate::net::ClientWrite;
@@ -131,6 +132,10 @@ pub struct Batch {
     pub node: Option<Arc<Upstream>>,
     pub cluster: Option<Arc<Cluster>>,
     routed: Vec<(usize, Bytes, ConnState)>,
+    /// Cluster mode, reads sent to a replica (`read_from_replicas`): the slot's master.
+    /// When the replica cannot answer (unreachable, connection lost, loading), the reads
+    /// it has not answered are sent to the master, one by one, instead of failing.
+    pub fallback: Option<Arc<Upstream>>,
 }
 
 impl Batch {
@@ -153,6 +158,7 @@ impl Batch {
             node: None,
             cluster: None,
             routed: Vec::new(),
+            fallback: None,
         }
     }
 
@@ -503,6 +509,15 @@ impl Batch {
         let mut outcome = Outcome::default();
         let mut start = 0;
         let mut routed = self.routed.iter().peekable();
+        // Reads on a replica that failed: the master answers the rest (see `fallback`).
+        let mut replica_lost = match (&self.fallback, failure.take()) {
+            (Some(_), Some(lost)) => Some(lost),
+            (None, lost) => {
+                failure = lost;
+                None
+            }
+            (Some(_), None) => None,
+        };
         for (index, step) in self.steps.iter().enumerate() {
             // The request of this step, when a redirect may have to send it again.
             let resend = routed
@@ -514,7 +529,7 @@ impl Batch {
                     start = end;
                 }
                 Step::Upstream { pass, command } => {
-                    if failure.is_none() {
+                    if failure.is_none() && replica_lost.is_none() {
                         match source.next().await {
                             Ok((reply, frame)) if pass == Pass::Swallow => {
                                 if frame.error {
@@ -522,8 +537,15 @@ impl Batch {
                                 }
                             }
                             Ok((reply, frame)) => {
-                                let followed = match (&self.cluster, &self.node, resend) {
-                                    (Some(cluster), Some(node), Some((request, state)))
+                                let target = (&self.cluster, &self.node, resend, &self.fallback);
+                                let followed = match target {
+                                    (Some(cluster), _, Some((request, state)), Some(master))
+                                        if frame.error && replica_cannot_serve(&reply) =>
+                                    {
+                                        let call = cluster.call(master, None, request, state);
+                                        Box::pin(call).await
+                                    }
+                                    (Some(cluster), Some(node), Some((request, state)), _)
                                         if frame.error =>
                                     {
                                         let from = node.address();
@@ -570,9 +592,40 @@ impl Batch {
                                 outcome.close = true;
                                 return Ok(outcome);
                             }
+                            Err(error) if self.fallback.is_some() => {
+                                tracing::debug!(
+                                    %error,
+                                    "a replica failed mid-batch; its master answers the rest"
+                                );
+                                replica_lost = Some(failure_of(&error));
+                            }
                             Err(error) => {
                                 tracing::debug!(%error, "upstream failed mid-batch");
                                 failure = Some(failure_of(&error));
+                            }
+                        }
+                    }
+                    if let (Some((text, class)), true) = (&replica_lost, pass != Pass::Swallow) {
+                        let answer = match (&self.cluster, resend, &self.fallback) {
+                            (Some(cluster), Some((request, state)), Some(master)) => {
+                                let call = cluster.call(master, None, request, state);
+                                Box::pin(call).await.map_err(|error| failure_of(&error))
+                            }
+                            _ => Err((text.clone(), *class)),
+                        };
+                        match answer {
+                            Ok((reply, frame)) => {
+                                let class = frame.error.then(|| ErrorClass::of_reply(&reply));
+                                metrics::record_command(command, class, self.started.elapsed());
+                                out.extend_from_slice(&reply);
+                            }
+                            Err((text, class)) => {
+                                replies::proxy_error(out, &text);
+                                metrics::record_command(
+                                    command,
+                                    Some(class),
+                                    self.started.elapsed(),
+                                );
                             }
                         }
                     }
@@ -600,6 +653,12 @@ impl Batch {
                     Source::Conn(..) => client.send(out).await?,
                 }
                 out.clear();
+            }
+        }
+        if replica_lost.is_some() {
+            if let Some(cluster) = &self.cluster {
+                // The replica may be gone from the slot map by now.
+                cluster.refresh_soon();
             }
         }
         outcome.failed = failure.is_some();

@@ -11,6 +11,12 @@
 //!   KEYS (concatenated), FLUSHALL/FLUSHDB, SCRIPT LOAD/FLUSH, FUNCTION LOAD/FLUSH/DELETE
 //!   (one reply when all agree, else the first error); other keyless commands go to the
 //!   first master.
+//!
+//! With `[upstream] read_from_replicas`, a command the server flags `readonly` whose keys
+//! are in one slot goes to a replica of that slot's master (see `Cluster::route_read`),
+//! unless it may block or the client is in a connection-bound state (MULTI, WATCH, …:
+//! those never reach this routing); the parts of a split read (MGET, EXISTS, TOUCH) too.
+//! The batch (or part) carries the master, which answers the reads a replica cannot.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -151,9 +157,11 @@ impl Session {
             return Flow::Continue;
         }
         let name = request.name().to_ascii_lowercase();
-        let positions = {
+        let (positions, readonly) = {
             let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
-            cluster.keys().key_positions(&args)
+            let keys = cluster.keys();
+            let readonly = cluster.reads_from_replicas() && keys.is_readonly(&args);
+            (keys.key_positions(&args), readonly)
         };
         let target = match positions.split_first() {
             None if fan_out_rule(&name, &request.args).is_some() => {
@@ -162,7 +170,8 @@ impl Session {
             None => cluster
                 .masters()
                 .await
-                .and_then(|m| m.into_iter().next().ok_or_else(no_master)),
+                .and_then(|m| m.into_iter().next().ok_or_else(no_master))
+                .map(|node| (node, None)),
             Some((&first, rest)) => {
                 let first_slot = slot(&request.args[first]);
                 if rest.iter().any(|&i| slot(&request.args[i]) != first_slot) {
@@ -172,11 +181,20 @@ impl Session {
                     batch.reply(CROSSSLOT);
                     return Flow::Continue;
                 }
-                cluster.route(first_slot).await
+                let may_block = match blocks {
+                    Blocks::Never => false,
+                    Blocks::Always => true,
+                    Blocks::StreamRead => command::stream_read_blocks(&request.args),
+                };
+                if readonly && !may_block && self.pinned.is_none() {
+                    cluster.route_read(first_slot, batch.node.as_ref()).await
+                } else {
+                    cluster.route(first_slot).await.map(|node| (node, None))
+                }
             }
         };
-        let node = match target {
-            Ok(node) => node,
+        let (node, fallback) = match target {
+            Ok(target) => target,
             Err(error) => {
                 replies::proxy_error(batch.local(), &error.to_string());
                 batch.end_local_as(Some(error.class()));
@@ -192,6 +210,7 @@ impl Session {
             return Flow::Defer(request);
         }
         batch.node = Some(node);
+        batch.fallback = fallback;
         batch.cluster = Some(cluster);
         match blocks {
             Blocks::Never => {}
@@ -349,10 +368,12 @@ fn no_master() -> UpstreamError {
     UpstreamError::Unavailable("the cluster has no master".to_owned())
 }
 
-/// One sub-request: the node it goes to, its bytes, and which of the original keys (or
+/// One sub-request: the node it goes to (and, for a read sent to a replica, the master
+/// that answers when the replica cannot), its bytes, and which of the original keys (or
 /// nodes, for a fan-out) its reply covers.
 struct Part {
     node: Arc<Upstream>,
+    fallback: Option<Arc<Upstream>>,
     request: Bytes,
     covers: Vec<usize>,
 }
@@ -369,6 +390,7 @@ pub(super) async fn scatter(
     }
     let (merge, parts, keys) = if let Some((merge, width)) = split_rule(&name) {
         let keys = (args.len() - 1) / width;
+        let readonly = cluster.reads_from_replicas() && cluster.keys().is_readonly(&[&args[0]]);
         // Keys of one slot go together, in their order.
         let mut by_slot: Vec<(u16, Vec<usize>)> = Vec::new();
         for key in 0..keys {
@@ -386,8 +408,14 @@ pub(super) async fn scatter(
                     sub.push(a);
                 }
             }
+            let (node, fallback) = if readonly {
+                cluster.route_read(s, None).await?
+            } else {
+                (cluster.route(s).await?, None)
+            };
             parts.push(Part {
-                node: cluster.route(s).await?,
+                node,
+                fallback,
                 request: encode::command(&sub),
                 covers,
             });
@@ -401,6 +429,7 @@ pub(super) async fn scatter(
             .enumerate()
             .map(|(i, node)| Part {
                 node,
+                fallback: None,
                 request: bytes.clone(),
                 covers: vec![i],
             })
@@ -416,16 +445,12 @@ pub(super) async fn scatter(
     // Every part at once, each on its node's lanes; redirects followed one by one.
     let mut tasks = tokio::task::JoinSet::new();
     for (index, part) in parts.iter().enumerate() {
-        let node = part.node.clone();
+        let (node, fallback) = (part.node.clone(), part.fallback.clone());
         let request = part.request.clone();
         let cluster = cluster.clone();
         tasks.spawn(async move {
-            let mut replies = node.call(state, vec![request.clone()], 1).await?;
-            let reply = replies
-                .pop()
-                .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))?;
             let reply = cluster
-                .follow(reply, &request, state, &node.address(), false)
+                .call(&node, fallback.as_ref(), &request, state)
                 .await?;
             Ok::<_, UpstreamError>((index, reply.0))
         });

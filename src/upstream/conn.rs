@@ -1,5 +1,6 @@
-//! One connection to the real Redis: connect, authenticate, learn what the server is, then
-//! carry pipelined commands and hand back whole replies as Redis's own bytes.
+//! One connection to the real Redis: connect, authenticate, learn what the server is (and,
+//! to a cluster replica that serves reads, say `READONLY`), then carry pipelined commands
+//! and hand back whole replies as Redis's own bytes.
 //!
 //! The connection tracks the state the proxy gave it (database, protocol version) so the
 //! session can correct it before use, and marks itself broken whenever its framing can no
@@ -63,6 +64,9 @@ pub fn transition(out: &mut BytesMut, from: ConnState, to: ConnState) -> usize {
 pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a Secret>,
+    /// Send `READONLY` after authenticating: a connection to a cluster replica that serves
+    /// reads (without it the replica redirects every command to its master).
+    pub readonly: bool,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -168,6 +172,9 @@ impl UpstreamConn {
         }
         encode::command_into(&mut out, &[&b"HELLO"[..], b"2"]);
         encode::command_into(&mut out, &[&b"CONFIG"[..], b"GET", b"databases"]);
+        if credentials.readonly {
+            encode::command_into(&mut out, &[&b"READONLY"[..]]);
+        }
         self.write_all(&[out.freeze()], Some(left(deadline)))
             .await?;
 
@@ -199,6 +206,15 @@ impl UpstreamConn {
         let (databases, frame) = self.read_reply(Some(left(deadline))).await?;
         if !frame.error {
             info.databases = parse_config_databases(&databases);
+        }
+        if credentials.readonly {
+            let (reply, frame) = self.read_reply(Some(left(deadline))).await?;
+            if frame.error {
+                return Err(UpstreamError::Unavailable(format!(
+                    "the server refused READONLY (is it a cluster replica?): {}",
+                    error_text(&reply)
+                )));
+            }
         }
         if info.version.is_empty() {
             self.write_all(

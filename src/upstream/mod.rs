@@ -271,6 +271,9 @@ pub struct Manager {
     on_fallback: Arc<AtomicBool>,
     connect_timeout: Duration,
     max_reply_depth: usize,
+    /// Every connection says `READONLY` after authenticating (a cluster replica serving
+    /// reads): lanes and pooled connections alike, reconnects included.
+    readonly: bool,
     health: Arc<Health>,
     info: Arc<Mutex<Option<ServerInfo>>>,
 }
@@ -281,6 +284,7 @@ impl Manager {
         let credentials = conn::Credentials {
             username: self.username.as_deref(),
             password,
+            readonly: self.readonly,
         };
         let (address, generation) = match &self.target {
             Target::Address(address) => (address.to_string(), 0),
@@ -472,15 +476,26 @@ impl Upstream {
     /// The passwords are read again at every connect, so a rotated secret reaches new
     /// connections. In sentinel mode this starts the task that follows the Sentinels.
     pub fn new(config: &Config, secrets: &Secrets) -> Upstream {
-        Upstream::build(config, secrets, None)
+        Upstream::build(config, secrets, None, false)
     }
 
     /// An upstream at `address` (one node of a cluster), with `config`'s other settings.
     pub fn for_address(config: &Config, secrets: &Secrets, address: &str) -> Upstream {
-        Upstream::build(config, secrets, Some(address))
+        Upstream::build(config, secrets, Some(address), false)
     }
 
-    fn build(config: &Config, secrets: &Secrets, address: Option<&str>) -> Upstream {
+    /// Like [`for_address`](Upstream::for_address), for a cluster replica that serves
+    /// reads: every connection it opens sends `READONLY` after authenticating.
+    pub fn for_replica(config: &Config, secrets: &Secrets, address: &str) -> Upstream {
+        Upstream::build(config, secrets, Some(address), true)
+    }
+
+    fn build(
+        config: &Config,
+        secrets: &Secrets,
+        address: Option<&str>,
+        readonly: bool,
+    ) -> Upstream {
         let password = secrets.upstream_password.clone();
         let tls = secrets.upstream_tls.clone();
         let target = match (address, config.upstream.mode) {
@@ -518,6 +533,7 @@ impl Upstream {
             on_fallback: Arc::new(AtomicBool::new(false)),
             connect_timeout: config.upstream.connect_timeout(),
             max_reply_depth: config.limits.max_reply_depth,
+            readonly,
             health: health.clone(),
             info: info.clone(),
         };
@@ -641,6 +657,12 @@ impl Upstream {
         if let Some(counter) = &self.requests {
             counter.increment(n as u64);
         }
+    }
+
+    /// Whether a connect has just failed and the reconnect backoff runs: a request sent
+    /// now would fail at once with that error.
+    pub fn backing_off(&self) -> bool {
+        self.health.backing_off().is_some()
     }
 
     /// The address this upstream dials (a description in sentinel mode).

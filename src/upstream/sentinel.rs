@@ -185,6 +185,7 @@ impl Sentinels {
         let credentials = Credentials {
             username: self.username.as_deref(),
             password: password.as_ref(),
+            readonly: false,
         };
         let (conn, _) = UpstreamConn::connect(
             sentinel,
