@@ -206,6 +206,44 @@ fn transactions_and_blocking_commands_run_on_the_slot_owner() {
     c.call_expect(&["INCR", "{acct}balance"], b"+QUEUED\r\n");
     c.call_expect(&["DISCARD"], b"+OK\r\n");
 
+    // Keyless commands first: they wait in the ambassador until a key chooses the node
+    // (a tag not on slot 0's master, where keyless commands go outside transactions).
+    let first = cluster.node_for_slot(0).port();
+    let tag = (0..100)
+        .map(|i| format!("{{t{i}}}"))
+        .find(|t| cluster.node_for_slot(cluster.slot_of(t)).port() != first)
+        .expect("a tag on another master");
+    c.call_expect(&["FLUSHALL"], b"+OK\r\n");
+    for i in 0..5 {
+        c.call_expect(&["SET", &format!("{tag}{i}"), "x"], b"+OK\r\n");
+    }
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["DBSIZE"], b"+QUEUED\r\n");
+    c.call_expect(&["INCR", &format!("{tag}n")], b"+QUEUED\r\n");
+    c.call_expect(&["DBSIZE"], b"+QUEUED\r\n");
+    c.call_expect(&["EXEC"], b"*3\r\n:5\r\n:1\r\n:6\r\n");
+    // Keyless only: the first master, which has no key.
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["DBSIZE"], b"+QUEUED\r\n");
+    c.call_expect(&["EXEC"], b"*1\r\n:0\r\n");
+    // One Redis refuses while queuing: its error at once, and EXEC aborts.
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(
+        &["DBSIZE", "extra"],
+        b"-ERR wrong number of arguments for 'dbsize' command\r\n",
+    );
+    c.call_expect(
+        &["EXEC"],
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    // Discarded before any key: nothing ran.
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["DBSIZE"], b"+QUEUED\r\n");
+    c.call_expect(&["INCR", &format!("{tag}n")], b"+QUEUED\r\n");
+    c.call_expect(&["DISCARD"], b"+OK\r\n");
+    c.call_expect(&["GET", &format!("{tag}n")], b"$1\r\n1\r\n");
+    c.call_expect(&["SET", "{acct}balance", "1"], b"+OK\r\n");
+
     // WATCH, then a change by another client: EXEC returns nil, nothing ran.
     c.call_expect(&["WATCH", "{acct}balance"], b"+OK\r\n");
     let mut other = proxy.conn();

@@ -16,6 +16,8 @@ use redis_protocol::resp2::types::OwnedFrame;
 /// Where a command's keys are (positions count the command name as 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeySpec {
+    /// Redis's arity: `n` arguments exactly (the name included), or at least `-n`.
+    pub arity: i64,
     pub first: i64,
     pub last: i64,
     pub step: i64,
@@ -48,8 +50,9 @@ impl KeyTable {
         let OwnedFrame::Array(fields) = command else {
             return;
         };
-        let (Some(name), Some(flags), Some(first), Some(last), Some(step)) = (
+        let (Some(name), Some(arity), Some(flags), Some(first), Some(last), Some(step)) = (
             fields.first().and_then(text),
+            fields.get(1).and_then(integer),
             fields.get(2),
             fields.get(3).and_then(integer),
             fields.get(4).and_then(integer),
@@ -67,6 +70,7 @@ impl KeyTable {
         let (movable, readonly) = (flagged(b"movablekeys"), flagged(b"readonly"));
         let name = name.to_ascii_lowercase();
         let spec = KeySpec {
+            arity,
             first,
             last,
             step,
@@ -104,6 +108,19 @@ impl KeyTable {
             }
         }
         self.specs.get(&name).copied()
+    }
+
+    /// Whether the server knows the command (or its subcommand) and `args` has an
+    /// argument count it accepts.
+    pub fn is_valid(&self, args: &[&[u8]]) -> bool {
+        self.spec(args).is_some_and(|spec| {
+            let argc = i64::try_from(args.len()).unwrap_or(i64::MAX);
+            if spec.arity >= 0 {
+                argc == spec.arity
+            } else {
+                argc >= -spec.arity
+            }
+        })
     }
 
     /// Whether the server flags the command (or its subcommand) `readonly`; `false` for

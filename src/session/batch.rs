@@ -40,6 +40,9 @@ enum Pass {
     Client,
     /// A state change the proxy added (SELECT, HELLO): checked, not shown.
     Swallow,
+    /// A command whose reply was already given (a transaction's command the proxy
+    /// answered `+QUEUED` before its node was known): read, not shown, whatever it is.
+    Ignore,
     /// Kept for the session to finish (an EXEC whose queued local commands must be
     /// spliced into its reply). Always the batch's last step.
     Hold,
@@ -237,6 +240,14 @@ impl Batch {
         self.forward(request, state);
         if let Some(Step::Upstream { pass, .. }) = self.steps.last_mut() {
             *pass = Pass::Swallow;
+        }
+    }
+
+    /// Appends a request whose reply the client already has (see `Pass::Ignore`).
+    pub fn forward_ignored(&mut self, request: Bytes, state: ConnState) {
+        self.forward(request, state);
+        if let Some(Step::Upstream { pass, .. }) = self.steps.last_mut() {
+            *pass = Pass::Ignore;
         }
     }
 
@@ -531,6 +542,7 @@ impl Batch {
                 Step::Upstream { pass, command } => {
                     if failure.is_none() && replica_lost.is_none() {
                         match source.next().await {
+                            Ok(_) if pass == Pass::Ignore => {}
                             Ok((reply, frame)) if pass == Pass::Swallow => {
                                 if frame.error {
                                     failure = Some(state_change_failed(&reply));
@@ -631,7 +643,7 @@ impl Batch {
                     }
                     // A failure met at this very step is this step's answer too.
                     if let Some((text, class)) = &failure {
-                        if pass != Pass::Swallow {
+                        if pass != Pass::Swallow && pass != Pass::Ignore {
                             replies::proxy_error(out, text);
                             metrics::record_command(command, Some(*class), self.started.elapsed());
                         }

@@ -49,6 +49,9 @@ pub(super) struct Binding {
     /// MULTI was answered locally and is still to be sent: with the first command that
     /// says which node the transaction is on.
     pub multi_pending: bool,
+    /// Keyless commands of that transaction, answered `+QUEUED` and still to be sent:
+    /// after MULTI, once a key (or EXEC) has chosen the node.
+    pub held: Vec<Bytes>,
 }
 
 /// What [`Session::before_exec`] decided.
@@ -281,6 +284,12 @@ impl Session {
         if !self.needs_pin() && !self.binding.multi_pending {
             return Err(request);
         }
+        if self.binding.multi_pending && self.binding.node.is_none() && holds(&cluster, &request) {
+            // No key yet to say where the transaction runs: queued here until one does.
+            self.binding.held.push(request_bytes(request));
+            batch.reply(replies::QUEUED);
+            return Ok(Flow::Continue);
+        }
         let node = match self.bind(&cluster, Some(&request)) {
             Ok(node) => node,
             Err(reply) => {
@@ -302,8 +311,7 @@ impl Session {
         batch.pin_required = true;
         let state = self.conn_state();
         if self.binding.multi_pending {
-            self.binding.multi_pending = false;
-            batch.forward_swallowed(Bytes::from_static(MULTI), state);
+            self.send_multi(batch, state);
         }
         batch.forward(request_bytes(request), state);
         Ok(Flow::Continue)
@@ -336,9 +344,19 @@ impl Session {
         batch.node = Some(node);
         batch.cluster = Some(cluster);
         batch.pin_required = true;
-        self.binding.multi_pending = false;
-        batch.forward_swallowed(Bytes::from_static(MULTI), self.conn_state());
+        self.send_multi(batch, self.conn_state());
         BeforeExec::Ready
+    }
+
+    /// MULTI, answered when it came, goes to the transaction's node now, with the keyless
+    /// commands queued since (Redis's own `+QUEUED` or error for them is not shown: the
+    /// client had its `+QUEUED`, and an error still aborts the transaction at EXEC).
+    fn send_multi(&mut self, batch: &mut Batch, state: ConnState) {
+        self.binding.multi_pending = false;
+        batch.forward_swallowed(Bytes::from_static(MULTI), state);
+        for held in std::mem::take(&mut self.binding.held) {
+            batch.forward_ignored(held, state);
+        }
     }
 
     /// Answers a request from several nodes, into `out`.
@@ -362,6 +380,15 @@ impl Session {
         };
         metrics::record_command(id, class, started.elapsed());
     }
+}
+
+/// Whether a command of a transaction whose node is not chosen yet waits for one: it has
+/// no key, and the server knows it with this many arguments (else Redis's error for it
+/// should come now, so the transaction is bound to the first master and it is sent).
+fn holds(cluster: &Cluster, request: &Request) -> bool {
+    let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
+    let keys = cluster.keys();
+    keys.is_valid(&args) && keys.key_positions(&args).is_empty()
 }
 
 fn no_master() -> UpstreamError {

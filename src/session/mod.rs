@@ -644,6 +644,7 @@ impl Session {
                 self.watching = false;
                 if std::mem::take(&mut self.binding.multi_pending) {
                     // Cluster mode: MULTI never left the proxy.
+                    self.binding.held.clear();
                     batch.reply(replies::OK);
                     return Flow::Continue;
                 }
@@ -973,6 +974,7 @@ impl Session {
         self.multi = None;
         self.watching = false;
         self.binding.multi_pending = false;
+        self.binding.held.clear();
         self.db = 0;
         self.proto = Proto::Resp2;
         self.name = None;
