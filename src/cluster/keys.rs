@@ -8,7 +8,9 @@
 //! The table also keeps each command's `readonly` flag: with `read_from_replicas`, only
 //! such commands may go to a replica.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
 
 use redis_protocol::resp2::decode::decode as decode_resp2;
 use redis_protocol::resp2::types::OwnedFrame;
@@ -31,6 +33,40 @@ pub struct KeySpec {
 #[derive(Debug, Default, Clone)]
 pub struct KeyTable {
     specs: HashMap<Vec<u8>, KeySpec>,
+    /// Commands with subcommands (`object`, `xinfo` …): only theirs look at `args[1]`.
+    containers: HashSet<Vec<u8>>,
+}
+
+/// The slots of a command's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlots {
+    /// No key (or a command the server does not know).
+    None,
+    /// Every key in this slot.
+    One(u16),
+    /// Keys in several slots.
+    Many,
+}
+
+/// Longest command name looked up without an allocation (Redis's longest is 24 bytes,
+/// with its subcommand 40).
+const NAME_BUF: usize = 64;
+
+/// `parts` lower-cased and joined by `|` into `buf`; `None` when it does not fit.
+fn lowercase_into<'a>(buf: &'a mut [u8; NAME_BUF], parts: &[&[u8]]) -> Option<&'a [u8]> {
+    let mut len = 0;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            *buf.get_mut(len)? = b'|';
+            len += 1;
+        }
+        let out = buf.get_mut(len..len + part.len())?;
+        for (o, b) in out.iter_mut().zip(part.iter()) {
+            *o = b.to_ascii_lowercase();
+        }
+        len += part.len();
+    }
+    Some(&buf[..len])
 }
 
 impl KeyTable {
@@ -84,6 +120,9 @@ impl KeyTable {
         };
         self.specs.insert(key, spec);
         if let Some(OwnedFrame::Array(subcommands)) = fields.get(9) {
+            if !subcommands.is_empty() {
+                self.containers.insert(name.clone());
+            }
             for sub in subcommands {
                 self.add(sub, Some(&name));
             }
@@ -100,14 +139,62 @@ impl KeyTable {
 
     /// The spec of `args[0]` (or of `args[0]|args[1]` for a container command).
     pub fn spec(&self, args: &[&[u8]]) -> Option<KeySpec> {
-        let name = args.first()?.to_ascii_lowercase();
-        if let Some(sub) = args.get(1) {
-            let full = [&name[..], b"|", &sub.to_ascii_lowercase()].concat();
-            if let Some(spec) = self.specs.get(&full) {
-                return Some(*spec);
+        self.spec_of(args.first()?, args.get(1).copied())
+    }
+
+    /// The spec of `name` (or of `name|sub` when `name` has subcommands), looked up
+    /// without an allocation.
+    fn spec_of(&self, name: &[u8], sub: Option<&[u8]>) -> Option<KeySpec> {
+        let mut buf = [0u8; NAME_BUF];
+        let lower = match lowercase_into(&mut buf, &[name]) {
+            Some(lower) => lower,
+            None => return self.specs.get(&name.to_ascii_lowercase()).copied(),
+        };
+        if let (Some(sub), true) = (sub, self.containers.contains(lower)) {
+            let mut full = [0u8; NAME_BUF];
+            let found = match lowercase_into(&mut full, &[name, sub]) {
+                Some(full) => self.specs.get(full).copied(),
+                None => {
+                    let full = [lower, b"|", &sub.to_ascii_lowercase()].concat();
+                    self.specs.get(&full).copied()
+                }
+            };
+            if found.is_some() {
+                return found;
             }
         }
-        self.specs.get(&name).copied()
+        self.specs.get(lower).copied()
+    }
+
+    /// The slots of the command's keys; for commands with fixed key positions (all but
+    /// the `movablekeys` ones) without an allocation.
+    pub fn key_slots(&self, args: &[Bytes]) -> KeySlots {
+        let Some(spec) = args
+            .first()
+            .and_then(|name| self.spec_of(name, args.get(1).map(|s| &s[..])))
+        else {
+            return KeySlots::None;
+        };
+        let mut found = KeySlots::None;
+        let mut add = |key: &[u8]| {
+            let s = super::slot::slot(key);
+            found = match found {
+                KeySlots::None => KeySlots::One(s),
+                KeySlots::One(at) if at == s => KeySlots::One(at),
+                _ => KeySlots::Many,
+            };
+        };
+        if spec.movable {
+            let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+            for position in self.key_positions(&refs) {
+                add(&args[position]);
+            }
+            return found;
+        }
+        for position in FixedKeys::new(spec, args.len()) {
+            add(&args[position]);
+        }
+        found
     }
 
     /// Whether the server knows the command (or its subcommand) and `args` has an
@@ -160,20 +247,50 @@ fn integer(frame: &OwnedFrame) -> Option<i64> {
 
 /// Positions from first/last/step (`last` < 0 counts from the end: -1 is the last).
 fn fixed_keys(spec: KeySpec, argc: usize) -> Vec<usize> {
-    if spec.first <= 0 || spec.step <= 0 {
-        return Vec::new();
+    FixedKeys::new(spec, argc).collect()
+}
+
+/// The positions of [`fixed_keys`], one by one.
+struct FixedKeys {
+    next: i64,
+    last: i64,
+    step: i64,
+}
+
+impl FixedKeys {
+    fn new(spec: KeySpec, argc: usize) -> FixedKeys {
+        let argc = i64::try_from(argc).unwrap_or(i64::MAX);
+        if spec.first <= 0 || spec.step <= 0 {
+            return FixedKeys {
+                next: 1,
+                last: 0,
+                step: 1,
+            };
+        }
+        let last = if spec.last < 0 {
+            argc + spec.last
+        } else {
+            spec.last.min(argc - 1)
+        };
+        FixedKeys {
+            next: spec.first,
+            last: last.min(argc - 1),
+            step: spec.step,
+        }
     }
-    let argc = argc as i64;
-    let last = if spec.last < 0 {
-        argc + spec.last
-    } else {
-        spec.last.min(argc - 1)
-    };
-    (spec.first..=last)
-        .step_by(spec.step as usize)
-        .filter(|&i| i < argc)
-        .map(|i| i as usize)
-        .collect()
+}
+
+impl Iterator for FixedKeys {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.next > self.last {
+            return None;
+        }
+        let at = self.next;
+        self.next = self.next.saturating_add(self.step);
+        usize::try_from(at).ok()
+    }
 }
 
 fn count_at(args: &[&[u8]], index: usize) -> Option<usize> {
@@ -302,6 +419,52 @@ mod tests {
         assert_eq!(keys(&t, "ZUNIONSTORE d 2 a b WEIGHTS 1 2"), [1, 3, 4]);
         // A movable command without a rule: its declared first key.
         assert_eq!(keys(&t, "STRANGE k"), [1]);
+    }
+
+    #[test]
+    fn key_slots_agree_with_positions() {
+        let t = table();
+        let lines = [
+            "GET k",
+            "get {t}a",
+            "MSET a 1 b 2",
+            "MSET {t}a 1 {t}b 2",
+            "mget {t}a {t}b {t}c",
+            "mget a b",
+            "PING",
+            "OBJECT ENCODING k",
+            "object encoding k",
+            "unknown k",
+            "EVAL s 2 a b",
+            "EVAL s 2 {t}a {t}b",
+            "EVAL s 0",
+            "XREAD COUNT 2 STREAMS a b 0 0",
+            "ZUNIONSTORE d 2 a b",
+            "STRANGE k",
+            "MSET a",
+            "GET",
+        ];
+        for line in lines {
+            let args: Vec<Bytes> = line
+                .split(' ')
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect();
+            let mut slots: Vec<u16> = keys(&t, line)
+                .into_iter()
+                .map(|i| super::super::slot::slot(&args[i]))
+                .collect();
+            slots.dedup();
+            let want = match slots.as_slice() {
+                [] => KeySlots::None,
+                [one] => KeySlots::One(*one),
+                _ if slots.iter().all(|s| *s == slots[0]) => KeySlots::One(slots[0]),
+                _ => KeySlots::Many,
+            };
+            assert_eq!(t.key_slots(&args), want, "{line}");
+        }
+        // Names too long for the stack buffer are still found (and unknown here).
+        let long = vec![Bytes::from(vec![b'x'; 200]), Bytes::from_static(b"k")];
+        assert_eq!(t.key_slots(&long), KeySlots::None);
     }
 
     #[test]

@@ -48,8 +48,17 @@ pub struct Cluster {
     /// Round-robin over a slot's replicas.
     next_replica: AtomicUsize,
     topology: RwLock<Option<Arc<Topology>>>,
+    /// The slot map with each master's upstream at hand, for routing a request without a
+    /// lookup by address.
+    routes: RwLock<Option<Arc<Routes>>>,
     keys: RwLock<Arc<KeyTable>>,
     refresh_lock: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// A slot map and its masters' upstreams (in `masters`' order).
+struct Routes {
+    topology: Arc<Topology>,
+    masters: Vec<Arc<Upstream>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -102,6 +111,7 @@ impl Cluster {
             replicas: Mutex::new(HashMap::new()),
             next_replica: AtomicUsize::new(0),
             topology: RwLock::new(None),
+            routes: RwLock::new(None),
             keys: RwLock::new(Arc::new(KeyTable::default())),
             refresh_lock: tokio::sync::Mutex::new(None),
         });
@@ -181,6 +191,9 @@ impl Cluster {
 
     /// The master serving `slot`.
     pub async fn route(&self, slot: u16) -> Result<Arc<Upstream>, UpstreamError> {
+        if let Some(node) = self.route_now(slot) {
+            return Ok(node);
+        }
         let topology = self.ready().await?;
         match topology.master_of(slot) {
             Some(master) => Ok(self.node(&master.address)),
@@ -361,9 +374,30 @@ impl Cluster {
                 "cluster slot map updated"
             );
         }
+        let topology = Arc::new(topology);
+        let routes = Routes {
+            masters: topology
+                .masters
+                .iter()
+                .map(|m| self.node(&m.address))
+                .collect(),
+            topology: topology.clone(),
+        };
         if let Ok(mut slot) = self.topology.write() {
-            *slot = Some(Arc::new(topology));
+            *slot = Some(topology);
         }
+        if let Ok(mut slot) = self.routes.write() {
+            *slot = Some(Arc::new(routes));
+        }
+    }
+
+    /// The master serving `slot` by the slot map in hand: `None` before the first map,
+    /// or for a slot nobody serves.
+    pub fn route_now(&self, slot: u16) -> Option<Arc<Upstream>> {
+        let routes = self.routes.read().ok()?;
+        let routes = routes.as_ref()?;
+        let index = routes.topology.master_index(slot)?;
+        routes.masters.get(index).cloned()
     }
 
     /// Asks for a refresh soon, without waiting for it (after a redirect, or when a node

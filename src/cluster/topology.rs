@@ -88,6 +88,15 @@ impl Topology {
     }
 
     /// The master serving `slot`.
+    /// The index in `masters` of the master serving `slot`.
+    pub fn master_index(&self, slot: u16) -> Option<usize> {
+        self.owner
+            .get(usize::from(slot))
+            .copied()
+            .flatten()
+            .map(usize::from)
+    }
+
     pub fn master_of(&self, slot: u16) -> Option<&Node> {
         let index = (*self.owner.get(usize::from(slot))?)?;
         self.masters.get(usize::from(index))

@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use super::batch::Batch;
 use super::{Flow, Session, request_bytes};
 use crate::cluster::Cluster;
+use crate::cluster::keys::KeySlots;
 use crate::cluster::slot::slot;
 use crate::command;
 use crate::metrics::{self, ErrorClass};
@@ -126,6 +127,50 @@ fn fan_out_rule(name: &[u8], args: &[Bytes]) -> Option<Merge> {
 }
 
 impl Session {
+    /// The common case of [`route_cluster`](Session::route_cluster), without waiting or
+    /// allocating: keys in one slot, the slot map in hand, no connection-bound state, no
+    /// replica reads. `Err` hands the request to `route_cluster`.
+    pub(super) fn route_fast(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        request: Request,
+        batch: &mut Batch,
+        blocks: Blocks,
+    ) -> Result<Flow, Request> {
+        if self.requires_auth() || self.needs_pin() || cluster.reads_from_replicas() {
+            return Err(request);
+        }
+        let KeySlots::One(slot) = cluster.keys().key_slots(&request.args) else {
+            return Err(request);
+        };
+        let Some(node) = cluster.route_now(slot) else {
+            return Err(request);
+        };
+        if batch.has_upstream()
+            && batch
+                .node
+                .as_ref()
+                .is_some_and(|current| !Arc::ptr_eq(current, &node))
+        {
+            return Ok(Flow::Defer(request));
+        }
+        batch.node = Some(node);
+        batch.fallback = None;
+        if batch.cluster.is_none() {
+            batch.cluster = Some(cluster.clone());
+        }
+        match blocks {
+            Blocks::Never => {}
+            Blocks::Always => batch.blocking = true,
+            Blocks::StreamRead => {
+                batch.blocking |= command::stream_read_blocks(&request.args);
+            }
+        }
+        let state = self.conn_state();
+        batch.forward_routed(request_bytes(request), state);
+        Ok(Flow::Continue)
+    }
+
     /// Plans a forwarded request in cluster mode (see the module's comment).
     pub(super) async fn route_cluster(
         &mut self,

@@ -522,6 +522,11 @@ impl Session {
                 return self.queue_forward(request, batch);
             }
             if let Some(cluster) = self.shared.cluster.clone() {
+                let request =
+                    match self.route_fast(&cluster, request, batch, cluster::Blocks::Never) {
+                        Ok(flow) => return flow,
+                        Err(request) => request,
+                    };
                 // Boxed: only cluster mode pays for this future's size.
                 let route = self.route_cluster(cluster, request, batch, cluster::Blocks::Never);
                 return Box::pin(route).await;
@@ -551,6 +556,10 @@ impl Session {
                 _ => None,
             };
             if let Some(blocks) = blocks {
+                let request = match self.route_fast(&cluster, request, batch, blocks) {
+                    Ok(flow) => return flow,
+                    Err(request) => request,
+                };
                 return Box::pin(self.route_cluster(cluster, request, batch, blocks)).await;
             }
         }
