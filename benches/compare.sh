@@ -69,7 +69,7 @@
 # one list per master, while through the ambassador MSET's random keys are split over the
 # masters and LPUSH has one list in all, so those two would not compare like with like. The
 # table's ×direct is ambassador / direct-to-the-cluster. Quick mode with --cluster takes about
-# a minute on 2 cores (18 runs per repetition instead of 45); full mode, about 5 minutes.
+# a minute on 2 cores (18 runs per repetition instead of 45); full mode about 3 minutes.
 set -euo pipefail
 
 usage() {
