@@ -11,6 +11,10 @@
 #   benches/compare.sh --workers 1,2   add one target per listed worker-thread count,
 #                                      ambassador-w1 and ambassador-w2 (with either mode, and
 #                                      with --tls or without)
+#   benches/compare.sh --cluster       instead: the ambassador in cluster mode in front of a
+#                                      3-master Redis Cluster against redis-benchmark --cluster
+#                                      straight at it (with either mode; not with --tls or
+#                                      --workers); see below
 #
 # Matrix: tests SET, GET, INCR, LPUSH, MSET (redis-benchmark -t, one test per run), random keys
 # (-r 100000), each at 50 clients pipeline 1, 50 clients pipeline 16 and 1 client pipeline 1.
@@ -49,6 +53,23 @@
 # summary gives, per case, the ambassador and each ambassador-wN against direct, twemproxy and
 # the ambassador. Each extra target adds about a minute to quick mode and 4 to full mode (on
 # 2 cores): quick mode with --workers 1,2 takes about 5 minutes, full mode about 20.
+#
+# With --cluster there is no standalone Redis and no twemproxy. Three cluster masters (no
+# replicas) run on 127.0.0.1, each in its own directory with requirepass (and masterauth) from
+# a 0600 file, --cluster-enabled yes, cluster-node-timeout 2000 ms, no persistence; they are
+# joined with redis-cli --cluster create --cluster-replicas 0, and the script waits until
+# every node says cluster_state:ok with all 16384 slots assigned and three known nodes, and
+# all three give the same CLUSTER SLOTS. One ambassador ([upstream] mode = "cluster", address =
+# the first master, addresses = the other two, the cluster's password; otherwise config.toml,
+# no client password) stands in front of them. The two targets: direct, redis-benchmark
+# --cluster -h <first master> -a PASSWORD (it reads the slot map and spreads its clients over
+# the masters, round robin: with 1 client, all on one master), and ambassador, plain
+# redis-benchmark at the ambassador. Only SET, GET and INCR run: redis-benchmark --cluster
+# puts MSET's ten keys in one slot with a hash tag (one master, one request) and pushes onto
+# one list per master, while through the ambassador MSET's random keys are split over the
+# masters and LPUSH has one list in all, so those two would not compare like with like. The
+# table's ×direct is ambassador / direct-to-the-cluster. Quick mode with --cluster takes about
+# a minute on 2 cores (18 runs per repetition instead of 45); full mode about 3 minutes.
 set -euo pipefail
 
 usage() {
@@ -59,6 +80,7 @@ usage() {
 mode=quick
 out_file=""
 tls=false
+cluster=false   # --cluster: a 3-master Redis Cluster, direct and through the ambassador
 workers=()   # --workers: the worker-thread counts, one more ambassador each
 
 # --workers LIST: comma-separated counts, 0 to 1024 (config.rs's bound), no repeats.
@@ -96,6 +118,7 @@ while [ "$#" -gt 0 ]; do
             ;;
         --out=*) out_file=${1#--out=} ;;
         --tls) tls=true ;;
+        --cluster) cluster=true ;;
         --workers)
             [ "$#" -ge 2 ] || { usage >&2; exit 2; }
             parse_workers "$2"
@@ -107,6 +130,10 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
+if $cluster && { $tls || [ "${#workers[@]}" -gt 0 ]; }; then
+    echo "error: --cluster does not combine with --tls or --workers" >&2
+    exit 2
+fi
 if [ -n "$out_file" ]; then
     # Resolve it against the caller's directory before we cd.
     case "$out_file" in
@@ -127,6 +154,9 @@ bench_name=compare
 
 keyspace=100000                      # redis-benchmark -r
 tests=(set get incr lpush mset)      # redis-benchmark -t, one per run
+if $cluster; then
+    tests=(set get incr)             # see the top of the file for why not LPUSH and MSET
+fi
 case_ids=(c50p1 c50p16 c1p1)
 case_clients=(50 50 1)
 case_pipeline=(1 16 1)
@@ -154,9 +184,15 @@ for i in "${!extra_names[@]}"; do
     extra_pids[i]=""
 done
 targets=(direct ambassador twemproxy "${extra_names[@]}")
+if $cluster; then
+    targets=(direct ambassador)      # direct: redis-benchmark --cluster at the masters
+fi
+cluster_size=3                       # --cluster: masters, no replicas
+cluster_node_timeout_ms=2000
 workers_list=$(printf '%s, ' "${workers[@]}" | sed 's/, $//')   # "1, 2"
 number_words=(zero one two three four five six seven eight nine ten eleven twelve)
 targets_word=${number_words[${#targets[@]}]:-${#targets[@]}}
+tests_word=${number_words[${#tests[@]}]:-${#tests[@]}}
 # Requests per warm-up (calibration) run, per case: ~0.1-0.5 s each.
 case_cal_n=(20000 100000 2000)
 n_min=1000
@@ -248,16 +284,20 @@ target_extra() {
 }
 
 # Install, from Debian's packages, whichever of redis-server, redis-tools (redis-cli,
-# redis-benchmark) and nutcracker (and, with --tls, openssl) is missing.
+# redis-benchmark) and nutcracker (not with --cluster; with --tls, openssl) is missing.
 ensure_tools() {
     local missing=()
-    nutcracker_bin >/dev/null || missing+=(nutcracker)
+    if ! $cluster; then
+        nutcracker_bin >/dev/null || missing+=(nutcracker)
+    fi
     if $tls && ! command -v openssl >/dev/null 2>&1; then
         missing+=(openssl)
     fi
     command -v timeout >/dev/null 2>&1 || die "timeout (coreutils) not found"
     install_bench_packages "${missing[@]}"
-    nutcracker_bin >/dev/null || die "nutcracker still not found after apt-get install"
+    if ! $cluster; then
+        nutcracker_bin >/dev/null || die "nutcracker still not found after apt-get install"
+    fi
     if $tls; then
         command -v openssl >/dev/null 2>&1 || die "openssl still not on PATH after apt-get install"
     fi
@@ -270,12 +310,24 @@ redis_pid=""
 amb_pid=""
 twem_pid=""
 bench_pid=""
+# --cluster: the masters' ports, cluster bus ports and pids. The first master is also
+# redis_port and redis_pid (the seed that redis-benchmark --cluster and the ambassador are
+# given), so clean-up stops it as redis_pid, after the others.
+node_ports=()
+node_bus_ports=()
+node_pids=()
 
-# The ambassadors before twemproxy and redis-server.
+# The ambassadors before twemproxy and redis-server (or the cluster's masters).
 cleanup_pid_vars=(bench_pid amb_pid)
 for i in "${!extra_names[@]}"; do
     cleanup_pid_vars+=("extra_pids[$i]")
 done
+if $cluster; then
+    for ((i = cluster_size - 1; i >= 1; i--)); do
+        node_pids[i]=""
+        cleanup_pid_vars+=("node_pids[$i]")
+    done
+fi
 cleanup_pid_vars+=(twem_pid redis_pid)
 trap_bench_cleanup
 
@@ -283,24 +335,15 @@ trap_bench_cleanup
 
 ensure_tools
 ensure_cargo
-nutcracker=$(nutcracker_bin)
+nutcracker=""
+if ! $cluster; then
+    nutcracker=$(nutcracker_bin)
+fi
 
 build_ambassador
 make_bench_tmp
 
-# --- a password-protected Redis ------------------------------------------------------------
-
-# "Starting A, B and C on 127.0.0.1"
-starting=(redis-server redis-ambassador twemproxy)
-if $tls; then
-    starting[0]="redis-server (with a TLS port)"
-    starting+=("redis-ambassador with a TLS upstream")
-fi
-for w in "${workers[@]}"; do
-    starting+=("redis-ambassador with worker_threads = $w")
-done
-step "Starting $(printf '%s, ' "${starting[@]:0:${#starting[@]}-1}" | sed 's/, $//') and ${starting[-1]} on 127.0.0.1"
-make_redis_password
+# --- the targets ----------------------------------------------------------------------------
 
 # With --tls: a throwaway CA (P-256, valid 2 days) and a server certificate it signs, for
 # IP 127.0.0.1, from minimal openssl configs of our own (not the system's openssl.cnf).
@@ -346,69 +389,220 @@ EOF
     ) >"$dir/openssl.log" 2>&1
 }
 
-# Every port is a free one on 127.0.0.1, none of those picked before (nor 6379).
-ports_taken=(6379)
-redis_port=$(free_port "${ports_taken[@]}")
-ports_taken+=("$redis_port")
-redis_tls_args=()
-if $tls; then
-    mkdir -m 700 "$tmp/tls"
-    if ! make_certs "$tmp/tls"; then
-        show_log openssl "$tmp/tls/openssl.log"
-        die "could not make the throwaway CA and server certificate with openssl"
+# read_main_workers CONFIG: set main_workers ([runtime] worker_threads in the main
+# ambassador's CONFIG, empty when unset) and main_workers_shown (the same, for the report).
+read_main_workers() {
+    main_workers=$(config_value "$1" runtime worker_threads)
+    case "${main_workers:-unset}" in
+        unset) main_workers_shown="0 (unset: one per CPU)" ;;
+        0) main_workers_shown="0 (one per CPU)" ;;
+        *) main_workers_shown=$main_workers ;;
+    esac
+}
+
+# --cluster: redis-cli at the master on 127.0.0.1:PORT with the cluster's password (through the
+# environment, never the command line), bounded in time: node_cli PORT ARGS...
+node_cli() {
+    local port=$1
+    shift
+    REDISCLI_AUTH="$password" timeout -k 1 5 redis-cli -h 127.0.0.1 -p "$port" "$@" </dev/null 2>/dev/null
+}
+
+# --cluster: true when every master says cluster_state:ok, all 16384 slots assigned and
+# $cluster_size known nodes, all give the same CLUSTER SLOTS, and that names no address other
+# than 127.0.0.1 (so that neither client is sent anywhere else).
+cluster_settled() {
+    local i info slots first="" elsewhere
+    for i in "${!node_ports[@]}"; do
+        info=$(node_cli "${node_ports[$i]}" CLUSTER INFO | tr -d '\r') || return 1
+        grep -qx 'cluster_state:ok' <<<"$info" || return 1
+        grep -qx 'cluster_slots_assigned:16384' <<<"$info" || return 1
+        grep -qx "cluster_known_nodes:$cluster_size" <<<"$info" || return 1
+        slots=$(node_cli "${node_ports[$i]}" CLUSTER SLOTS | tr -d '\r') || return 1
+        [ -n "$slots" ] || return 1
+        if [ "$i" -eq 0 ]; then
+            first=$slots
+        elif [ "$slots" != "$first" ]; then
+            return 1
+        fi
+    done
+    elsewhere=$(grep -E '^[0-9]+(\.[0-9]+){3}$' <<<"$first" | grep -vx '127\.0\.0\.1' | sort -u | tr '\n' ' ' || true)
+    if [ -n "$elsewhere" ]; then
+        die "the cluster's slot map names an address other than 127.0.0.1: $elsewhere"
     fi
-    redis_tls_port=$(free_port "${ports_taken[@]}")
-    ports_taken+=("$redis_tls_port")
-    redis_tls_args=(--tls-port "$redis_tls_port"
-        --tls-cert-file "$tmp/tls/server.crt" --tls-key-file "$tmp/tls/server.key"
-        --tls-ca-cert-file "$tmp/tls/ca.crt" --tls-auth-clients no)
-fi
-start_redis "${redis_tls_args[@]}"
-if $tls; then
-    echo "redis-server      127.0.0.1:$redis_port and TLS 127.0.0.1:$redis_tls_port (pid $redis_pid), password in a 0600 file"
-else
-    echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 0600 file"
-fi
+}
 
-# --- the ambassador, with a config derived from the repo's config.toml ----------------------
+# With --cluster: $cluster_size password-protected cluster masters (no replicas, no
+# persistence), each in its own directory under $tmp with its nodes.conf, joined with
+# redis-cli --cluster create, and the ambassador in cluster mode in front of them.
+start_cluster_targets() {
+    local i dir node_conf addrs=() others=() settle_deadline
+    step "Starting a ${cluster_size}-master Redis Cluster and redis-ambassador (mode = \"cluster\") on 127.0.0.1"
+    make_redis_password
+    # requirepass and masterauth (for parity with tests/common/cluster.rs; no replica uses
+    # it here) in a 0600 file, not on redis-server's command line.
+    node_conf="$tmp/cluster-node.conf"
+    (
+        umask 077
+        {
+            printf 'requirepass %s\n' "$password"
+            printf 'masterauth %s\n' "$password"
+        } >"$node_conf"
+    )
+    for ((i = 0; i < cluster_size; i++)); do
+        node_ports[i]=$(free_port "${ports_taken[@]}")
+        ports_taken+=("${node_ports[$i]}")
+        # The cluster bus port is picked too (cluster-port), rather than left at port +
+        # 10000, which may be taken or over 65535.
+        node_bus_ports[i]=$(free_port "${ports_taken[@]}")
+        ports_taken+=("${node_bus_ports[$i]}")
+        dir="$tmp/node$i"
+        mkdir -m 700 "$dir"
+        redis-server "$node_conf" \
+            --port "${node_ports[$i]}" --bind 127.0.0.1 \
+            --cluster-enabled yes --cluster-port "${node_bus_ports[$i]}" \
+            --cluster-config-file nodes.conf --cluster-node-timeout "$cluster_node_timeout_ms" \
+            --save "" --appendonly no \
+            --dir "$dir" --logfile "$dir/redis.log" \
+            </dev/null >/dev/null 2>&1 &
+        node_pids[i]=$!
+        if [ "$i" -eq 0 ]; then
+            redis_port=${node_ports[0]}
+            redis_pid=${node_pids[0]}
+        fi
+        addrs+=("127.0.0.1:${node_ports[$i]}")
+    done
+    # Each answers PING (a cluster node without slots refuses SET, so not wait_ready).
+    for i in "${!node_ports[@]}"; do
+        for _ in $(seq 1 100); do
+            kill -0 "${node_pids[$i]}" 2>/dev/null || break
+            [ "$(node_cli "${node_ports[$i]}" PING)" = PONG ] && continue 2
+            sleep 0.1
+        done
+        show_log "cluster node $i" "$tmp/node$i/redis.log"
+        die "cluster node $i did not come up on 127.0.0.1:${node_ports[$i]}"
+    done
+    if ! REDISCLI_AUTH="$password" timeout -k 5 60 redis-cli --cluster create "${addrs[@]}" \
+        --cluster-replicas 0 --cluster-yes </dev/null >"$tmp/cluster-create.log" 2>&1; then
+        show_log "redis-cli --cluster create" "$tmp/cluster-create.log"
+        die "redis-cli --cluster create failed"
+    fi
+    settle_deadline=$((SECONDS + 60))
+    until cluster_settled; do
+        if [ "$SECONDS" -ge "$settle_deadline" ]; then
+            for i in "${!node_ports[@]}"; do
+                show_log "cluster node $i" "$tmp/node$i/redis.log"
+            done
+            die "the cluster did not settle (cluster_state:ok, every slot assigned, the same CLUSTER SLOTS on every node) within 60 s"
+        fi
+        sleep 0.2
+    done
+    for i in "${!node_ports[@]}"; do
+        printf 'cluster master %s  127.0.0.1:%s (pid %s), bus port %s, %s slots\n' "$i" "${node_ports[$i]}" \
+            "${node_pids[$i]}" "${node_bus_ports[$i]}" \
+            "$(node_cli "${node_ports[$i]}" CLUSTER NODES | awk '/myself/ { n = 0; for (f = 9; f <= NF; f++) { split($f, r, "-"); n += (r[2] == "" ? 1 : r[2] - r[1] + 1) } print n }')"
+    done
+    echo "                  cluster_state:ok on every master, the same slot map on all; password in a 0600 file"
 
-# config.toml with listen/upstream/metrics addresses, the password file, and [shutdown]
-# drain_delay_ms = 0 when config.toml has that key (see derive_config in scripts/common.sh).
-# The extra ambassadors (below) derive theirs the same way, then apply their overrides.
-amb_port=$(free_port "${ports_taken[@]}")
-ports_taken+=("$amb_port")
-metrics_port=$(free_port "${ports_taken[@]}")
-ports_taken+=("$metrics_port")
-config="$tmp/ambassador.toml"
-derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port"
+    # The ambassador: config.toml with the listen/metrics addresses, the password file and
+    # drain_delay_ms = 0 (derive_config), then mode = "cluster" and the other masters as
+    # more seeds.
+    amb_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$amb_port")
+    metrics_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$metrics_port")
+    config="$tmp/ambassador.toml"
+    derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port"
+    for i in "${!node_ports[@]}"; do
+        [ "$i" -eq 0 ] || others+=("\"127.0.0.1:${node_ports[$i]}\"")
+    done
+    set_config_value "$config" upstream mode '"cluster"'
+    set_config_value "$config" upstream addresses "[$(printf '%s, ' "${others[@]}" | sed 's/, $//')]"
+    if ! check_out=$("$ambassador" --config "$config" --check 2>&1); then
+        printf '%s\n' "$check_out" >&2
+        die "redis-ambassador --check rejected its cluster-mode config ($config)"
+    fi
+    read_main_workers "$config"
+    # Ready means a SET went through it to the key's master.
+    start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
+    drain_note=""
+    if $has_drain; then
+        drain_note=", drain_delay_ms = 0"
+    fi
+    echo "redis-ambassador  127.0.0.1:$amb_port (pid $amb_pid), metrics 127.0.0.1:$metrics_port, mode = \"cluster\", seeds: the $cluster_size masters, no client password$drain_note"
+}
 
-# What the main ambassador runs with (for the report; the extra ones override it).
-main_workers=$(config_value "$config" runtime worker_threads)
-case "${main_workers:-unset}" in
-    unset) main_workers_shown="0 (unset: one per CPU)" ;;
-    0) main_workers_shown="0 (one per CPU)" ;;
-    *) main_workers_shown=$main_workers ;;
-esac
+# Without --cluster: a password-protected redis-server, the ambassador and twemproxy (and
+# with --tls or --workers, the extra ambassadors).
+start_standalone_targets() {
+    # "Starting A, B and C on 127.0.0.1"
+    starting=(redis-server redis-ambassador twemproxy)
+    if $tls; then
+        starting[0]="redis-server (with a TLS port)"
+        starting+=("redis-ambassador with a TLS upstream")
+    fi
+    for w in "${workers[@]}"; do
+        starting+=("redis-ambassador with worker_threads = $w")
+    done
+    step "Starting $(printf '%s, ' "${starting[@]:0:${#starting[@]}-1}" | sed 's/, $//') and ${starting[-1]} on 127.0.0.1"
+    make_redis_password
 
-start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
-drain_note=""
-if $has_drain; then
-    drain_note=", drain_delay_ms = 0"
-fi
-echo "redis-ambassador  127.0.0.1:$amb_port (pid $amb_pid), metrics 127.0.0.1:$metrics_port, no client password$drain_note"
+    redis_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$redis_port")
+    redis_tls_args=()
+    if $tls; then
+        mkdir -m 700 "$tmp/tls"
+        if ! make_certs "$tmp/tls"; then
+            show_log openssl "$tmp/tls/openssl.log"
+            die "could not make the throwaway CA and server certificate with openssl"
+        fi
+        redis_tls_port=$(free_port "${ports_taken[@]}")
+        ports_taken+=("$redis_tls_port")
+        redis_tls_args=(--tls-port "$redis_tls_port"
+            --tls-cert-file "$tmp/tls/server.crt" --tls-key-file "$tmp/tls/server.key"
+            --tls-ca-cert-file "$tmp/tls/ca.crt" --tls-auth-clients no)
+    fi
+    start_redis "${redis_tls_args[@]}"
+    if $tls; then
+        echo "redis-server      127.0.0.1:$redis_port and TLS 127.0.0.1:$redis_tls_port (pid $redis_pid), password in a 0600 file"
+    else
+        echo "redis-server      127.0.0.1:$redis_port (pid $redis_pid), password in a 0600 file"
+    fi
 
-# --- twemproxy -----------------------------------------------------------------------------
+    # --- the ambassador, with a config derived from the repo's config.toml ------------------
 
-twem_port=$(free_port "${ports_taken[@]}")
-ports_taken+=("$twem_port")
-twem_stats_port=$(free_port "${ports_taken[@]}")
-ports_taken+=("$twem_stats_port")
-twem_conf="$tmp/nutcracker.yml"
-(
-    umask 077
-    # With redis_auth, twemproxy authenticates to Redis and also requires its clients to send
-    # AUTH with the same password (redis-benchmark -a).
-    cat >"$twem_conf" <<EOF
+    # config.toml with listen/upstream/metrics addresses, the password file, and [shutdown]
+    # drain_delay_ms = 0 when config.toml has that key (see derive_config in scripts/common.sh).
+    # The extra ambassadors (below) derive theirs the same way, then apply their overrides.
+    amb_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$amb_port")
+    metrics_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$metrics_port")
+    config="$tmp/ambassador.toml"
+    derive_config "$config" "127.0.0.1:$amb_port" "127.0.0.1:$redis_port" "127.0.0.1:$metrics_port"
+
+    # What the main ambassador runs with (for the report; the extra ones override it).
+    read_main_workers "$config"
+
+    start_ambassador amb_pid "$config" "$amb_port" "$tmp/ambassador.log"
+    drain_note=""
+    if $has_drain; then
+        drain_note=", drain_delay_ms = 0"
+    fi
+    echo "redis-ambassador  127.0.0.1:$amb_port (pid $amb_pid), metrics 127.0.0.1:$metrics_port, no client password$drain_note"
+
+    # --- twemproxy -------------------------------------------------------------------------
+
+    twem_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$twem_port")
+    twem_stats_port=$(free_port "${ports_taken[@]}")
+    ports_taken+=("$twem_stats_port")
+    twem_conf="$tmp/nutcracker.yml"
+    (
+        umask 077
+        # With redis_auth, twemproxy authenticates to Redis and also requires its clients to send
+        # AUTH with the same password (redis-benchmark -a).
+        cat >"$twem_conf" <<EOF
 bench:
   listen: 127.0.0.1:$twem_port
   hash: fnv1a_64
@@ -421,68 +615,80 @@ bench:
   servers:
    - 127.0.0.1:$redis_port:1
 EOF
-)
-"$nutcracker" --test-conf --conf-file="$twem_conf" >"$tmp/nutcracker-test.log" 2>&1 \
-    || { show_log nutcracker "$tmp/nutcracker-test.log"; die "nutcracker rejected its config"; }
-"$nutcracker" --conf-file="$twem_conf" --output="$tmp/nutcracker.log" \
-    --stats-addr=127.0.0.1 --stats-port="$twem_stats_port" --pid-file="$tmp/nutcracker.pid" \
-    </dev/null >/dev/null 2>&1 &
-twem_pid=$!
-if ! wait_ready "$twem_pid" "$twem_port" "$password"; then
-    show_log nutcracker "$tmp/nutcracker.log"
-    die "twemproxy did not come up on 127.0.0.1:$twem_port"
-fi
-echo "twemproxy         127.0.0.1:$twem_port (pid $twem_pid), stats 127.0.0.1:$twem_stats_port, redis_auth set, 1 server connection"
-
-# --- the extra ambassadors (--tls, --workers) ------------------------------------------------
-
-for i in "${!extra_names[@]}"; do
-    name=${extra_names[$i]}
-    extra_ports[i]=$(free_port "${ports_taken[@]}")
-    ports_taken+=("${extra_ports[$i]}")
-    extra_metrics_port=$(free_port "${ports_taken[@]}")
-    ports_taken+=("$extra_metrics_port")
-    cafile=""
-    if [ "${extra_upstreams[$i]}" = tls ]; then
-        upstream="rediss://127.0.0.1:$redis_tls_port"
-        cafile="$tmp/tls/ca.crt"
-    else
-        upstream="127.0.0.1:$redis_port"
+    )
+    "$nutcracker" --test-conf --conf-file="$twem_conf" >"$tmp/nutcracker-test.log" 2>&1 \
+        || { show_log nutcracker "$tmp/nutcracker-test.log"; die "nutcracker rejected its config"; }
+    "$nutcracker" --conf-file="$twem_conf" --output="$tmp/nutcracker.log" \
+        --stats-addr=127.0.0.1 --stats-port="$twem_stats_port" --pid-file="$tmp/nutcracker.pid" \
+        </dev/null >/dev/null 2>&1 &
+    twem_pid=$!
+    if ! wait_ready "$twem_pid" "$twem_port" "$password"; then
+        show_log nutcracker "$tmp/nutcracker.log"
+        die "twemproxy did not come up on 127.0.0.1:$twem_port"
     fi
-    extra_config="$tmp/$name.toml"
-    derive_config "$extra_config" "127.0.0.1:${extra_ports[$i]}" "$upstream" \
-        "127.0.0.1:$extra_metrics_port" "$cafile"
-    notes=""
-    if [ -n "${extra_overrides[$i]}" ]; then
-        for override in ${extra_overrides[$i]}; do   # words: section.key=value
-            key=${override%%=*}
-            set_config_value "$extra_config" "${key%%.*}" "${key#*.}" "${override#*=}"
-            notes="$notes, [${key%%.*}] ${key#*.} = ${override#*=}"
-        done
-        if ! check_out=$("$ambassador" --config "$extra_config" --check 2>&1); then
-            printf '%s\n' "$check_out" >&2
-            die "redis-ambassador --check rejected $name's config ($extra_config)"
+    echo "twemproxy         127.0.0.1:$twem_port (pid $twem_pid), stats 127.0.0.1:$twem_stats_port, redis_auth set, 1 server connection"
+
+    # --- the extra ambassadors (--tls, --workers) --------------------------------------------
+
+    for i in "${!extra_names[@]}"; do
+        name=${extra_names[$i]}
+        extra_ports[i]=$(free_port "${ports_taken[@]}")
+        ports_taken+=("${extra_ports[$i]}")
+        extra_metrics_port=$(free_port "${ports_taken[@]}")
+        ports_taken+=("$extra_metrics_port")
+        cafile=""
+        if [ "${extra_upstreams[$i]}" = tls ]; then
+            upstream="rediss://127.0.0.1:$redis_tls_port"
+            cafile="$tmp/tls/ca.crt"
+        else
+            upstream="127.0.0.1:$redis_port"
         fi
-    fi
-    # Ready means a SET went through it (so, for ambassador-tls, over TLS to Redis).
-    if ! spawn_ambassador "extra_pids[$i]" "$extra_config" "${extra_ports[$i]}" "$tmp/$name.log"; then
-        show_log "$name" "$tmp/$name.log"
-        show_log redis-server "$tmp/redis.log"
-        die "$name did not come up on 127.0.0.1:${extra_ports[$i]}"
-    fi
-    if [ -n "$cafile" ]; then
-        notes="$notes, tls_ca_file = the throwaway CA"
-    fi
-    printf '%-17s 127.0.0.1:%s (pid %s), metrics 127.0.0.1:%s, upstream %s%s\n' "$name" \
-        "${extra_ports[$i]}" "${extra_pids[$i]}" "$extra_metrics_port" "$upstream" "$notes"
-done
+        extra_config="$tmp/$name.toml"
+        derive_config "$extra_config" "127.0.0.1:${extra_ports[$i]}" "$upstream" \
+            "127.0.0.1:$extra_metrics_port" "$cafile"
+        notes=""
+        if [ -n "${extra_overrides[$i]}" ]; then
+            for override in ${extra_overrides[$i]}; do   # words: section.key=value
+                key=${override%%=*}
+                set_config_value "$extra_config" "${key%%.*}" "${key#*.}" "${override#*=}"
+                notes="$notes, [${key%%.*}] ${key#*.} = ${override#*=}"
+            done
+            if ! check_out=$("$ambassador" --config "$extra_config" --check 2>&1); then
+                printf '%s\n' "$check_out" >&2
+                die "redis-ambassador --check rejected $name's config ($extra_config)"
+            fi
+        fi
+        # Ready means a SET went through it (so, for ambassador-tls, over TLS to Redis).
+        if ! spawn_ambassador "extra_pids[$i]" "$extra_config" "${extra_ports[$i]}" "$tmp/$name.log"; then
+            show_log "$name" "$tmp/$name.log"
+            show_log redis-server "$tmp/redis.log"
+            die "$name did not come up on 127.0.0.1:${extra_ports[$i]}"
+        fi
+        if [ -n "$cafile" ]; then
+            notes="$notes, tls_ca_file = the throwaway CA"
+        fi
+        printf '%-17s 127.0.0.1:%s (pid %s), metrics 127.0.0.1:%s, upstream %s%s\n' "$name" \
+            "${extra_ports[$i]}" "${extra_pids[$i]}" "$extra_metrics_port" "$upstream" "$notes"
+    done
+}
+
+# Every port is a free one on 127.0.0.1, none of those picked before (nor 6379).
+ports_taken=(6379)
+if $cluster; then
+    start_cluster_targets
+else
+    start_standalone_targets
+fi
 
 # --- about this run ------------------------------------------------------------------------
 
 cpu_model=$(cpu_model_name)
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 bench_version=$(redis-benchmark --version 2>/dev/null | awk '{ print $2 }')
-twem_version=$("$nutcracker" --version 2>&1 | sed -n 's/.*nutcracker-\([^ ]*\).*/\1/p' | head -n 1)
+twem_version=""
+if [ -n "$nutcracker" ]; then
+    twem_version=$("$nutcracker" --version 2>&1 | sed -n 's/.*nutcracker-\([^ ]*\).*/\1/p' | head -n 1)
+fi
 rustc_version=$(rustc --version 2>/dev/null | awk '{ print $2 }')
 openssl_version=""
 if $tls; then
@@ -520,33 +726,49 @@ target_pid() {
 }
 
 # One redis-benchmark run: target clients pipeline test n. Sets r_rps, r_p50, r_p99 (ms);
-# returns 1 when the run failed or timed out.
+# returns 1 when the run failed or timed out. (redis-benchmark 7 exits, status 1, at the first
+# error reply, saying "Error from server: …" on stderr; with --cluster it follows -MOVED and
+# -ASK itself.)
+#
+# redis-benchmark's stdout: with --cluster, first the masters it found ("Cluster has 3
+# master nodes:", then one line per master), then, as without it, the CSV header and one
+# row. So the header is looked for, not assumed on line 1, and the row is the line after it
+# that starts with a quote.
 run_bench() {
     local target=$1 clients=$2 pipeline=$3 test=$4 n=$5 port rc=0 header line
-    local auth=()
+    local auth=() mode_args=()
     port=$(target_port "$target")
     # The ambassadors have no client password: the application connects without one.
     case "$target" in
         ambassador | ambassador-*) ;;
         *) auth=(-a "$password") ;;
     esac
-    timeout -k 5 "$run_timeout" redis-benchmark -h 127.0.0.1 -p "$port" "${auth[@]}" \
+    # With --cluster, direct is redis-benchmark's own cluster client (slot map, one
+    # connection per client to the key's master).
+    if $cluster && [ "$target" = direct ]; then
+        mode_args=(--cluster)
+    fi
+    timeout -k 5 "$run_timeout" redis-benchmark "${mode_args[@]}" -h 127.0.0.1 -p "$port" "${auth[@]}" \
         -c "$clients" -P "$pipeline" -n "$n" -r "$keyspace" -t "$test" --csv \
         </dev/null >"$tmp/run.csv" 2>"$tmp/run.err" &
     bench_pid=$!
     wait "$bench_pid" || rc=$?
     bench_pid=""
-    header=$(sed -n '1{s/\r$//;p;}' "$tmp/run.csv")
+    header=$(awk '/^"test",/ { sub(/\r$/, ""); print; exit }' "$tmp/run.csv")
     if [ -n "$header" ] && [ "$header" != "$expected_header" ]; then
         die "unexpected redis-benchmark --csv header: $header (expected $expected_header)"
     fi
-    line=$(sed -n '2{s/\r$//;p;}' "$tmp/run.csv")
+    line=$(awk 'seen && /^"/ { sub(/\r$/, ""); print; exit } /^"test",/ { seen = 1 }' "$tmp/run.csv")
     if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
             echo "  (timed out after ${run_timeout}s)" >"$tmp/run.why"
         else
             { echo "  (exit status $rc)"; tail -n 3 "$tmp/run.err" | grep -v 'Could not fetch server CONFIG' | sed 's/^/  /'; } >"$tmp/run.why"
         fi
+        return 1
+    fi
+    if [ "${#mode_args[@]}" -gt 0 ] && ! grep -q "^Cluster has $cluster_size master nodes" "$tmp/run.csv"; then
+        { echo "  (redis-benchmark --cluster did not report $cluster_size masters:)"; head -n 3 "$tmp/run.csv" | sed 's/^/  /'; } >"$tmp/run.why"
         return 1
     fi
     read -r r_rps r_p50 r_p99 < <(printf '%s\n' "$line" | awk -F, '{ gsub(/"/, ""); print $2, $5, $7 }')
@@ -556,9 +778,18 @@ run_bench() {
     }
 }
 
-# Die if a target's process has exited (everything after would fail the same way).
+# Die if a target's process has exited (everything after would fail the same way). With
+# --cluster, direct is every master.
 check_alive() {
-    local target=$1 pid log
+    local target=$1 pid log i
+    if $cluster && [ "$target" = direct ]; then
+        for i in "${!node_pids[@]}"; do
+            kill -0 "${node_pids[$i]}" 2>/dev/null && continue
+            show_log "cluster node $i" "$tmp/node$i/redis.log"
+            die "cluster master $i (127.0.0.1:${node_ports[$i]}, pid ${node_pids[$i]}) has exited"
+        done
+        return 0
+    fi
     pid=$(target_pid "$target")
     kill -0 "$pid" 2>/dev/null && return 0
     case "$target" in
@@ -577,7 +808,9 @@ reset_list() {
     REDISCLI_AUTH="$password" redis-cli -h 127.0.0.1 -p "$redis_port" DEL mylist >/dev/null 2>&1 || true
 }
 
-step "Calibrating -n (short warm-up runs, all $targets_word targets, aiming at ~${run_ms} ms per run)"
+all_targets="all $targets_word targets"
+[ "${#targets[@]}" -eq 2 ] && all_targets="both targets"
+step "Calibrating -n (short warm-up runs, $all_targets, aiming at ~${run_ms} ms per run)"
 for ci in "${!case_ids[@]}"; do
     line="  ${case_labels[$ci]}:"
     for test in "${tests[@]}"; do
@@ -649,7 +882,7 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
     -v cases="${case_ids[*]}" -v labels="$(printf '%s|' "${case_labels[@]}")" \
     -v tests="${tests[*]}" -v targets="${targets[*]}" -v summary="$summary" -v tls="$tls" \
     -v extras="${extra_names[*]}" -v wtargets="$worker_targets" -v wsummary="$summary_workers" \
-    -v main_workers="$main_workers_shown" '
+    -v main_workers="$main_workers_shown" -v twem="$($cluster && echo false || echo true)" '
     function median(key,    k, m, i, j, v, a) {
         if (!(key in vals)) return ""
         m = split(vals[key], a, " ")
@@ -691,14 +924,15 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
         nc = split(cases, C, " "); split(labels, L, "|")
         nt = split(tests, T, " "); ng = split(targets, G, " ")
         # With --tls or --workers, one more column after ×twemproxy: ×ambassador (in the rows
-        # of the extra ambassadors only).
+        # of the extra ambassadors only). With --cluster, no twemproxy columns.
+        tw = (twem == "true")
         tcol = (tls == "true")
         ne = split(extras, E, " "); for (e = 1; e <= ne; e++) extra[E[e]] = 1
         acol = (ne > 0)
         # With --workers, a second summary: the ambassador and each ambassador-wN.
         nw = split(wtargets, W, " ")
         if (nw > 0) { W[0] = "ambassador"; for (e = nw; e >= 0; e--) W[e + 1] = W[e]; nw++ }
-        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct", "×twemproxy" (acol ? OFS "×ambassador" : ""), \
+        print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct" (tw ? OFS "×twemproxy" : "") (acol ? OFS "×ambassador" : ""), \
             "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs"
         for (c = 1; c <= nc; c++) {
             for (t = 1; t <= nt; t++) {
@@ -716,7 +950,7 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
                     if (rps[x] == "") vd = "-"
                     print L[c], (g == 1 ? toupper(T[t]) : ""), (g == 1 ? size[C[c] SUBSEP T[t]] : ""), x, \
                         count[C[c] SUBSEP T[t] SUBSEP x] + 0, (rps[x] == "" ? "failed" : sprintf("%.0f", rps[x])), \
-                        vd, vt (acol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99
+                        vd (tw ? OFS vt : "") (acol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99
                 }
                 if (rps["direct"] != "" && rps["ambassador"] != "") minmax(C[c] "ad", rps["ambassador"] / rps["direct"])
                 if (rps["twemproxy"] != "" && rps["ambassador"] != "") minmax(C[c] "at", rps["ambassador"] / rps["twemproxy"])
@@ -749,10 +983,12 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
                             range(C[c] x "/a"), urange(C[c] x "/50") > wsummary
                 }
         }
-        print "Case", "ambassador/direct", "ambassador/twemproxy", "twemproxy/direct", "ambassador Δp50", "twemproxy Δp50" \
+        print "Case", "ambassador/direct" (tw ? OFS "ambassador/twemproxy" OFS "twemproxy/direct" : ""), "ambassador Δp50" \
+            (tw ? OFS "twemproxy Δp50" : "") \
             (tcol ? OFS "ambassador-tls/ambassador" OFS "ambassador-tls Δp50 vs ambassador" : "") > summary
         for (c = 1; c <= nc; c++)
-            print L[c], range(C[c] "ad"), range(C[c] "at"), range(C[c] "td"), urange(C[c] "a50"), urange(C[c] "t50") \
+            print L[c], range(C[c] "ad") (tw ? OFS range(C[c] "at") OFS range(C[c] "td") : ""), urange(C[c] "a50") \
+                (tw ? OFS urange(C[c] "t50") : "") \
                 (tcol ? OFS range(C[c] "sa") OFS urange(C[c] "s50") : "") > summary
     }
 ' "$sizes" "$results" >"$table"
@@ -804,16 +1040,26 @@ about="$tmp/about.tsv"
     printf 'date\t%s\n' "$started"
     printf 'machine\t%s CPUs (nproc), %s, %s\n' "$(nproc)" "$cpu_model" "$(uname -srm)"
     printf 'load average\t%s at the start, %s at the end\n' "$load_start" "$load_end"
-    if $tls; then
+    if $cluster; then
+        printf 'versions\tredis-server %s, redis-benchmark %s, rustc %s\n' \
+            "$redis_version" "${bench_version:-?}" "${rustc_version:-?}"
+    elif $tls; then
         printf 'versions\tredis-server %s, redis-benchmark %s, nutcracker %s, rustc %s, openssl %s\n' \
             "$redis_version" "${bench_version:-?}" "${twem_version:-?}" "${rustc_version:-?}" "${openssl_version:-?}"
     else
         printf 'versions\tredis-server %s, redis-benchmark %s, nutcracker %s, rustc %s\n' \
             "$redis_version" "${bench_version:-?}" "${twem_version:-?}" "${rustc_version:-?}"
     fi
-    printf 'ambassador\tgit %s, cargo build --release, config.toml with listen/upstream/metrics addresses%s, no client password\n' \
-        "$git_rev" "$drain_note"
-    printf 'twemproxy\tone pool, redis: true, redis_auth, server_connections: 1, preconnect\n'
+    if $cluster; then
+        printf 'cluster\t%s masters, no replicas, on 127.0.0.1 (ports %s), requirepass, cluster-node-timeout %s ms, save "", appendonly no; redis-cli --cluster create --cluster-replicas 0\n' \
+            "$cluster_size" "$(printf '%s, ' "${node_ports[@]}" | sed 's/, $//')" "$cluster_node_timeout_ms"
+        printf 'ambassador\tgit %s, cargo build --release, config.toml with listen/metrics addresses, [upstream] mode = "cluster", address = the first master, addresses = the other %s, the password file%s, no client password; worker_threads = %s\n' \
+            "$git_rev" "$((cluster_size - 1))" "$drain_note" "$main_workers_shown"
+    else
+        printf 'ambassador\tgit %s, cargo build --release, config.toml with listen/upstream/metrics addresses%s, no client password\n' \
+            "$git_rev" "$drain_note"
+        printf 'twemproxy\tone pool, redis: true, redis_auth, server_connections: 1, preconnect\n'
+    fi
     if $tls; then
         printf 'TLS upstream\tambassador-tls: the same build and config, upstream rediss:// to the same redis-server'"'"'s TLS port (tls-auth-clients no), tls_ca_file = a throwaway CA; P-256 certificate for IP 127.0.0.1\n'
     fi
@@ -823,10 +1069,17 @@ about="$tmp/about.tsv"
     fi
     printf 'mode\t%s: %s repetitions, medians; runs interleaved (%s back to back, order rotated per repetition); %s s of benchmark runs\n' \
         "$mode" "$reps" "$(printf '%s, ' "${targets[@]}" | sed 's/, $//')" "$bench_secs"
-    printf 'command\tredis-benchmark -h 127.0.0.1 -p PORT [-a PASSWORD] -c C -P P -n N -r %s -t TEST --csv\n' "$keyspace"
+    if $cluster; then
+        printf 'command\tdirect: redis-benchmark --cluster -h 127.0.0.1 -p FIRST_MASTER -a PASSWORD -c C -P P -n N -r %s -t TEST --csv; ambassador: the same without --cluster and -a, at its port\n' "$keyspace"
+    else
+        printf 'command\tredis-benchmark -h 127.0.0.1 -p PORT [-a PASSWORD] -c C -P P -n N -r %s -t TEST --csv\n' "$keyspace"
+    fi
 }>"$about"
 
 title="redis-ambassador vs direct Redis vs twemproxy"
+if $cluster; then
+    title="redis-ambassador (cluster mode) vs redis-benchmark --cluster, straight at a ${cluster_size}-master Redis Cluster"
+fi
 if $tls; then
     title="$title, and redis-ambassador with a TLS upstream"
 fi
@@ -851,19 +1104,27 @@ ratio_note() {
         *) echo "×ambassador (${whose[0]} and ${whose[1]} only): its $1 divided by the ambassador's (${what[0]}; ${what[1]})." ;;
     esac
 }
-workers_heading="Worker threads (range over the five tests; the ambassador's worker_threads is config.toml's):"
+workers_heading="Worker threads (range over the $tests_word tests; the ambassador's worker_threads is config.toml's):"
+# What the ratio columns are (UNIT: req/s or requests/s).
+ratios_note() {
+    if $cluster; then
+        echo "Median over the repetitions. ×direct: this target's $1 divided by direct's (redis-benchmark --cluster at the masters)."
+    else
+        echo "Median over the repetitions. ×direct / ×twemproxy: this target's $1 divided by theirs."
+    fi
+}
 
 print_report() {
     echo "$title (redis-benchmark, $mode mode)"
     echo
     LC_ALL=C awk -F'\t' '{ printf "%-13s %s\n", $1 ":", $2 }' "$about"
     echo
-    echo "Median over the repetitions. ×direct / ×twemproxy: this target's req/s divided by theirs."
+    ratios_note "req/s"
     ratio_note "req/s"
     echo "Latencies in microseconds (redis-benchmark's per-request latency); Δ: minus direct's."
     render_text 1 "2 4" "$table"
     echo
-    echo "Summary (range over the five tests):"
+    echo "Summary (range over the $tests_word tests):"
     echo
     render_text 0 "1" "$summary"
     if [ "${#workers[@]}" -gt 0 ]; then
@@ -884,13 +1145,13 @@ if [ -n "$out_file" ]; then
         echo
         awk -F'\t' '{ printf "- **%s**: %s\n", $1, $2 }' "$about"
         echo
-        echo "Median over the repetitions. ×direct / ×twemproxy: this target's requests/s divided by theirs."
+        ratios_note "requests/s"
         ratio_note "requests/s"
         echo "Latencies in µs (redis-benchmark's per-request latency); Δ: minus direct's."
         echo
         render_markdown "$table"
         echo
-        echo "Summary (range over the five tests):"
+        echo "Summary (range over the $tests_word tests):"
         echo
         render_markdown "$summary"
         if [ "${#workers[@]}" -gt 0 ]; then
