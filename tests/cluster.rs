@@ -578,3 +578,65 @@ fn a_master_crash_is_survived_and_readiness_follows_the_cluster() {
     );
     eprintln!("crash: {errors} failed GETs until the replica took over");
 }
+
+/// A mixed pipeline over every master — reads, writes, errors, local answers, commands
+/// split over slots — answered byte for byte as one standalone Redis answers it, with the
+/// default in-flight limit and with a small one (the pipeline then goes in many pieces).
+#[test]
+fn a_mixed_pipeline_over_three_masters_answers_as_one_redis() {
+    let cluster = RedisCluster::start(3, 0, PW);
+    let single = RedisServer::with_password(PW);
+    let seeds = cluster.seed_addresses();
+    let others: Vec<String> = seeds[1..].iter().map(|s| format!("\"{s}\"")).collect();
+    let small = AmbassadorBuilder::new(&seeds[0])
+        .upstream_password(PW.as_bytes())
+        .upstream_option("mode", "\"cluster\"")
+        .upstream_option("addresses", &format!("[{}]", others.join(", ")))
+        .limit("max_in_flight", 5)
+        .start();
+    let proxies = [proxy_for(&cluster), small];
+
+    // A deterministic mix (xorshift), the same for every target.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut input = Vec::new();
+    let mut count = 0;
+    for i in 0..4000 {
+        let k = format!("key{}", next(200));
+        let l = format!("list{}", next(50));
+        let other = format!("key{}", next(200));
+        let args: Vec<String> = match next(12) {
+            0 => vec!["SET".into(), k, i.to_string()],
+            1 => vec!["GET".into(), k],
+            2 => vec!["INCR".into(), k],
+            3 => vec!["APPEND".into(), k, "x".into()],
+            4 => vec!["LPUSH".into(), l, i.to_string()],
+            5 => vec!["LRANGE".into(), l, "0".into(), "2".into()],
+            6 => vec!["PING".into()],
+            7 => vec!["ECHO".into(), format!("e{i}")],
+            8 => vec!["MGET".into(), k, other, "nokey".into()],
+            9 => vec!["EXISTS".into(), k, other],
+            10 => vec!["TYPE".into(), k],
+            _ => vec!["DEL".into(), k],
+        };
+        input.extend(resp(&args));
+        count += 1;
+    }
+    let mut direct = single.conn();
+    direct.call_expect(&["AUTH", PW], b"+OK\r\n");
+    direct.send(&input);
+    let want = direct.read_replies(count).concat();
+    for proxy in &proxies {
+        let mut c = proxy.conn();
+        c.call_expect(&["FLUSHALL"], b"+OK\r\n");
+        c.send(&input);
+        let got = c.read_exact_bytes(want.len());
+        assert_bytes_eq("the pipeline through the ambassador", &want, &got);
+        c.expect_silence(Duration::from_millis(100));
+    }
+}

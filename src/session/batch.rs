@@ -60,7 +60,48 @@ enum Step {
 pub struct Submitted {
     batch: Batch,
     lane: LaneReplies,
+    emitting: Emitting,
+}
+
+/// A point in a batch's plan: its steps, local replies and routed requests so far. The
+/// part of a batch between two marks can be answered on its own (see
+/// [`Submitted::emit_part`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mark {
+    step: usize,
+    local: usize,
+    routed: usize,
+}
+
+impl Mark {
+    pub fn step(&self) -> usize {
+        self.step
+    }
+}
+
+/// What answering a batch carries from one part of it to the next.
+#[derive(Debug, Default)]
+struct Emitting {
+    /// Every forwarded request left is answered with this error.
     failure: Option<(String, ErrorClass)>,
+    /// Reads on a replica that failed: the master answers the rest (see `fallback`).
+    replica_lost: Option<(String, ErrorClass)>,
+}
+
+impl Emitting {
+    fn new(fallback: bool, failure: Option<(String, ErrorClass)>) -> Emitting {
+        if fallback {
+            Emitting {
+                failure: None,
+                replica_lost: failure,
+            }
+        } else {
+            Emitting {
+                failure,
+                replica_lost: None,
+            }
+        }
+    }
 }
 
 /// Where a lane job's replies come, with the job's output accounting.
@@ -71,17 +112,94 @@ struct LaneReplies {
 }
 
 impl Submitted {
-    /// Writes the batch's replies, in order, into `out` (as `Batch::execute` does).
-    pub async fn emit(
-        mut self,
+    /// Writes the replies of the steps from `from` to step `to`, in order, into `out`; the
+    /// parts of a batch must be written in their order, each once.
+    pub async fn emit_part(
+        &mut self,
+        from: Mark,
+        to: usize,
         out: &mut BytesMut,
         client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
         let lane = &mut self.lane;
         let source = Source::Lane(&mut lane.replies, &lane.pending, &lane.overflow);
         self.batch
-            .emit(out, client, self.failure.take(), source)
+            .emit_steps(from, to, out, client, &mut self.emitting, source)
             .await
+    }
+}
+
+/// Cluster mode: a pipeline's requests planned side by side while they are read, one
+/// batch per node; then every batch goes to its node at once (one lane job each) and the
+/// replies are written in the client's order, part by part. A pipeline of keys spread
+/// over three masters is three jobs, however its keys alternate.
+#[derive(Debug, Default)]
+pub struct Spread {
+    /// The batches, each for its own node (`None` while one is being added to).
+    pub batches: Vec<Option<Batch>>,
+    /// The parts in the client's order: a batch, where the part starts, where it ends.
+    parts: Vec<(usize, Mark, usize)>,
+    /// Steps planned in all parts: what the client has in flight.
+    pub steps: usize,
+    /// A batch failed: the slot map should be read again.
+    pub failed: bool,
+}
+
+impl Spread {
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Sets `batch` aside (back in its place `at` if it came from here), with its steps
+    /// from `part` on as the next part.
+    pub fn set_aside(&mut self, batch: Batch, at: Option<usize>, part: Mark) {
+        let end = batch.steps.len();
+        let at = match at {
+            Some(at) => at,
+            None => {
+                self.batches.push(None);
+                self.batches.len() - 1
+            }
+        };
+        if end > part.step {
+            self.parts.push((at, part, end));
+            self.steps += end - part.step;
+        }
+        if let Some(slot) = self.batches.get_mut(at) {
+            *slot = Some(batch);
+        }
+    }
+
+    /// Where the batch for `node` is, if one is set aside.
+    pub fn position(&self, node: &Arc<Upstream>) -> Option<usize> {
+        self.batches.iter().position(|batch| {
+            batch
+                .as_ref()
+                .and_then(|b| b.node.as_ref())
+                .is_some_and(|n| Arc::ptr_eq(n, node))
+        })
+    }
+
+    /// Sends every batch, then writes the parts' replies in order. `false` when the
+    /// client must be closed.
+    pub async fn run(&mut self, out: &mut BytesMut, client: &mut ClientWrite) -> bool {
+        let mut submitted = Vec::with_capacity(self.batches.len());
+        for batch in self.batches.drain(..) {
+            submitted.push(match batch {
+                Some(batch) => Some(batch.submit().await),
+                None => None,
+            });
+        }
+        for (at, from, to) in std::mem::take(&mut self.parts) {
+            let Some(Some(batch)) = submitted.get_mut(at) else {
+                continue;
+            };
+            match batch.emit_part(from, to, out, client).await {
+                Ok(outcome) if !outcome.close => self.failed |= outcome.failed,
+                _ => return false,
+            }
+        }
+        true
     }
 }
 
@@ -382,9 +500,18 @@ impl Batch {
             ))),
         };
         Submitted {
+            emitting: Emitting::new(self.fallback.is_some(), failure),
             batch: self,
             lane,
-            failure,
+        }
+    }
+
+    /// Where the plan is now (see [`Mark`]).
+    pub fn mark(&self) -> Mark {
+        Mark {
+            step: self.steps.len(),
+            local: self.local.len(),
+            routed: self.routed.len(),
         }
     }
 
@@ -514,22 +641,37 @@ impl Batch {
         &self,
         out: &mut BytesMut,
         client: &mut ClientWrite,
-        mut failure: Option<(String, ErrorClass)>,
+        failure: Option<(String, ErrorClass)>,
+        source: Source<'_>,
+    ) -> std::io::Result<Outcome> {
+        let mut emitting = Emitting::new(self.fallback.is_some(), failure);
+        let end = self.steps.len();
+        self.emit_steps(Mark::default(), end, out, client, &mut emitting, source)
+            .await
+    }
+
+    /// [`emit`](Batch::emit) for the steps from `from` to step `to`, the state carried
+    /// over in `emitting`.
+    async fn emit_steps(
+        &self,
+        from: Mark,
+        to: usize,
+        out: &mut BytesMut,
+        client: &mut ClientWrite,
+        emitting: &mut Emitting,
         mut source: Source<'_>,
     ) -> std::io::Result<Outcome> {
         let mut outcome = Outcome::default();
-        let mut start = 0;
-        let mut routed = self.routed.iter().peekable();
-        // Reads on a replica that failed: the master answers the rest (see `fallback`).
-        let mut replica_lost = match (&self.fallback, failure.take()) {
-            (Some(_), Some(lost)) => Some(lost),
-            (None, lost) => {
-                failure = lost;
-                None
-            }
-            (Some(_), None) => None,
-        };
-        for (index, step) in self.steps.iter().enumerate() {
+        let mut start = from.local;
+        let mut routed = self.routed[from.routed.min(self.routed.len())..]
+            .iter()
+            .peekable();
+        let Emitting {
+            failure,
+            replica_lost,
+        } = emitting;
+        let to = to.min(self.steps.len());
+        for (index, step) in self.steps.iter().enumerate().take(to).skip(from.step) {
             // The request of this step, when a redirect may have to send it again.
             let resend = routed
                 .next_if(|(at, _, _)| *at == index)
@@ -545,7 +687,7 @@ impl Batch {
                             Ok(_) if pass == Pass::Ignore => {}
                             Ok((reply, frame)) if pass == Pass::Swallow => {
                                 if frame.error {
-                                    failure = Some(state_change_failed(&reply));
+                                    *failure = Some(state_change_failed(&reply));
                                 }
                             }
                             Ok((reply, frame)) => {
@@ -589,7 +731,7 @@ impl Batch {
                                     }
                                     Err(error) => {
                                         tracing::debug!(%error, "following a cluster redirect failed");
-                                        failure = Some(failure_of(&error));
+                                        *failure = Some(failure_of(&error));
                                     }
                                 }
                             }
@@ -609,15 +751,15 @@ impl Batch {
                                     %error,
                                     "a replica failed mid-batch; its master answers the rest"
                                 );
-                                replica_lost = Some(failure_of(&error));
+                                *replica_lost = Some(failure_of(&error));
                             }
                             Err(error) => {
                                 tracing::debug!(%error, "upstream failed mid-batch");
-                                failure = Some(failure_of(&error));
+                                *failure = Some(failure_of(&error));
                             }
                         }
                     }
-                    if let (Some((text, class)), true) = (&replica_lost, pass != Pass::Swallow) {
+                    if let (Some((text, class)), true) = (&*replica_lost, pass != Pass::Swallow) {
                         let answer = match (&self.cluster, resend, &self.fallback) {
                             (Some(cluster), Some((request, state)), Some(master)) => {
                                 let call = cluster.call(master, None, request, state);
@@ -642,7 +784,7 @@ impl Batch {
                         }
                     }
                     // A failure met at this very step is this step's answer too.
-                    if let Some((text, class)) = &failure {
+                    if let Some((text, class)) = &*failure {
                         if pass != Pass::Swallow && pass != Pass::Ignore {
                             replies::proxy_error(out, text);
                             metrics::record_command(command, Some(*class), self.started.elapsed());
@@ -667,7 +809,7 @@ impl Batch {
                 out.clear();
             }
         }
-        if replica_lost.is_some() {
+        if replica_lost.is_some() && to == self.steps.len() {
             if let Some(cluster) = &self.cluster {
                 // The replica may be gone from the slot map by now.
                 cluster.refresh_soon();

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::Batch;
+use super::batch::{Batch, Spread};
 use super::{Flow, Session, request_bytes};
 use crate::cluster::Cluster;
 use crate::cluster::keys::KeySlots;
@@ -169,6 +169,26 @@ impl Session {
         let state = self.conn_state();
         batch.forward_routed(request_bytes(request), state);
         Ok(Flow::Continue)
+    }
+
+    /// The batch set aside in `spread` for `request`'s node, when the request may join
+    /// it: a plain forwarded command (nothing that blocks or binds a connection) with its
+    /// keys in one slot, as [`route_fast`](Session::route_fast) routes it.
+    pub(super) fn spread_batch(&self, spread: &mut Spread, request: &Request) -> Option<usize> {
+        let cluster = self.shared.cluster.as_ref()?;
+        if spread.is_empty()
+            || self.requires_auth()
+            || self.needs_pin()
+            || self.pinned.is_some()
+            || cluster.reads_from_replicas()
+            || command::lookup(request.name()).is_some_and(|c| c.kind != command::Kind::Forward)
+        {
+            return None;
+        }
+        let KeySlots::One(slot) = cluster.keys().key_slots(&request.args) else {
+            return None;
+        };
+        spread.position(&cluster.route_now(slot)?)
     }
 
     /// Plans a forwarded request in cluster mode (see the module's comment).

@@ -271,17 +271,31 @@ impl Session {
         let mut out = BytesMut::new();
         let mut read_size = FIRST_READ;
         let mut deferred: Option<Request> = None;
-        // Cluster mode: batches sent to their nodes whose replies are read after the next
-        // node's batch is sent too (see `batch::Submitted`), and their steps.
-        let mut ahead: Vec<batch::Submitted> = Vec::new();
-        let mut ahead_steps = 0;
+        // Cluster mode: a pipeline's requests for several nodes are planned side by side,
+        // one batch per node (see `Spread`).
+        let mut spread = batch::Spread::default();
         loop {
             let mut batch = Batch::new(self.shared.max_in_flight);
+            // Where this batch is in `spread`, if it was set aside there before, and where
+            // its current part began.
+            let mut spread_at = None;
+            let mut part = batch.mark();
             let mut flow = Flow::Continue;
             if let Some(request) = deferred.take() {
+                if let Some(at) = self.spread_batch(&mut spread, &request) {
+                    if let Some(resumed) = spread.batches[at].take() {
+                        batch = resumed;
+                        spread_at = Some(at);
+                        part = batch.mark();
+                    }
+                }
                 flow = self.handle(request, &mut batch).await;
             }
-            while matches!(flow, Flow::Continue) && !batch.is_full() && !batch.barrier {
+            while matches!(flow, Flow::Continue)
+                && !batch.is_full()
+                && !batch.barrier
+                && spread.steps + batch.len() - part.step() < self.shared.max_in_flight
+            {
                 match scanner.next(&mut inbuf, self.requires_auth()) {
                     Ok(Some(request)) => {
                         flow = self.handle(request, &mut batch).await;
@@ -304,31 +318,35 @@ impl Session {
                     }
                 }
             }
-            // Cluster mode: a run of requests for one node, cut short by a request for
-            // another, goes out at once; its replies are read after the next runs are out.
+            // Cluster mode: a request for another node than this batch's sets the batch
+            // aside, to be sent with the other nodes' batches; the request goes to its
+            // node's batch.
             if let Flow::Defer(request) = flow {
-                if batch.can_submit_ahead(self.pinned.is_some())
-                    && ahead_steps + batch.len() <= self.shared.max_in_flight
+                if (spread_at.is_some() || batch.can_submit_ahead(self.pinned.is_some()))
+                    && spread.steps + batch.len() - part.step() <= self.shared.max_in_flight
                 {
-                    ahead_steps += batch.len();
-                    ahead.push(batch.submit().await);
+                    spread.set_aside(batch, spread_at, part);
                     deferred = Some(request);
                     continue;
                 }
                 flow = Flow::Defer(request);
             }
-            // Replies owed for batches sent ahead come first.
-            for submitted in ahead.drain(..) {
-                match Box::pin(submitted.emit(&mut out, &mut writer)).await {
-                    Ok(outcome) if !outcome.close => {
-                        if let (true, Some(cluster)) = (outcome.failed, &self.shared.cluster) {
-                            cluster.refresh_soon();
-                        }
-                    }
-                    _ => return,
+            if !spread.is_empty() {
+                // A batch taken back from `spread` only had requests that may go ahead
+                // added (see `spread_batch`); a new one goes with the others if it can.
+                if spread_at.is_some() || batch.can_submit_ahead(self.pinned.is_some()) {
+                    spread.set_aside(batch, spread_at, part);
+                    batch = Batch::new(self.shared.max_in_flight);
                 }
+                // Every node's batch goes out, then the replies are written in order.
+                if !Box::pin(spread.run(&mut out, &mut writer)).await {
+                    return;
+                }
+                if let (true, Some(cluster)) = (spread.failed, &self.shared.cluster) {
+                    cluster.refresh_soon();
+                }
+                spread = batch::Spread::default();
             }
-            ahead_steps = 0;
             if batch.is_empty() && !out.is_empty() {
                 global.bytes_out.increment(out.len() as u64);
                 if writer.send(&out).await.is_err() {
