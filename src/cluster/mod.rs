@@ -1,9 +1,8 @@
-//! Redis Cluster support: the pieces a cluster-mode upstream routes with — the key → slot
-//! function (`slot`), which arguments are keys (`keys`), and the slot map read from
-//! `CLUSTER SLOTS` (`topology`).
-//!
-//! Not wired in yet: `[upstream] mode = "cluster"` is refused at start-up until the router
-//! that uses these (per-node lanes, MOVED/ASK, multi-key splitting) lands.
+//! Redis Cluster support (`[upstream] mode = "cluster"`): the key → slot function
+//! (`slot`), which arguments are keys (`keys`), the slot map read from `CLUSTER SLOTS`
+//! (`topology`), and the router (`router`: an upstream per node, the map's refreshes,
+//! MOVED/ASK). The session routes its requests with them (`session::cluster`, and
+//! `session::shards` for pub/sub).
 
 pub mod keys;
 pub mod router;
