@@ -270,16 +270,20 @@ impl Shards {
             error: None,
             added: Vec::new(),
         });
-        let link = &mut self.links[index];
-        if link.commands.send(request).is_ok() {
-            link.pending.push_back(Pending {
-                kind: Kind::Other,
-                channels: Vec::new(),
-                remaining: 1,
-                client: true,
-                redirects: 0,
-            });
-        }
+        let Some(link) = self.links.get_mut(index) else {
+            self.op = None;
+            return;
+        };
+        // Sent or not: a link whose task is gone reports `Closed`, which fails what is
+        // pending on it.
+        let _ = link.commands.send(request);
+        link.pending.push_back(Pending {
+            kind: Kind::Other,
+            channels: Vec::new(),
+            remaining: 1,
+            client: true,
+            redirects: 0,
+        });
     }
 
     /// Brings every link to the client's protocol (after HELLO in relay mode), so that
@@ -382,7 +386,9 @@ impl Shards {
 
     /// One confirmation of the front command on link `index`.
     fn advance(&mut self, index: usize, kind: Kind) {
-        let link = &mut self.links[index];
+        let Some(link) = self.links.get_mut(index) else {
+            return;
+        };
         let Some(front) = link.pending.front_mut() else {
             return;
         };
@@ -592,11 +598,12 @@ impl Shards {
         let mut args: Vec<&[u8]> = Vec::with_capacity(channels.len() + 1);
         args.push(name);
         args.extend(channels.iter().map(|c| &c[..]));
-        let link = &mut self.links[index];
-        if link.commands.send(encode::command(&args)).is_err() {
-            // The task is gone; its `Closed` event is on its way and handles the rest.
+        let Some(link) = self.links.get_mut(index) else {
             return;
-        }
+        };
+        // Sent or not: a link whose task is gone reports `Closed`, which handles what is
+        // pending on it.
+        let _ = link.commands.send(encode::command(&args));
         link.pending.push_back(Pending {
             kind,
             remaining: channels.len(),
