@@ -132,6 +132,11 @@ struct Relay {
     shards: Option<Shards>,
     /// Cluster mode: the node the relay's connection is on.
     node: Option<String>,
+    /// A HELLO's reply, written when the relay's connection has switched protocol too.
+    held_hello: Option<BytesMut>,
+    /// The shard channels' links hold a HELLO's reply until the relay's connection has
+    /// switched too.
+    shards_wait_main: bool,
 }
 
 enum Step {
@@ -199,6 +204,8 @@ impl Session {
             over_soft_since: None,
             shards: None,
             node: node.as_ref().map(|n| n.address()),
+            held_hello: None,
+            shards_wait_main: false,
         };
         let mut out = BytesMut::new();
         let exit = self
@@ -630,6 +637,16 @@ impl Session {
             };
             if matches {
                 relay.swallow.pop_front();
+                if expect == Expect::Hello {
+                    if let Some(reply) = relay.held_hello.take() {
+                        out.extend_from_slice(&reply);
+                    } else if std::mem::take(&mut relay.shards_wait_main) {
+                        if let Some(shards) = relay.shards.as_mut() {
+                            shards.main_switched(out);
+                        }
+                        sync_shards(relay);
+                    }
+                }
                 return Step::Continue;
             }
         }
@@ -759,9 +776,28 @@ impl Session {
                 }
                 let mut scratch = Batch::new(1);
                 let flow = self.handle(request, &mut scratch).await;
-                out.extend_from_slice(&scratch.into_local());
+                let reply = scratch.into_local();
                 if matches!(flow, super::Flow::Close | super::Flow::Drop) {
+                    out.extend_from_slice(&reply);
                     return Step::Exit(Exit::Close);
+                }
+                // A protocol change reaches the upstream connections before its reply
+                // reaches the client: no message published after the reply comes in the
+                // old protocol.
+                let proto = self.proto;
+                let main = conn.state.proto != proto;
+                let reply = match relay.shards.as_mut() {
+                    Some(shards) => shards.switch_proto_before(proto, reply, main),
+                    None => Some(reply),
+                };
+                match reply {
+                    Some(reply) if main => relay.held_hello = Some(reply),
+                    Some(reply) => out.extend_from_slice(&reply),
+                    None => {
+                        relay.shards_wait_main = main;
+                        sync_shards(relay);
+                        relay.barrier_since = Some(Instant::now());
+                    }
                 }
                 if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, true).await {
                     return Step::Exit(exit);

@@ -289,6 +289,45 @@ impl Shards {
     /// Brings every link to the client's protocol (after HELLO in relay mode), so that
     /// messages reach the client in it.
     pub(super) fn set_proto(&mut self, proto: Proto) {
+        self.switch_proto(proto, false);
+    }
+
+    /// [`set_proto`](Shards::set_proto) for the client's HELLO: its `reply` is held until
+    /// every link has switched (and, with `main`, the relay's connection too: see
+    /// [`main_switched`](Shards::main_switched)), so no message after it comes in the old
+    /// protocol, as on one connection, where HELLO runs before anything published after
+    /// its reply. Without a link to switch, the reply is given back.
+    pub(super) fn switch_proto_before(
+        &mut self,
+        proto: Proto,
+        reply: BytesMut,
+        main: bool,
+    ) -> Option<BytesMut> {
+        let switched = self.switch_proto(proto, true);
+        if switched == 0 {
+            return Some(reply);
+        }
+        self.op = Some(Op {
+            replies: reply,
+            parts: switched + usize::from(main),
+            error: None,
+            added: Vec::new(),
+        });
+        None
+    }
+
+    /// The relay's connection has switched protocol (its HELLO answered): the client's
+    /// HELLO reply may go once the links have too.
+    pub(super) fn main_switched(&mut self, out: &mut BytesMut) {
+        if let Some(op) = &mut self.op {
+            op.parts = op.parts.saturating_sub(1);
+        }
+        self.finish_op(out);
+    }
+
+    /// Sends HELLO to every link not in `proto`; how many.
+    fn switch_proto(&mut self, proto: Proto, client: bool) -> usize {
+        let mut switched = 0;
         for link in &mut self.links {
             if link.proto == proto {
                 continue;
@@ -304,11 +343,13 @@ impl Shards {
                     kind: Kind::Hello,
                     channels: Vec::new(),
                     remaining: 1,
-                    client: false,
+                    client,
                     redirects: 0,
                 });
+                switched += 1;
             }
         }
+        switched
     }
 
     /// Waits for a link's frame or the next resubscription try.
@@ -351,7 +392,13 @@ impl Shards {
             return;
         }
         if front == Some(Kind::Hello) && !matches!(kind, Some((b"smessage" | b"sunsubscribe", _))) {
-            self.links[index].pending.pop_front();
+            let client = self.links[index]
+                .pending
+                .pop_front()
+                .is_some_and(|p| p.client);
+            if let (true, Some(op)) = (client, &mut self.op) {
+                op.parts = op.parts.saturating_sub(1);
+            }
             return;
         }
         if frame.first() == Some(&b'-') {
@@ -482,7 +529,7 @@ impl Shards {
         for pending in &link.pending {
             if pending.client {
                 if let Some(op) = &mut self.op {
-                    if pending.kind != Kind::Unsub {
+                    if pending.kind != Kind::Unsub && pending.kind != Kind::Hello {
                         let error = UpstreamError::Lost("connection closed".to_owned());
                         op.error.get_or_insert_with(|| proxy_error(&error));
                     }
