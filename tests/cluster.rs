@@ -579,9 +579,10 @@ fn a_master_crash_is_survived_and_readiness_follows_the_cluster() {
     eprintln!("crash: {errors} failed GETs until the replica took over");
 }
 
-/// A mixed pipeline over every master — reads, writes, errors, local answers, commands
-/// split over slots — answered byte for byte as one standalone Redis answers it, with the
-/// default in-flight limit and with a small one (the pipeline then goes in many pieces).
+/// Mixed pipelines over every master — reads, writes, type errors, local answers,
+/// commands split over slots, transactions on one slot, a blocking command that times
+/// out — answered byte for byte as one standalone Redis answers them, with the default
+/// in-flight limit and with a small one (the pipeline then goes in many pieces).
 #[test]
 fn a_mixed_pipeline_over_three_masters_answers_as_one_redis() {
     let cluster = RedisCluster::start(3, 0, PW);
@@ -595,9 +596,37 @@ fn a_mixed_pipeline_over_three_masters_answers_as_one_redis() {
         .limit("max_in_flight", 5)
         .start();
     let proxies = [proxy_for(&cluster), small];
+    let mut direct = single.conn();
+    direct.call_expect(&["AUTH", PW], b"+OK\r\n");
+    let mut clients: Vec<RawConn> = proxies.iter().map(|p| p.conn()).collect();
 
-    // A deterministic mix (xorshift), the same for every target.
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for seed in [
+        0x9e37_79b9_7f4a_7c15_u64,
+        0x2545_f491_4f6c_dd1d,
+        0x1405_7b7e_f767_814f,
+    ] {
+        let (input, count) = mixed_pipeline(seed, 3000);
+        direct.call_expect(&["FLUSHALL"], b"+OK\r\n");
+        direct.send(&input);
+        let want = direct.read_replies(count).concat();
+        for (which, c) in clients.iter_mut().enumerate() {
+            c.call_expect(&["FLUSHALL"], b"+OK\r\n");
+            c.send(&input);
+            let got = c.read_exact_bytes(want.len());
+            assert_bytes_eq(
+                &format!("pipeline {seed:#x} through ambassador {which}"),
+                &want,
+                &got,
+            );
+            c.expect_silence(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `n` commands drawn from a fixed mix by a xorshift seeded with `seed`; the requests and
+/// how many replies they get.
+fn mixed_pipeline(seed: u64, n: usize) -> (Vec<u8>, usize) {
+    let mut state = seed;
     let mut next = move |n: u64| {
         state ^= state << 13;
         state ^= state >> 7;
@@ -606,37 +635,43 @@ fn a_mixed_pipeline_over_three_masters_answers_as_one_redis() {
     };
     let mut input = Vec::new();
     let mut count = 0;
-    for i in 0..4000 {
-        let k = format!("key{}", next(200));
-        let l = format!("list{}", next(50));
-        let other = format!("key{}", next(200));
-        let args: Vec<String> = match next(12) {
-            0 => vec!["SET".into(), k, i.to_string()],
-            1 => vec!["GET".into(), k],
-            2 => vec!["INCR".into(), k],
-            3 => vec!["APPEND".into(), k, "x".into()],
-            4 => vec!["LPUSH".into(), l, i.to_string()],
-            5 => vec!["LRANGE".into(), l, "0".into(), "2".into()],
-            6 => vec!["PING".into()],
-            7 => vec!["ECHO".into(), format!("e{i}")],
-            8 => vec!["MGET".into(), k, other, "nokey".into()],
-            9 => vec!["EXISTS".into(), k, other],
-            10 => vec!["TYPE".into(), k],
-            _ => vec!["DEL".into(), k],
+    for i in 0..n {
+        // One key space for every type: some commands meet the wrong type.
+        let k = format!("key{}", next(100));
+        let other = format!("key{}", next(100));
+        let tag = format!("{{t{}}}", next(5));
+        let commands: Vec<Vec<String>> = match next(20) {
+            0 => vec![vec!["SET".into(), k, i.to_string()]],
+            1 => vec![vec!["GET".into(), k]],
+            2 => vec![vec!["INCR".into(), k]],
+            3 => vec![vec!["APPEND".into(), k, "x".into()]],
+            4 => vec![vec!["LPUSH".into(), k, i.to_string()]],
+            5 => vec![vec!["LRANGE".into(), k, "0".into(), "2".into()]],
+            6 => vec![vec!["PING".into()]],
+            7 => vec![vec!["ECHO".into(), format!("e{i}")]],
+            8 => vec![vec!["MGET".into(), k, other, "nokey".into()]],
+            9 => vec![vec!["EXISTS".into(), k, other]],
+            10 => vec![vec!["TYPE".into(), k]],
+            11 => vec![vec!["DEL".into(), k, other]],
+            12 => vec![vec!["MSET".into(), k, "m".into(), other, "n".into()]],
+            13 => vec![vec!["HSET".into(), k, "f".into(), i.to_string()]],
+            14 => vec![vec!["SADD".into(), k, (i % 7).to_string()]],
+            15 => vec![vec!["STRLEN".into(), k]],
+            16 => vec![vec!["SELECT".into(), "0".into()]],
+            17 => vec![
+                vec!["MULTI".into()],
+                vec!["INCR".into(), format!("{tag}n")],
+                vec!["LPUSH".into(), format!("{tag}l"), i.to_string()],
+                vec!["LLEN".into(), format!("{tag}l")],
+                vec!["EXEC".into()],
+            ],
+            18 if next(10) == 0 => vec![vec!["BLPOP".into(), k, "0.01".into()]],
+            _ => vec![vec!["GETDEL".into(), k]],
         };
-        input.extend(resp(&args));
-        count += 1;
+        for args in commands {
+            input.extend(resp(&args));
+            count += 1;
+        }
     }
-    let mut direct = single.conn();
-    direct.call_expect(&["AUTH", PW], b"+OK\r\n");
-    direct.send(&input);
-    let want = direct.read_replies(count).concat();
-    for proxy in &proxies {
-        let mut c = proxy.conn();
-        c.call_expect(&["FLUSHALL"], b"+OK\r\n");
-        c.send(&input);
-        let got = c.read_exact_bytes(want.len());
-        assert_bytes_eq("the pipeline through the ambassador", &want, &got);
-        c.expect_silence(Duration::from_millis(100));
-    }
+    (input, count)
 }

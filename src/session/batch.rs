@@ -170,6 +170,18 @@ impl Spread {
         }
     }
 
+    /// Whether `batch` may be set aside here: it came from here (`at`), or it may go ahead
+    /// and its node has no batch here yet. Two jobs of one client for one node could run
+    /// on two lanes, in either order: a node has one batch in a `Spread`.
+    pub fn takes(&self, batch: &Batch, at: Option<usize>, pinned: bool) -> bool {
+        at.is_some()
+            || (batch.can_submit_ahead(pinned)
+                && batch
+                    .node
+                    .as_ref()
+                    .is_some_and(|node| self.position(node).is_none()))
+    }
+
     /// Where the batch for `node` is, if one is set aside.
     pub fn position(&self, node: &Arc<Upstream>) -> Option<usize> {
         self.batches.iter().position(|batch| {

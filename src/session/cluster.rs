@@ -176,19 +176,30 @@ impl Session {
     /// keys in one slot, as [`route_fast`](Session::route_fast) routes it.
     pub(super) fn spread_batch(&self, spread: &mut Spread, request: &Request) -> Option<usize> {
         let cluster = self.shared.cluster.as_ref()?;
-        if spread.is_empty()
-            || self.requires_auth()
-            || self.needs_pin()
-            || self.pinned.is_some()
-            || cluster.reads_from_replicas()
-            || command::lookup(request.name()).is_some_and(|c| c.kind != command::Kind::Forward)
-        {
+        if spread.is_empty() || cluster.reads_from_replicas() || !self.may_join_spread(request) {
             return None;
         }
         let KeySlots::One(slot) = cluster.keys().key_slots(&request.args) else {
             return None;
         };
         spread.position(&cluster.route_now(slot)?)
+    }
+
+    /// Whether `request` may be added to a batch taken back from a `Spread`: nothing that
+    /// would keep the batch from going ahead on a shared lane (a connection-bound state,
+    /// a blocking command, a mode change) — a forwarded command, or PING/ECHO.
+    pub(super) fn may_join_spread(&self, request: &Request) -> bool {
+        if self.requires_auth() || self.needs_pin() || self.pinned.is_some() {
+            return false;
+        }
+        match command::lookup(request.name()) {
+            None => true,
+            Some(c) => matches!(
+                c.kind,
+                command::Kind::Forward
+                    | command::Kind::Local(command::Local::Ping | command::Local::Echo)
+            ),
+        }
     }
 
     /// Plans a forwarded request in cluster mode (see the module's comment).

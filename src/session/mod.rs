@@ -183,6 +183,8 @@ pub struct Session {
     exec_queue: Option<Vec<Queued>>,
     /// The dedicated upstream connection, while a connection-bound state lasts.
     pinned: Option<Pinned>,
+    /// Cluster mode: the node `pinned` is on.
+    pinned_on: Option<Arc<Upstream>>,
     /// The pinned connection must be dropped after the running batch (RESET or QUIT
     /// inside a connection-bound state left it dirty).
     drop_pin: bool,
@@ -214,6 +216,7 @@ impl Session {
             watching: false,
             exec_queue: None,
             pinned: None,
+            pinned_on: None,
             drop_pin: false,
             binding: cluster::Binding::default(),
         }
@@ -298,6 +301,12 @@ impl Session {
             {
                 match scanner.next(&mut inbuf, self.requires_auth()) {
                     Ok(Some(request)) => {
+                        if spread_at.is_some() && !self.may_join_spread(&request) {
+                            // A batch taken back from `spread` stays one that may go
+                            // ahead: the request starts a batch of its own.
+                            flow = Flow::Defer(request);
+                            break;
+                        }
                         flow = self.handle(request, &mut batch).await;
                         if !matches!(flow, Flow::Continue) {
                             break;
@@ -322,7 +331,7 @@ impl Session {
             // aside, to be sent with the other nodes' batches; the request goes to its
             // node's batch.
             if let Flow::Defer(request) = flow {
-                if (spread_at.is_some() || batch.can_submit_ahead(self.pinned.is_some()))
+                if spread.takes(&batch, spread_at, self.pinned.is_some())
                     && spread.steps + batch.len() - part.step() <= self.shared.max_in_flight
                 {
                     spread.set_aside(batch, spread_at, part);
@@ -334,7 +343,7 @@ impl Session {
             if !spread.is_empty() {
                 // A batch taken back from `spread` only had requests that may go ahead
                 // added (see `spread_batch`); a new one goes with the others if it can.
-                if spread_at.is_some() || batch.can_submit_ahead(self.pinned.is_some()) {
+                if spread.takes(&batch, spread_at, self.pinned.is_some()) {
                     spread.set_aside(batch, spread_at, part);
                     batch = Batch::new(self.shared.max_in_flight);
                 }
@@ -457,7 +466,20 @@ impl Session {
         let blocking = batch.blocking;
         // Cluster mode: the node the batch's keys live on.
         let node = batch.node.clone();
+        if let (Some(node), Some(on)) = (&node, &self.pinned_on) {
+            if !Arc::ptr_eq(node, on) {
+                if let Some(mut pinned) = self.pinned.take() {
+                    // The state the connection held ended in the last batch, and the
+                    // next one starts on another node (a pipelined EXEC, then MULTI or
+                    // WATCH for other keys). Not trusted as clean: closed.
+                    pinned.broken = true;
+                }
+            }
+        }
         let upstream = node.as_deref().unwrap_or(&self.shared.upstream);
+        if self.pinned.is_none() {
+            self.pinned_on = node.clone();
+        }
         let run = batch.execute(upstream, &mut self.pinned, pin, out, writer);
         let result = if blocking {
             // A blocking command may wait for ever: watch the client meanwhile, so one that
@@ -519,10 +541,17 @@ impl Session {
             // command) is over.
             self.pinned = None;
         }
+        self.unbind_if_idle();
+        true
+    }
+
+    /// Cluster mode: once no connection-bound state is left, the node it was on no longer
+    /// binds anything. Also when a new state starts in the batch that ended the last one
+    /// (a pipelined `EXEC` then `MULTI`): the new state picks its own node.
+    fn unbind_if_idle(&mut self) {
         if !self.needs_pin() && !self.binding.multi_pending {
             self.binding = cluster::Binding::default();
         }
-        true
     }
 
     /// Dispatches one request: a local answer, a refusal, or a place in the batch.
@@ -589,6 +618,7 @@ impl Session {
                 Flow::Continue
             }
             Kind::Multi => {
+                self.unbind_if_idle();
                 self.multi = Some(Multi::default());
                 if self.shared.cluster.is_some() && self.binding.node.is_none() {
                     // Cluster mode: the transaction's node is its first key's; MULTI goes
@@ -600,6 +630,7 @@ impl Session {
                 self.forward(request, batch)
             }
             Kind::Watch => {
+                self.unbind_if_idle();
                 self.watching = true;
                 self.forward(request, batch)
             }
@@ -789,6 +820,14 @@ impl Session {
         };
         if self.needs_pin() {
             batch.pin_required = true;
+        }
+        if batch.pin_required && batch.node.is_none() {
+            // Cluster mode: what ends a connection-bound state (EXEC, DISCARD, UNWATCH)
+            // goes where the state is, and so does the rest of its batch.
+            if let (Some(node), Some(cluster)) = (&self.binding.node, &self.shared.cluster) {
+                batch.node = Some(node.clone());
+                batch.cluster = Some(cluster.clone());
+            }
         }
         batch.forward(request_bytes(request), self.conn_state());
         Flow::Continue
