@@ -666,6 +666,19 @@ fn mixed_pipeline(seed: u64, n: usize) -> (Vec<u8>, usize) {
                 vec!["EXEC".into()],
             ],
             18 if next(10) == 0 => vec![vec!["BLPOP".into(), k, "0.01".into()]],
+            18 if next(3) == 0 => vec![
+                vec!["WATCH".into(), format!("{tag}w")],
+                vec!["GET".into(), format!("{tag}w")],
+                vec!["MULTI".into()],
+                vec!["INCR".into(), format!("{tag}w")],
+                vec![if next(2) == 0 { "EXEC" } else { "DISCARD" }.into()],
+            ],
+            18 if next(2) == 0 => vec![
+                vec!["MULTI".into()],
+                vec!["PING".into()],
+                vec!["INCR".into(), format!("{tag}n")],
+                vec!["EXEC".into()],
+            ],
             _ => vec![vec!["GETDEL".into(), k]],
         };
         for args in commands {

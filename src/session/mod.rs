@@ -821,7 +821,7 @@ impl Session {
         if self.needs_pin() {
             batch.pin_required = true;
         }
-        if batch.pin_required && batch.node.is_none() {
+        if batch.node.is_none() {
             // Cluster mode: what ends a connection-bound state (EXEC, DISCARD, UNWATCH)
             // goes where the state is, and so does the rest of its batch.
             if let (Some(node), Some(cluster)) = (&self.binding.node, &self.shared.cluster) {
