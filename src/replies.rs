@@ -91,6 +91,34 @@ pub fn not_in_subscribed_context(out: &mut BytesMut, full_name: &str) {
     );
 }
 
+/// A (un)subscribe confirmation as Redis writes it: `[kind, channel, count]`, a push in
+/// RESP3; no channel is a null (SUNSUBSCRIBE with nothing subscribed).
+pub fn subscription(
+    out: &mut BytesMut,
+    proto: crate::protocol::Proto,
+    kind: &[u8],
+    channel: Option<&[u8]>,
+    count: usize,
+) {
+    out.extend_from_slice(if proto == crate::protocol::Proto::Resp3 {
+        b">3\r\n"
+    } else {
+        b"*3\r\n"
+    });
+    encode::bulk(out, kind);
+    match channel {
+        Some(channel) => encode::bulk(out, channel),
+        None => encode::null(out, proto),
+    }
+    encode::integer(out, count as i64);
+}
+
+/// PING's reply in RESP2 subscribed mode: `["pong", argument or ""]`.
+pub fn subscribed_pong(out: &mut BytesMut, argument: Option<&[u8]>) {
+    out.put_slice(b"*2\r\n$4\r\npong\r\n");
+    encode::bulk(out, argument.unwrap_or(b""));
+}
+
 /// An error the proxy makes (`ERR <text>`): upstream trouble and the like.
 pub fn proxy_error(out: &mut BytesMut, text: &str) {
     let mut line = b"ERR ".to_vec();

@@ -658,6 +658,26 @@ fn blpop_zero_waits_past_the_command_timeout() {
     );
 }
 
+/// Replies to the commands pipelined before a blocking command come at once, as Redis
+/// writes them before it blocks, not when the blocking command returns.
+#[test]
+fn replies_before_a_blocking_command_are_not_held_back() {
+    let (bare, up, proxy) = setup(1, None);
+    let steps = [
+        send(
+            0,
+            &[&["SET", "a", "1"], &["INCR", "n"], &["BLPOP", "l", "0"]],
+            2,
+        ),
+        Step::Blocked(1),
+        send(1, &[&["RPUSH", "l", "x"]], 1),
+        send(0, &[], 1),
+    ];
+    let t = diff_script(&bare, &up, &proxy, &[Via::Main, Via::Main], &steps);
+    assert_bytes_eq("before BLPOP", b"+OK\r\n:1\r\n", &t[0]);
+    assert_bytes_eq("BLPOP", b"*2\r\n$1\r\nl\r\n$1\r\nx\r\n", &t[3]);
+}
+
 #[test]
 fn xread_block_returns_data_added_later() {
     let (bare, up, proxy) = setup(1, None);

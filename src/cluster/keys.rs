@@ -200,6 +200,19 @@ impl KeyTable {
     /// Whether the server knows the command (or its subcommand) and `args` has an
     /// argument count it accepts.
     pub fn is_valid(&self, args: &[&[u8]]) -> bool {
+        let Some(name) = args.first() else {
+            return false;
+        };
+        if self.containers.contains(&name.to_ascii_lowercase()) {
+            // A container's own spec does not vouch for an unknown subcommand.
+            let Some(sub) = args.get(1) else {
+                return false;
+            };
+            let full = [&name[..], b"|", &sub[..]].concat().to_ascii_lowercase();
+            if !self.specs.contains_key(&full) {
+                return false;
+            }
+        }
         self.spec(args).is_some_and(|spec| {
             let argc = i64::try_from(args.len()).unwrap_or(i64::MAX);
             if spec.arity >= 0 {
@@ -208,6 +221,22 @@ impl KeyTable {
                 argc >= -spec.arity
             }
         })
+    }
+
+    /// The command's name as Redis prints it in errors: lower case, `container|sub` for a
+    /// subcommand the server knows.
+    pub fn full_name(&self, args: &[Bytes]) -> Bytes {
+        let name = args
+            .first()
+            .map(|n| n.to_ascii_lowercase())
+            .unwrap_or_default();
+        if let (Some(sub), true) = (args.get(1), self.containers.contains(&name)) {
+            let full = [&name[..], b"|", &sub.to_ascii_lowercase()].concat();
+            if self.specs.contains_key(&full) {
+                return Bytes::from(full);
+            }
+        }
+        Bytes::from(name)
     }
 
     /// Whether the server flags the command (or its subcommand) `readonly`; `false` for
@@ -300,7 +329,7 @@ fn count_at(args: &[&[u8]], index: usize) -> Option<usize> {
 /// `numkeys` at `at`, the keys right after it.
 fn numkeys(args: &[&[u8]], at: usize) -> Option<Vec<usize>> {
     let n = count_at(args, at)?;
-    let end = at + 1 + n;
+    let end = at.checked_add(1)?.checked_add(n)?;
     (end <= args.len()).then(|| (at + 1..end).collect())
 }
 
@@ -310,7 +339,14 @@ fn position_of(args: &[&[u8]], word: &[u8], from: usize) -> Option<usize> {
 
 /// The keys of a `movablekeys` command, by its argument layout; `None` when the command
 /// is not one of these (or its arguments do not parse: Redis will refuse it anyway).
+/// Every position is inside `args`, whatever the client sent.
 fn movable_keys(args: &[&[u8]]) -> Option<Vec<usize>> {
+    let mut keys = movable_layout(args)?;
+    keys.retain(|&i| i < args.len());
+    Some(keys)
+}
+
+fn movable_layout(args: &[&[u8]]) -> Option<Vec<usize>> {
     let name = args.first()?.to_ascii_lowercase();
     match &name[..] {
         b"eval" | b"evalsha" | b"eval_ro" | b"evalsha_ro" | b"fcall" | b"fcall_ro" => {
@@ -382,6 +418,7 @@ mod tests {
             command("xread", &["movablekeys"], 0, 0, 0),
             command("zunionstore", &["movablekeys"], 1, 1, 1),
             command("strange", &["movablekeys"], 1, 1, 1),
+            command("migrate", &["write", "movablekeys"], 3, 3, 1),
         ];
         // OBJECT with its ENCODING subcommand.
         let object = "*10\r\n$6\r\nobject\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*0\r\n*0\r\n*0\r\n\
@@ -399,7 +436,7 @@ mod tests {
     #[test]
     fn fixed_positions() {
         let t = table();
-        assert_eq!(t.len(), 11);
+        assert_eq!(t.len(), 12);
         assert_eq!(keys(&t, "GET k"), [1]);
         assert_eq!(keys(&t, "MSET a 1 b 2 c 3"), [1, 3, 5]);
         assert_eq!(keys(&t, "mget a b c"), [1, 2, 3]);
@@ -419,6 +456,13 @@ mod tests {
         assert_eq!(keys(&t, "ZUNIONSTORE d 2 a b WEIGHTS 1 2"), [1, 3, 4]);
         // A movable command without a rule: its declared first key.
         assert_eq!(keys(&t, "STRANGE k"), [1]);
+        // Short or absurd arguments: positions stay inside the request.
+        assert_eq!(keys(&t, "MIGRATE a b"), Vec::<usize>::new());
+        assert_eq!(
+            keys(&t, "EVAL s 18446744073709551615 a"),
+            Vec::<usize>::new()
+        );
+        assert_eq!(keys(&t, "XREAD STREAMS"), Vec::<usize>::new());
     }
 
     #[test]
@@ -443,6 +487,7 @@ mod tests {
             "STRANGE k",
             "MSET a",
             "GET",
+            "MIGRATE a b",
         ];
         for line in lines {
             let args: Vec<Bytes> = line
@@ -465,6 +510,24 @@ mod tests {
         // Names too long for the stack buffer are still found (and unknown here).
         let long = vec![Bytes::from(vec![b'x'; 200]), Bytes::from_static(b"k")];
         assert_eq!(t.key_slots(&long), KeySlots::None);
+    }
+
+    #[test]
+    fn valid_commands() {
+        let t = table();
+        let valid = |line: &str| {
+            let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+            t.is_valid(&args)
+        };
+        assert!(valid("GET k"));
+        assert!(valid("ping x"));
+        assert!(valid("OBJECT ENCODING k"));
+        // Arity (the table says at least two arguments), unknown commands and
+        // subcommands.
+        assert!(!valid("GET"));
+        assert!(!valid("unknown k"));
+        assert!(!valid("OBJECT FOO k"));
+        assert!(!valid("OBJECT"));
     }
 
     #[test]

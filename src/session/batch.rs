@@ -635,7 +635,7 @@ impl Batch {
                     start = end;
                 }
                 Step::Upstream {
-                    pass: Pass::Swallow,
+                    pass: Pass::Swallow | Pass::Ignore,
                     ..
                 } => {}
                 Step::Upstream { command, .. } => {
@@ -695,6 +695,13 @@ impl Batch {
                 }
                 Step::Upstream { pass, command } => {
                     if failure.is_none() && replica_lost.is_none() {
+                        if self.blocking && !out.is_empty() {
+                            // This reply may be a blocking command's: what is answered
+                            // before it goes out now, as Redis writes it before blocking.
+                            client.send(out).await?;
+                            metrics::global().bytes_out.increment(out.len() as u64);
+                            out.clear();
+                        }
                         match source.next().await {
                             Ok(_) if pass == Pass::Ignore => {}
                             Ok((reply, frame)) if pass == Pass::Swallow => {
@@ -818,6 +825,7 @@ impl Batch {
                     },
                     Source::Conn(..) => client.send(out).await?,
                 }
+                metrics::global().bytes_out.increment(out.len() as u64);
                 out.clear();
             }
         }

@@ -360,7 +360,11 @@ impl Session {
         if !self.needs_pin() && !self.binding.multi_pending {
             return Err(request);
         }
-        if self.binding.multi_pending && self.binding.node.is_none() && holds(&cluster, &request) {
+        if self.binding.multi_pending
+            && self.binding.node.is_none()
+            && self.binding.held.len() < self.shared.max_in_flight
+            && holds(&cluster, &request)
+        {
             // No key yet to say where the transaction runs: queued here until one does.
             self.binding.held.push(request_bytes(request));
             batch.reply(replies::QUEUED);
@@ -492,6 +496,12 @@ pub(super) async fn scatter(
         return scan(cluster, request, state).await;
     }
     let (merge, parts, keys) = if let Some((merge, width)) = split_rule(&name) {
+        if args.len() < 2 || (args.len() - 1) % width != 0 {
+            // MSET with a key and no value: Redis's arity error, not a split.
+            let mut out = BytesMut::new();
+            replies::wrong_arity(&mut out, &String::from_utf8_lossy(&name));
+            return Ok(out.to_vec());
+        }
         let keys = (args.len() - 1) / width;
         let readonly = cluster.reads_from_replicas() && cluster.keys().is_readonly(&[&args[0]]);
         // Keys of one slot go together, in their order.

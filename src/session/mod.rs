@@ -356,7 +356,9 @@ impl Session {
                 }
                 spread = batch::Spread::default();
             }
-            if batch.is_empty() && !out.is_empty() {
+            // Replies already had go out now, not after a blocking command returns (Redis
+            // writes them before it blocks).
+            if (batch.is_empty() || batch.blocking) && !out.is_empty() {
                 global.bytes_out.increment(out.len() as u64);
                 if writer.send(&out).await.is_err() {
                     return;
@@ -1141,6 +1143,15 @@ impl Session {
                         batch.local(),
                         sub.full_name,
                         "REDIRECT names a connection the proxy shares; use RESP3 tracking",
+                    );
+                    batch.end_local_as(Some(ErrorClass::Unsupported));
+                } else if self.shared.cluster.is_some() {
+                    // Keys of the other masters would be read without tracking: a client
+                    // cache would go stale without a word. Refused instead.
+                    replies::unsupported(
+                        batch.local(),
+                        sub.full_name,
+                        "in cluster mode (keys on other masters would not be tracked)",
                     );
                     batch.end_local_as(Some(ErrorClass::Unsupported));
                 } else {

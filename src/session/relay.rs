@@ -29,6 +29,12 @@ use crate::replies;
 use crate::upstream::conn::transition;
 use crate::upstream::{ConnState, Pinned};
 
+/// Why a command for another cluster node than the relay connection's is refused there.
+const OTHER_NODE: &str =
+    "keys of another cluster node while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
+const OTHER_NODE_IN_MULTI: &str = "keys of another cluster node inside MULTI while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
+const OTHER_NODE_BLOCKING: &str = "a blocking command for another cluster node while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
+
 /// How relay mode ended.
 pub(super) enum Exit {
     /// The mode is over and nothing is in flight: back to batches.
@@ -53,12 +59,10 @@ enum After {
     /// to a link for Redis's subscribed-mode answer.
     OnLink(Request),
     /// Cluster mode: a keyed command for another node than the relay's connection, sent
-    /// there (`quiet`: under CLIENT REPLY OFF/SKIP, its reply is not shown).
-    Routed {
-        request: Request,
-        slots: Vec<u16>,
-        quiet: bool,
-    },
+    /// there.
+    Routed { request: Request, slots: Vec<u16> },
+    /// This reply, in its place.
+    Reply(Bytes),
 }
 
 /// A reply the relay swallows: the answer to a state change it sent itself.
@@ -423,11 +427,12 @@ impl Session {
                     Some(ClientSub::Tracking) if request.args.len() > 2 => {
                         let on = request.args[2].eq_ignore_ascii_case(b"on");
                         if on
-                            && request
-                                .args
-                                .iter()
-                                .skip(3)
-                                .any(|a| a.eq_ignore_ascii_case(b"redirect"))
+                            && (self.shared.cluster.is_some()
+                                || request
+                                    .args
+                                    .iter()
+                                    .skip(3)
+                                    .any(|a| a.eq_ignore_ascii_case(b"redirect")))
                         {
                             return self.local_in_relay(request, conn, relay).await;
                         }
@@ -488,7 +493,11 @@ impl Session {
             return Err(request);
         };
         let cmd = command::lookup(request.name());
+        let kind = cmd.map(|c| c.kind);
         let name = request.name();
+        // Under CLIENT REPLY OFF/SKIP no reply is owed: nothing to order against, and a
+        // barrier PING would not be answered.
+        let quiet = relay.modes.reply_off || relay.modes.skip_armed;
         let shard_command =
             name.eq_ignore_ascii_case(b"ssubscribe") || name.eq_ignore_ascii_case(b"sunsubscribe");
         if shard_command {
@@ -496,40 +505,56 @@ impl Session {
                 return Err(request);
             }
             if relay.in_multi {
-                let mut reply = BytesMut::new();
-                replies::unsupported(
-                    &mut reply,
-                    &full_name(&request),
-                    "inside MULTI in cluster mode",
-                );
-                return Ok(refuse_in_multi(conn, relay, reply.freeze()).await);
+                let reply = unsupported(&request, "inside MULTI in cluster mode");
+                return Ok(refuse_in_multi(conn, relay, reply).await);
+            }
+            if quiet {
+                if let Step::Exit(exit) = skip_on_relay(conn, relay).await {
+                    return Ok(Step::Exit(exit));
+                }
+                let proto = self.proto;
+                let timeout = self.shared.upstream.command_timeout;
+                let shards = relay.shards.get_or_insert_with(|| {
+                    Shards::new(
+                        cluster,
+                        timeout.unwrap_or(std::time::Duration::from_secs(10)),
+                    )
+                });
+                let mut nothing = BytesMut::new();
+                shards.command(&request, proto, &mut nothing, true).await;
+                sync_shards(relay);
+                relay.barrier_since = Some(Instant::now());
+                return Ok(leave_if_idle(conn, relay).await);
             }
             return Ok(barrier(conn, relay, After::Shard(request)).await);
         }
         let resp2_subscribed = self.proto == Proto::Resp2 && relay.modes.subscribed();
         if resp2_subscribed && relay.modes.subscriptions == 0 {
-            // Shard channels only: subscribed mode is on the links. Local commands get the
-            // subscribed-context rules where they are answered; the subscribe family, QUIT
-            // and RESET stay on the relay's connection.
-            let stays = match cmd.map(|c| c.kind) {
-                Some(Kind::Local(Local::Ping)) => false,
-                Some(Kind::Local(_) | Kind::Relay | Kind::HttpProbe) => true,
-                _ => false,
-            };
-            if !stays
-                && relay
+            // Shard channels only: subscribed mode is on the links, not on the relay's
+            // connection. The subscribe family, QUIT and RESET stay on it; the commands the
+            // proxy answers get the subscribed-context rules where they are answered;
+            // everything else goes to a link, for Redis's own answer.
+            return match kind {
+                Some(Kind::Relay | Kind::HttpProbe | Kind::Local(Local::Quit | Local::Reset)) => {
+                    Err(request)
+                }
+                Some(Kind::Local(local)) if local != Local::Ping => {
+                    Ok(self.local_in_relay(request, conn, relay).await)
+                }
+                _ if relay
                     .shards
                     .as_ref()
-                    .is_some_and(|s| s.subscribed_link().is_some())
-            {
-                return Ok(barrier(conn, relay, After::OnLink(request)).await);
-            }
-            return Err(request);
+                    .is_some_and(|s| s.subscribed_link().is_some()) =>
+                {
+                    Ok(barrier(conn, relay, After::OnLink(request)).await)
+                }
+                _ => Ok(self.local_in_relay(request, conn, relay).await),
+            };
         }
         if resp2_subscribed
             || !matches!(
-                cmd.map(|c| c.kind),
-                None | Some(Kind::Forward | Kind::Blocking | Kind::StreamRead)
+                kind,
+                None | Some(Kind::Forward | Kind::Blocking | Kind::StreamRead | Kind::Watch)
             )
         {
             return Err(request);
@@ -552,25 +577,40 @@ impl Session {
                 .is_some_and(|master| master.address == *node),
             _ => false,
         };
-        if here {
+        if here || (kind == Some(Kind::Watch) && relay.in_multi) {
             return Err(request);
         }
-        if relay.in_multi {
-            // The transaction is on the relay's node: as Redis Cluster refuses it.
-            let reply = Bytes::from_static(super::cluster::CROSSSLOT);
-            return Ok(refuse_in_multi(conn, relay, reply).await);
+        // Another node's keys. What binds to the relay's connection cannot go there: a
+        // transaction or WATCH on it, or a command that would block the relay.
+        let blocks = kind == Some(Kind::Blocking)
+            || (kind == Some(Kind::StreamRead) && command::stream_read_blocks(&request.args));
+        let refusal = if relay.in_multi {
+            Some(OTHER_NODE_IN_MULTI)
+        } else if kind == Some(Kind::Watch) {
+            Some(OTHER_NODE)
+        } else if blocks {
+            Some(OTHER_NODE_BLOCKING)
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let reply = unsupported(&request, why);
+            if relay.in_multi {
+                return Ok(refuse_in_multi(conn, relay, reply).await);
+            }
+            if quiet {
+                return Ok(skip_on_relay(conn, relay).await);
+            }
+            return Ok(barrier(conn, relay, After::Reply(reply)).await);
         }
-        let quiet = relay.modes.reply_off || relay.modes.skip_armed;
-        Ok(barrier(
-            conn,
-            relay,
-            After::Routed {
-                request,
-                slots,
-                quiet,
-            },
-        )
-        .await)
+        if quiet {
+            if let Step::Exit(exit) = skip_on_relay(conn, relay).await {
+                return Ok(Step::Exit(exit));
+            }
+            let _ = shards::routed(&cluster, &request, &slots, self.conn_target(), false).await;
+            return Ok(leave_if_idle(conn, relay).await);
+        }
+        Ok(barrier(conn, relay, After::Routed { request, slots }).await)
     }
 
     /// A command the proxy answers itself, in relay mode: after everything forwarded
@@ -722,7 +762,7 @@ impl Session {
                         timeout.unwrap_or(std::time::Duration::from_secs(10)),
                     )
                 });
-                shards.command(&request, self.proto, out).await;
+                shards.command(&request, self.proto, out, false).await;
                 sync_shards(relay);
                 relay.barrier_since = Some(Instant::now());
                 leave_if_idle(conn, relay).await
@@ -731,7 +771,11 @@ impl Session {
                 let link = relay.shards.as_ref().and_then(Shards::subscribed_link);
                 match (link, relay.shards.as_mut()) {
                     (Some(index), Some(shards)) => {
-                        shards.command_on_link(index, request_bytes(request));
+                        let full = self.shared.cluster.as_ref().map_or_else(
+                            || Bytes::from(full_name(&request)),
+                            |cluster| cluster.keys().full_name(&request.args),
+                        );
+                        shards.command_on_link(index, request_bytes(request), full);
                         sync_shards(relay);
                         relay.barrier_since = Some(Instant::now());
                         Step::Continue
@@ -740,32 +784,24 @@ impl Session {
                     _ => Box::pin(self.barrier_done(After::Local(request), conn, relay, out)).await,
                 }
             }
-            After::Routed {
-                request,
-                slots,
-                quiet,
-            } => {
+            After::Routed { request, slots } => {
                 let Some(cluster) = self.shared.cluster.clone() else {
                     return Step::Exit(Exit::Close);
                 };
-                let blocking = command::lookup(request.name()).is_some_and(|c| {
-                    c.kind == Kind::Blocking
-                        || (c.kind == Kind::StreamRead
-                            && command::stream_read_blocks(&request.args))
-                });
                 let reply =
-                    shards::routed(&cluster, &request, &slots, self.conn_target(), blocking).await;
-                if !quiet {
-                    out.extend_from_slice(&reply);
-                }
+                    shards::routed(&cluster, &request, &slots, self.conn_target(), false).await;
+                out.extend_from_slice(&reply);
+                leave_if_idle(conn, relay).await
+            }
+            After::Reply(reply) => {
+                out.extend_from_slice(&reply);
                 leave_if_idle(conn, relay).await
             }
             After::Local(request) => {
                 if self.proto == Proto::Resp2 && relay.modes.subscribed() {
                     if request.name().eq_ignore_ascii_case(b"ping") && request.args.len() <= 2 {
                         // PING's subscribed form.
-                        out.extend_from_slice(b"*2\r\n$4\r\npong\r\n");
-                        encode::bulk(out, request.args.get(1).map_or(&b""[..], |a| &a[..]));
+                        replies::subscribed_pong(out, request.args.get(1).map(|a| &a[..]));
                         return Step::Continue;
                     }
                     // Redis checks the command's existence and arity first.
@@ -816,6 +852,23 @@ async fn refuse_in_multi(conn: &mut Pinned, relay: &mut Relay, reply: Bytes) -> 
     let marker = barrier_token();
     relay.refusals.push_back((marker.clone(), reply));
     forward_raw_bytes(conn, encode::command(&[&marker[..]])).await
+}
+
+/// A command whose reply Redis would not send (CLIENT REPLY SKIP armed) and that does not
+/// reach the relay's connection: the connection's SKIP is given a PING to spend, so that
+/// it does not swallow the reply of the next command.
+async fn skip_on_relay(conn: &mut Pinned, relay: &mut Relay) -> Step {
+    if std::mem::take(&mut relay.modes.skip_armed) {
+        return forward_raw_bytes(conn, encode::command(&[&b"PING"[..]])).await;
+    }
+    Step::Continue
+}
+
+/// The ambassador's refusal of `request`, for `why`.
+fn unsupported(request: &Request, why: &str) -> Bytes {
+    let mut reply = BytesMut::new();
+    replies::unsupported(&mut reply, &full_name(request), why);
+    reply.freeze()
 }
 
 /// Sends a barrier; `after` runs when it returns.

@@ -54,8 +54,8 @@ enum Kind {
     Unsub,
     /// Any other command, sent to a link for its subscribed-mode answer: one reply.
     Other,
-    /// HELLO, after the client changed protocol: its reply is swallowed.
-    Hello,
+    /// HELLO (after the client changed protocol) or ASKING: its reply is swallowed.
+    Swallow,
 }
 
 /// A command sent on a link whose replies have not all come.
@@ -118,6 +118,8 @@ struct Op {
     error: Option<Bytes>,
     /// SSUBSCRIBE: the channels it adds (taken back if a part fails).
     added: Vec<Bytes>,
+    /// Nothing is shown (CLIENT REPLY OFF/SKIP).
+    quiet: bool,
 }
 
 pub(super) struct Shards {
@@ -173,14 +175,21 @@ impl Shards {
     }
 
     /// Carries out the client's SSUBSCRIBE or SUNSUBSCRIBE; the replies reach `out` when
-    /// every node has answered.
-    pub(super) async fn command(&mut self, request: &Request, proto: Proto, out: &mut BytesMut) {
+    /// every node has answered (`quiet`: they never do).
+    pub(super) async fn command(
+        &mut self,
+        request: &Request,
+        proto: Proto,
+        out: &mut BytesMut,
+        quiet: bool,
+    ) {
         let unsubscribe = request.name().eq_ignore_ascii_case(b"sunsubscribe");
         let mut op = Op {
             replies: BytesMut::new(),
             parts: 0,
             error: None,
             added: Vec::new(),
+            quiet,
         };
         if unsubscribe {
             let list: Vec<Bytes> = if request.args.len() > 1 {
@@ -189,7 +198,7 @@ impl Shards {
                 self.channels.keys().cloned().collect()
             };
             if list.is_empty() {
-                confirmation(&mut op.replies, proto, b"sunsubscribe", None, 0);
+                replies::subscription(&mut op.replies, proto, b"sunsubscribe", None, 0);
             }
             let mut by_node: Vec<(String, Vec<Bytes>)> = Vec::new();
             for channel in list {
@@ -200,7 +209,7 @@ impl Shards {
                     }
                 }
                 let count = self.channels.len();
-                confirmation(
+                replies::subscription(
                     &mut op.replies,
                     proto,
                     b"sunsubscribe",
@@ -217,19 +226,18 @@ impl Shards {
             }
         } else {
             // One SSUBSCRIBE per slot: Redis Cluster refuses channels of several slots.
-            let mut by_slot: Vec<(u16, Vec<Bytes>)> = Vec::new();
+            let mut by_slot: HashMap<u16, Vec<Bytes>> = HashMap::new();
             for channel in &request.args[1..] {
-                let s = slot(channel);
-                match by_slot.iter_mut().find(|(at, _)| *at == s) {
-                    Some((_, list)) => list.push(channel.clone()),
-                    None => by_slot.push((s, vec![channel.clone()])),
-                }
+                by_slot
+                    .entry(slot(channel))
+                    .or_default()
+                    .push(channel.clone());
                 if !self.channels.contains_key(channel) {
                     self.channels.insert(channel.clone(), Place::Orphan);
                     op.added.push(channel.clone());
                 }
                 let count = self.channels.len();
-                confirmation(&mut op.replies, proto, b"ssubscribe", Some(channel), count);
+                replies::subscription(&mut op.replies, proto, b"ssubscribe", Some(channel), count);
             }
             for (s, channels) in by_slot {
                 let linked = match self.cluster.route(s).await {
@@ -262,13 +270,15 @@ impl Shards {
     }
 
     /// Sends a command the client gave (not SSUBSCRIBE/SUNSUBSCRIBE) to link `index`, for
-    /// Redis's subscribed-mode answer.
-    pub(super) fn command_on_link(&mut self, index: usize, request: Bytes) {
+    /// Redis's subscribed-mode answer. `full_name` is the command's name as Redis prints
+    /// it in errors (see `frame`).
+    pub(super) fn command_on_link(&mut self, index: usize, request: Bytes, full_name: Bytes) {
         self.op = Some(Op {
             replies: BytesMut::new(),
             parts: 1,
             error: None,
             added: Vec::new(),
+            quiet: false,
         });
         let Some(link) = self.links.get_mut(index) else {
             self.op = None;
@@ -279,7 +289,7 @@ impl Shards {
         let _ = link.commands.send(request);
         link.pending.push_back(Pending {
             kind: Kind::Other,
-            channels: Vec::new(),
+            channels: vec![full_name],
             remaining: 1,
             client: true,
             redirects: 0,
@@ -312,6 +322,7 @@ impl Shards {
             parts: switched + usize::from(main),
             error: None,
             added: Vec::new(),
+            quiet: false,
         });
         None
     }
@@ -340,7 +351,7 @@ impl Shards {
             {
                 link.proto = proto;
                 link.pending.push_back(Pending {
-                    kind: Kind::Hello,
+                    kind: Kind::Swallow,
                     channels: Vec::new(),
                     remaining: 1,
                     client,
@@ -384,14 +395,27 @@ impl Shards {
         let front = self.links[index].pending.front().map(|p| p.kind);
         if front == Some(Kind::Other) && !matches!(kind, Some((b"smessage" | b"sunsubscribe", _))) {
             // The reply to a command sent for the client.
-            self.links[index].pending.pop_front();
+            let pending = self.links[index].pending.pop_front();
             if let Some(op) = &mut self.op {
-                op.replies.extend_from_slice(&frame);
+                match (pending, Redirect::parse(&frame, &address)) {
+                    (Some(pending), Some(_)) => {
+                        // Redis checks a key's slot before the subscribed context: the
+                        // command was known and well formed, and one Redis would have
+                        // refused it for the context.
+                        let name = pending.channels.first().cloned().unwrap_or_default();
+                        replies::not_in_subscribed_context(
+                            &mut op.replies,
+                            &String::from_utf8_lossy(&name),
+                        );
+                    }
+                    _ => op.replies.extend_from_slice(&frame),
+                }
                 op.parts = op.parts.saturating_sub(1);
             }
             return;
         }
-        if front == Some(Kind::Hello) && !matches!(kind, Some((b"smessage" | b"sunsubscribe", _))) {
+        if front == Some(Kind::Swallow) && !matches!(kind, Some((b"smessage" | b"sunsubscribe", _)))
+        {
             let client = self.links[index]
                 .pending
                 .pop_front()
@@ -417,7 +441,16 @@ impl Shards {
                 self.advance(index, Kind::Sub);
             }
             Some((b"sunsubscribe", channel)) => {
-                if front == Some(Kind::Unsub) {
+                // The confirmation the front SUNSUBSCRIBE waits for names its next
+                // channel; any other is unasked.
+                let asked = match (&channel, self.links[index].pending.front()) {
+                    (Some(channel), Some(front)) if front.kind == Kind::Unsub => front
+                        .channels
+                        .get(front.channels.len() - front.remaining)
+                        .is_some_and(|next| next == channel),
+                    _ => false,
+                };
+                if asked {
                     self.advance(index, Kind::Unsub);
                 } else if let Some(channel) = channel {
                     // Unasked: the node no longer serves the channel's slot.
@@ -471,12 +504,23 @@ impl Shards {
     /// client's command (or leaves the channels orphaned, to be tried again).
     async fn refused(&mut self, pending: Pending, error: Bytes, from: &str, proto: Proto) {
         if pending.kind == Kind::Sub && pending.redirects < MAX_REDIRECTS {
-            if let Some(Redirect::Moved { address, .. } | Redirect::Ask { address, .. }) =
-                Redirect::parse(&error, from)
-            {
-                crate::metrics::global().cluster_moved.increment(1);
-                self.cluster.refresh_soon();
+            let redirect = match Redirect::parse(&error, from) {
+                Some(Redirect::Moved { address, .. }) => {
+                    crate::metrics::global().cluster_moved.increment(1);
+                    self.cluster.refresh_soon();
+                    Some((address, false))
+                }
+                Some(Redirect::Ask { address, .. }) => {
+                    crate::metrics::global().cluster_ask.increment(1);
+                    Some((address, true))
+                }
+                None => None,
+            };
+            if let Some((address, asking)) = redirect {
                 if let Ok(index) = self.link(&address, proto).await {
+                    if asking {
+                        self.asking(index);
+                    }
                     for channel in &pending.channels {
                         if let Some(place) = self.channels.get_mut(channel) {
                             *place = Place::Sent(address.clone());
@@ -529,7 +573,7 @@ impl Shards {
         for pending in &link.pending {
             if pending.client {
                 if let Some(op) = &mut self.op {
-                    if pending.kind != Kind::Unsub && pending.kind != Kind::Hello {
+                    if pending.kind != Kind::Unsub && pending.kind != Kind::Swallow {
                         let error = UpstreamError::Lost("connection closed".to_owned());
                         op.error.get_or_insert_with(|| proxy_error(&error));
                     }
@@ -573,7 +617,7 @@ impl Shards {
                 self.channels.remove(&channel);
                 self.attempts.remove(&channel);
                 let count = self.channels.len();
-                confirmation(out, proto, b"sunsubscribe", Some(&channel), count);
+                replies::subscription(out, proto, b"sunsubscribe", Some(&channel), count);
                 continue;
             }
             most = most.max(tries);
@@ -610,6 +654,7 @@ impl Shards {
             return;
         };
         match op.error {
+            None if op.quiet => {}
             None => out.extend_from_slice(&op.replies),
             Some(error) => {
                 // As one Redis: an error, and nothing subscribed.
@@ -623,9 +668,28 @@ impl Shards {
                         }
                     }
                 }
-                out.extend_from_slice(&error);
+                if !op.quiet {
+                    out.extend_from_slice(&error);
+                }
             }
         }
+    }
+
+    /// Writes ASKING on link `index` (its `+OK` swallowed), for the SSUBSCRIBE after it.
+    fn asking(&mut self, index: usize) {
+        let Some(link) = self.links.get_mut(index) else {
+            return;
+        };
+        let _ = link
+            .commands
+            .send(Bytes::from_static(b"*1\r\n$6\r\nASKING\r\n"));
+        link.pending.push_back(Pending {
+            kind: Kind::Swallow,
+            channels: Vec::new(),
+            remaining: 1,
+            client: false,
+            redirects: 0,
+        });
     }
 
     /// Writes SSUBSCRIBE/SUNSUBSCRIBE `channels` on link `index`.
@@ -770,28 +834,6 @@ fn proxy_error(error: &UpstreamError) -> Bytes {
     out.freeze()
 }
 
-/// A (un)subscribe confirmation as Redis writes it: `[kind, channel, count]`, a push in
-/// RESP3; no channel is a null (SUNSUBSCRIBE with nothing subscribed).
-fn confirmation(
-    out: &mut BytesMut,
-    proto: Proto,
-    kind: &[u8],
-    channel: Option<&[u8]>,
-    count: usize,
-) {
-    out.extend_from_slice(if proto == Proto::Resp3 {
-        b">3\r\n"
-    } else {
-        b"*3\r\n"
-    });
-    encode::bulk(out, kind);
-    match channel {
-        Some(channel) => encode::bulk(out, channel),
-        None => encode::null(out, proto),
-    }
-    encode::integer(out, count as i64);
-}
-
 /// A pub/sub frame's kind and channel: `[kind, channel, …]` as an array or a push.
 fn pubsub_kind(frame: &[u8]) -> Option<(&[u8], Option<Bytes>)> {
     let rest = frame.get(1..)?;
@@ -882,13 +924,13 @@ mod tests {
     #[test]
     fn confirmations_as_redis_writes_them() {
         let mut out = BytesMut::new();
-        confirmation(&mut out, Proto::Resp2, b"ssubscribe", Some(b"ch"), 2);
+        replies::subscription(&mut out, Proto::Resp2, b"ssubscribe", Some(b"ch"), 2);
         assert_eq!(&out[..], b"*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:2\r\n");
         out.clear();
-        confirmation(&mut out, Proto::Resp3, b"sunsubscribe", None, 0);
+        replies::subscription(&mut out, Proto::Resp3, b"sunsubscribe", None, 0);
         assert_eq!(&out[..], b">3\r\n$12\r\nsunsubscribe\r\n_\r\n:0\r\n");
         out.clear();
-        confirmation(&mut out, Proto::Resp2, b"sunsubscribe", None, 0);
+        replies::subscription(&mut out, Proto::Resp2, b"sunsubscribe", None, 0);
         assert_eq!(&out[..], b"*3\r\n$12\r\nsunsubscribe\r\n$-1\r\n:0\r\n");
     }
 
