@@ -15,16 +15,9 @@ use common::*;
 const PW: &str = "cluster-pw";
 
 fn proxy_for(cluster: &RedisCluster) -> Ambassador {
-    let seeds = cluster.seed_addresses();
-    let others: Vec<String> = seeds[1..3].iter().map(|s| format!("\"{s}\"")).collect();
-    AmbassadorBuilder::new(&seeds[0])
-        .upstream_password(PW.as_bytes())
-        .upstream_option("mode", "\"cluster\"")
-        .upstream_option("addresses", &format!("[{}]", others.join(", ")))
+    cluster
+        .ambassador()
         .pool_size(2)
-        .connect_timeout_ms(1000)
-        .command_timeout_ms(5000)
-        .reconnect_backoff_ms(50)
         .upstream_option("reconnect_backoff_max_ms", "400")
         .start()
 }
@@ -587,14 +580,7 @@ fn a_master_crash_is_survived_and_readiness_follows_the_cluster() {
 fn a_mixed_pipeline_over_three_masters_answers_as_one_redis() {
     let cluster = RedisCluster::start(3, 0, PW);
     let single = RedisServer::with_password(PW);
-    let seeds = cluster.seed_addresses();
-    let others: Vec<String> = seeds[1..].iter().map(|s| format!("\"{s}\"")).collect();
-    let small = AmbassadorBuilder::new(&seeds[0])
-        .upstream_password(PW.as_bytes())
-        .upstream_option("mode", "\"cluster\"")
-        .upstream_option("addresses", &format!("[{}]", others.join(", ")))
-        .limit("max_in_flight", 5)
-        .start();
+    let small = cluster.ambassador().limit("max_in_flight", 5).start();
     let proxies = [proxy_for(&cluster), small];
     let mut direct = single.conn();
     direct.call_expect(&["AUTH", PW], b"+OK\r\n");

@@ -14,16 +14,7 @@ use common::*;
 const PW: &str = "cluster-pw";
 
 fn proxy(cluster: &RedisCluster, max_pinned: Option<u64>) -> Ambassador {
-    let seeds = cluster.seed_addresses();
-    let others: Vec<String> = seeds[1..].iter().map(|s| format!("\"{s}\"")).collect();
-    let mut builder = AmbassadorBuilder::new(&seeds[0])
-        .upstream_password(PW.as_bytes())
-        .upstream_option("mode", "\"cluster\"")
-        .upstream_option("addresses", &format!("[{}]", others.join(", ")))
-        .pool_size(1)
-        .connect_timeout_ms(1000)
-        .command_timeout_ms(5000)
-        .reconnect_backoff_ms(50);
+    let mut builder = cluster.ambassador().pool_size(1);
     if let Some(n) = max_pinned {
         builder = builder.max_pinned(n);
     }

@@ -14,17 +14,7 @@ use common::*;
 const PW: &str = "cluster-pw";
 
 fn proxy_for(cluster: &RedisCluster) -> Ambassador {
-    let seeds = cluster.seed_addresses();
-    let others: Vec<String> = seeds[1..].iter().map(|s| format!("\"{s}\"")).collect();
-    AmbassadorBuilder::new(&seeds[0])
-        .upstream_password(PW.as_bytes())
-        .upstream_option("mode", "\"cluster\"")
-        .upstream_option("addresses", &format!("[{}]", others.join(", ")))
-        .pool_size(2)
-        .connect_timeout_ms(1000)
-        .command_timeout_ms(5000)
-        .reconnect_backoff_ms(50)
-        .start()
+    cluster.ambassador().pool_size(2).start()
 }
 
 /// `[kind, channel, count]` as Redis writes it (`*` in RESP2, `>` in RESP3).

@@ -18,16 +18,9 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const MOVED: &str = "redis_ambassador_cluster_redirects_total{kind=\"moved\"}";
 
 fn proxy_for(cluster: &RedisCluster, read_from_replicas: bool, log: &str) -> Ambassador {
-    let seeds = cluster.seed_addresses();
-    let others: Vec<String> = seeds[1..3].iter().map(|s| format!("\"{s}\"")).collect();
-    let mut builder = AmbassadorBuilder::new(&seeds[0])
-        .upstream_password(PW.as_bytes())
-        .upstream_option("mode", "\"cluster\"")
-        .upstream_option("addresses", &format!("[{}]", others.join(", ")))
+    let mut builder = cluster
+        .ambassador()
         .pool_size(2)
-        .connect_timeout_ms(1000)
-        .command_timeout_ms(5000)
-        .reconnect_backoff_ms(50)
         .upstream_option("reconnect_backoff_max_ms", "400")
         .log_level(log);
     if read_from_replicas {

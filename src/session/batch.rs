@@ -393,6 +393,16 @@ impl Batch {
     }
 
     /// Whether anything in the batch goes upstream.
+    /// Cluster mode: whether the batch already goes to another node than `node` (a
+    /// request for `node` must wait for the next batch).
+    pub fn goes_elsewhere(&self, node: &Arc<Upstream>) -> bool {
+        self.has_upstream()
+            && self
+                .node
+                .as_ref()
+                .is_some_and(|current| !Arc::ptr_eq(current, node))
+    }
+
     pub fn has_upstream(&self) -> bool {
         self.first.is_some()
     }

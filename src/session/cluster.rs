@@ -74,6 +74,19 @@ pub enum Blocks {
     StreamRead,
 }
 
+impl Blocks {
+    /// Marks `batch` blocking when `request` may block.
+    fn mark(self, batch: &mut Batch, request: &Request) {
+        match self {
+            Blocks::Never => {}
+            Blocks::Always => batch.blocking = true,
+            Blocks::StreamRead => {
+                batch.blocking |= command::stream_read_blocks(&request.args);
+            }
+        }
+    }
+}
+
 /// How the replies of a split or fanned-out command combine into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Merge {
@@ -146,12 +159,7 @@ impl Session {
         let Some(node) = cluster.route_now(slot) else {
             return Err(request);
         };
-        if batch.has_upstream()
-            && batch
-                .node
-                .as_ref()
-                .is_some_and(|current| !Arc::ptr_eq(current, &node))
-        {
+        if batch.goes_elsewhere(&node) {
             return Ok(Flow::Defer(request));
         }
         batch.node = Some(node);
@@ -159,13 +167,7 @@ impl Session {
         if batch.cluster.is_none() {
             batch.cluster = Some(cluster.clone());
         }
-        match blocks {
-            Blocks::Never => {}
-            Blocks::Always => batch.blocking = true,
-            Blocks::StreamRead => {
-                batch.blocking |= command::stream_read_blocks(&request.args);
-            }
-        }
+        blocks.mark(batch, &request);
         let state = self.conn_state();
         batch.forward_routed(request_bytes(request), state);
         Ok(Flow::Continue)
@@ -221,13 +223,7 @@ impl Session {
         }
         if self.needs_pin() {
             // WATCH is in force: the command goes to its node (see `forward_bound`).
-            match blocks {
-                Blocks::Never => {}
-                Blocks::Always => batch.blocking = true,
-                Blocks::StreamRead => {
-                    batch.blocking |= command::stream_read_blocks(&request.args);
-                }
-            }
+            blocks.mark(batch, &request);
             return self.forward(request, batch);
         }
         if let Err(error) = cluster.ready().await {
@@ -280,24 +276,13 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        if batch.has_upstream()
-            && batch
-                .node
-                .as_ref()
-                .is_some_and(|current| !Arc::ptr_eq(current, &node))
-        {
+        if batch.goes_elsewhere(&node) {
             return Flow::Defer(request);
         }
         batch.node = Some(node);
         batch.fallback = fallback;
         batch.cluster = Some(cluster);
-        match blocks {
-            Blocks::Never => {}
-            Blocks::Always => batch.blocking = true,
-            Blocks::StreamRead => {
-                batch.blocking |= command::stream_read_blocks(&request.args);
-            }
-        }
+        blocks.mark(batch, &request);
         let state = self.conn_state();
         batch.forward_routed(request_bytes(request), state);
         Flow::Continue
@@ -378,12 +363,7 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        if batch.has_upstream()
-            && batch
-                .node
-                .as_ref()
-                .is_some_and(|current| !Arc::ptr_eq(current, &node))
-        {
+        if batch.goes_elsewhere(&node) {
             return Ok(Flow::Defer(request));
         }
         batch.node = Some(node);
@@ -413,12 +393,7 @@ impl Session {
                 return BeforeExec::Replied;
             }
         };
-        if batch.has_upstream()
-            && batch
-                .node
-                .as_ref()
-                .is_some_and(|current| !Arc::ptr_eq(current, &node))
-        {
+        if batch.goes_elsewhere(&node) {
             return BeforeExec::Defer;
         }
         batch.node = Some(node);

@@ -240,13 +240,7 @@ impl Shards {
                 replies::subscription(&mut op.replies, proto, b"ssubscribe", Some(channel), count);
             }
             for (s, channels) in by_slot {
-                let linked = match self.cluster.route(s).await {
-                    Ok(node) => {
-                        let address = node.address();
-                        self.link(&address, proto).await.map(|i| (i, address))
-                    }
-                    Err(error) => Err(error),
-                };
+                let linked = self.link_for(s, proto).await;
                 match linked {
                     Ok((index, address)) => {
                         for channel in &channels {
@@ -621,13 +615,7 @@ impl Shards {
                 continue;
             }
             most = most.max(tries);
-            let linked = match self.cluster.route(slot(&channel)).await {
-                Ok(node) => {
-                    let address = node.address();
-                    self.link(&address, proto).await.map(|i| (i, address))
-                }
-                Err(error) => Err(error),
-            };
+            let linked = self.link_for(slot(&channel), proto).await;
             match linked {
                 Ok((index, address)) => {
                     self.channels
@@ -722,6 +710,17 @@ impl Shards {
             client,
             redirects,
         });
+    }
+
+    /// The link to the master serving `slot` now, and its address.
+    async fn link_for(
+        &mut self,
+        slot: u16,
+        proto: Proto,
+    ) -> Result<(usize, String), UpstreamError> {
+        let address = self.cluster.route(slot).await?.address();
+        let index = self.link(&address, proto).await?;
+        Ok((index, address))
     }
 
     /// The link to `address`, opened (and brought to the client's protocol) if needed.

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    RawConn, RedisServer, ServerAuth, escape_short, free_port, read_lossy, redis_server_bin, resp,
-    wait_until,
+    AmbassadorBuilder, RawConn, RedisServer, ServerAuth, escape_short, free_port, read_lossy,
+    redis_server_bin, resp, wait_until,
 };
 
 /// Number of hash slots in a Redis Cluster.
@@ -466,6 +466,21 @@ impl RedisCluster {
     /// `127.0.0.1:port` of every node.
     pub fn seed_addresses(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::addr).collect()
+    }
+
+    /// An ambassador in cluster mode in front of this cluster, to finish and start: the
+    /// first node as `address`, the others as `addresses`, the cluster's password, and
+    /// short connect and backoff times (a test's node failures are noticed quickly).
+    pub fn ambassador(&self) -> AmbassadorBuilder {
+        let seeds = self.seed_addresses();
+        let others: Vec<String> = seeds[1..].iter().map(|s| format!("\"{s}\"")).collect();
+        AmbassadorBuilder::new(&seeds[0])
+            .upstream_password(self.password().as_bytes())
+            .upstream_option("mode", "\"cluster\"")
+            .upstream_option("addresses", &format!("[{}]", others.join(", ")))
+            .connect_timeout_ms(1000)
+            .command_timeout_ms(5000)
+            .reconnect_backoff_ms(50)
     }
 
     /// The node listening on `port`.
