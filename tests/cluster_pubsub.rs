@@ -371,3 +371,35 @@ fn shard_subscriptions_survive_a_failover() {
     s.call_expect(&["SUNSUBSCRIBE", &a, &b], &want);
     s.call_expect(&["PING"], b"+PONG\r\n");
 }
+
+/// A subscriber that leaves takes its shard subscriptions with it: every link is closed,
+/// and no node still counts it.
+#[test]
+fn a_subscriber_that_leaves_leaves_no_subscription_behind() {
+    let cluster = RedisCluster::start(3, 0, PW);
+    let proxy = proxy_for(&cluster);
+    let [a, b, c] = channels_on_three_masters(&cluster);
+    let mut s = proxy.conn();
+    let mut want = confirmation("*", "ssubscribe", &a, 1);
+    want.extend(confirmation("*", "ssubscribe", &b, 2));
+    want.extend(confirmation("*", "ssubscribe", &c, 3));
+    s.call_expect(&["SSUBSCRIBE", &a, &b, &c], &want);
+    drop(s);
+    for ch in [&a, &b, &c] {
+        let mut owner = cluster.node_for_slot(cluster.slot_of(ch)).conn();
+        owner.call_expect(&["AUTH", PW], b"+OK\r\n");
+        let mut none = b"*2\r\n".to_vec();
+        none.extend(bulk(ch.as_bytes()));
+        none.extend(b":0\r\n");
+        let gone = wait_until(Duration::from_secs(10), || {
+            owner.call(&["PUBSUB", "SHARDNUMSUB", ch]) == none
+        });
+        assert!(
+            gone,
+            "{ch} is still subscribed on its master after the client left"
+        );
+    }
+    // The dedicated connections went back to nothing: a new subscriber still gets one.
+    let mut again = proxy.conn();
+    again.call_expect(&["SSUBSCRIBE", &a], &confirmation("*", "ssubscribe", &a, 1));
+}
