@@ -68,6 +68,9 @@ struct Pending {
     /// Part of the client's command (else the ambassador's own resubscription or cleanup).
     client: bool,
     redirects: u8,
+    /// When it was written: a link that leaves it unanswered for the command timeout is
+    /// taken for dead (see `Wake::Stale`).
+    sent: Instant,
 }
 
 /// A dedicated connection to one node, read and written by its own task.
@@ -96,6 +99,8 @@ pub(super) enum Event {
 pub(super) enum Wake {
     Event(Event),
     Retry,
+    /// A link has left a command unanswered for the command timeout.
+    Stale,
 }
 
 /// Where a shard channel of the client's is subscribed.
@@ -287,6 +292,7 @@ impl Shards {
             remaining: 1,
             client: true,
             redirects: 0,
+            sent: Instant::now(),
         });
     }
 
@@ -350,6 +356,7 @@ impl Shards {
                     remaining: 1,
                     client,
                     redirects: 0,
+                    sent: Instant::now(),
                 });
                 switched += 1;
             }
@@ -360,6 +367,7 @@ impl Shards {
     /// Waits for a link's frame or the next resubscription try.
     pub(super) async fn wake(&mut self) -> Wake {
         let retry = self.retry_at;
+        let stale = self.stale_at();
         tokio::select! {
             event = self.events.recv() => match event {
                 Some(event) => Wake::Event(event),
@@ -367,6 +375,37 @@ impl Shards {
                 None => std::future::pending().await,
             },
             _ = sleep_until(retry), if retry.is_some() => Wake::Retry,
+            _ = sleep_until(stale), if stale.is_some() => Wake::Stale,
+        }
+    }
+
+    /// When the oldest unanswered command of a link reaches the command timeout.
+    fn stale_at(&self) -> Option<Instant> {
+        self.links
+            .iter()
+            .filter_map(|link| link.pending.front())
+            .map(|pending| pending.sent + self.timeout)
+            .min()
+    }
+
+    /// Links that have left a command unanswered for the command timeout are dropped
+    /// (their connection closed) and handled as lost: their channels are subscribed again
+    /// elsewhere or later, their client commands fail.
+    fn drop_stale(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|link| {
+                link.pending
+                    .front()
+                    .is_some_and(|p| p.sent + self.timeout <= now)
+            })
+            .map(|link| link.id)
+            .collect();
+        for id in stale {
+            tracing::warn!("a shard-channel link did not answer within the command timeout");
+            self.closed(id);
         }
     }
 
@@ -374,6 +413,7 @@ impl Shards {
     pub(super) async fn handle(&mut self, wake: Wake, proto: Proto, out: &mut BytesMut) {
         match wake {
             Wake::Retry => self.resubscribe(proto, out).await,
+            Wake::Stale => self.drop_stale(),
             Wake::Event(Event::Closed(id)) => self.closed(id),
             Wake::Event(Event::Frame(id, frame)) => self.frame(id, frame, proto, out).await,
         }
@@ -677,6 +717,7 @@ impl Shards {
             remaining: 1,
             client: false,
             redirects: 0,
+            sent: Instant::now(),
         });
     }
 
@@ -709,6 +750,7 @@ impl Shards {
             channels,
             client,
             redirects,
+            sent: Instant::now(),
         });
     }
 
