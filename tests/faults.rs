@@ -377,3 +377,68 @@ fn d9_half_sent_request_is_never_forwarded() {
     next.call_expect(&["GET", "whole"], b"$1\r\n1\r\n");
     upstream.conn().call_expect(&["EXISTS", "half"], b":0\r\n");
 }
+
+/// WAIT through the ambassador waits for the client's own writes, as on one connection:
+/// with the replica stopped, `SET` then `WAIT 1 300` (one round trip each) answers `:0`,
+/// and `:1` once the replica runs again. (WAIT runs on a dedicated connection that wrote
+/// nothing; without the ambassador's fence before it, it answered `:1` at once.)
+#[test]
+fn wait_counts_replicas_that_have_the_clients_writes() {
+    let master = RedisServer::start();
+    let replicaof = format!("replicaof 127.0.0.1 {}", master.port());
+    let replica = RedisServer::start_with(ServerAuth::None, &[&replicaof]);
+    let mut probe = replica.conn();
+    let synced = wait_until(Duration::from_secs(30), || {
+        String::from_utf8_lossy(&probe.call(&["INFO", "replication"]))
+            .contains("master_link_status:up")
+    });
+    assert!(synced, "the replica never synced:\n{}", replica.log());
+    let proxy = AmbassadorBuilder::for_server(&master).start();
+    let mut direct = master.conn();
+    let mut c = proxy.conn();
+    replica.signal("STOP");
+    // Redis itself, then the ambassador: the same answers.
+    for conn in [&mut direct, &mut c] {
+        conn.call_expect(&["SET", "k", "v"], b"+OK\r\n");
+        conn.call_expect(&["WAIT", "1", "300"], b":0\r\n");
+    }
+    replica.signal("CONT");
+    for conn in [&mut direct, &mut c] {
+        conn.call_expect(&["WAIT", "1", "10000"], b":1\r\n");
+    }
+}
+
+/// A client that sends EXEC and a blocking command and leaves at once: whether or not the
+/// batch got to run, no connection goes back to the pool with the transaction still open
+/// (the client's EOF could win the race against the batch's first step, leaving the
+/// dedicated connection unarmed, MULTI open, EXEC never written; found by the session
+/// fuzz target).
+#[test]
+fn a_client_leaving_before_its_exec_leaves_no_transaction_open_upstream() {
+    let server = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&server).start();
+    for _ in 0..30 {
+        let mut c = proxy.conn();
+        c.call_expect(&["MULTI"], b"+OK\r\n");
+        c.call_expect(&["INCR", "n"], b"+QUEUED\r\n");
+        let mut bytes = resp(&["EXEC"]);
+        bytes.extend(resp(&["BLPOP", "nothing", "0"]));
+        c.send(&bytes);
+        drop(c);
+    }
+    // Redis's own view: no connection is left inside MULTI (`multi=-1` is "not in one").
+    let mut admin = server.conn();
+    let mut last = String::new();
+    let settled = wait_until(Duration::from_secs(10), || {
+        last = String::from_utf8_lossy(&admin.call(&["CLIENT", "LIST"])).into_owned();
+        !last
+            .lines()
+            .any(|l| l.contains(" multi=") && !l.contains(" multi=-1 "))
+    });
+    assert!(settled, "a connection is still inside MULTI:\n{last}");
+    // And the next client's transaction is its own.
+    let mut d = proxy.conn();
+    d.call_expect(&["MULTI"], b"+OK\r\n");
+    d.call_expect(&["PING"], b"+QUEUED\r\n");
+    d.call_expect(&["EXEC"], b"*1\r\n+PONG\r\n");
+}

@@ -511,13 +511,29 @@ impl Session {
             // frees such a client, its block with it. What was answered before the blocking
             // command still goes out; the pinned connection, still armed, is dropped.
             tracing::debug!("client left during a blocking command");
+            // The batch may not even have started (the client's EOF can win the race
+            // before it is first polled, leaving the connection unarmed, with a MULTI
+            // sent earlier and its EXEC never written): it is dropped whatever happened.
+            if let Some(pinned) = self.pinned.as_mut() {
+                pinned.broken = true;
+            }
             let _ = writer.send(out).await;
             return false;
         };
         let outcome = match result {
-            Ok(outcome) if outcome.close => return false,
+            Ok(outcome) if outcome.close => {
+                if let Some(pinned) = self.pinned.as_mut() {
+                    pinned.broken = true;
+                }
+                return false;
+            }
             Ok(outcome) => outcome,
-            Err(_) => return false,
+            Err(_) => {
+                if let Some(pinned) = self.pinned.as_mut() {
+                    pinned.broken = true;
+                }
+                return false;
+            }
         };
         if outcome.failed {
             // Cluster mode: a node that failed may have been replaced by a replica.
@@ -641,6 +657,15 @@ impl Session {
             }
             Kind::Blocking => {
                 batch.blocking = true;
+                let name = request.name();
+                if name.eq_ignore_ascii_case(b"wait") || name.eq_ignore_ascii_case(b"waitaof") {
+                    // WAIT counts the replicas that have the writes of its connection,
+                    // and the client's went over other connections: a shard-channel
+                    // publish nobody hears (shard channels have no patterns) moves this
+                    // connection's write offset past them first. Its reply, or the error
+                    // of a server or user that cannot, is not shown.
+                    batch.forward_ignored(Bytes::from_static(WAIT_FENCE), self.conn_state());
+                }
                 self.forward(request, batch)
             }
             Kind::StreamRead => {
@@ -1229,6 +1254,9 @@ fn request_bytes(request: Request) -> Bytes {
         None => encode::command(&request.args),
     }
 }
+
+/// Sent before WAIT/WAITAOF (see `handle`): `SPUBLISH redis-ambassador:wait ""`.
+const WAIT_FENCE: &[u8] = b"*3\r\n$8\r\nSPUBLISH\r\n$21\r\nredis-ambassador:wait\r\n$0\r\n\r\n";
 
 /// Whether the scanner may already hold another complete request (the batch stopped
 /// because it was full, not because the buffer ran out).
