@@ -316,6 +316,28 @@ mod defaults {
     }
 }
 
+/// `[limits] max_in_flight` by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+
+/// Redis's `client-output-buffer-limit pubsub`: over `hard` bytes pending, or over `soft`
+/// for `soft_duration`, the client is disconnected.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLimits {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_duration: std::time::Duration,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            hard: 32 * 1024 * 1024,
+            soft: 8 * 1024 * 1024,
+            soft_duration: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -349,7 +371,7 @@ impl Default for Limits {
             pubsub_output_soft_limit: 8 * 1024 * 1024,
             pubsub_output_soft_seconds: 60,
             client_output_hard_limit: 1024 * 1024 * 1024,
-            max_in_flight: crate::session::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -844,8 +866,8 @@ impl Config {
     }
 
     /// The output bounds for relayed clients.
-    pub fn output_limits(&self) -> crate::session::OutputLimits {
-        crate::session::OutputLimits {
+    pub fn output_limits(&self) -> OutputLimits {
+        OutputLimits {
             hard: self.limits.pubsub_output_hard_limit,
             soft: self.limits.pubsub_output_soft_limit,
             soft_duration: Duration::from_secs(self.limits.pubsub_output_soft_seconds),

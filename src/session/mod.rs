@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::ClientAuth;
 use crate::command::{self, ClientSub, Kind, Local};
+use crate::config::{DEFAULT_MAX_IN_FLIGHT, OutputLimits};
 use crate::metrics::{self, ErrorClass};
 use crate::net::{ClientRead, ClientStream, ClientWrite};
 use crate::protocol::number::{parse_i32, parse_i64};
@@ -30,9 +31,6 @@ use crate::protocol::{Proto, Request, RequestLimits, RequestScanner, encode};
 use crate::replies;
 use crate::upstream::{ConnState, Pinned, Upstream};
 use batch::Batch;
-
-/// `[limits] max_in_flight` by default.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
 /// What every session shares: the upstream, the client credentials, the limits.
 pub struct Shared {
@@ -48,25 +46,6 @@ pub struct Shared {
     /// server information, the readiness probe and pub/sub).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     next_client_id: AtomicU64,
-}
-
-/// Redis's `client-output-buffer-limit pubsub`: over `hard` bytes pending, or over `soft`
-/// for `soft_duration`, the client is disconnected.
-#[derive(Debug, Clone, Copy)]
-pub struct OutputLimits {
-    pub hard: usize,
-    pub soft: usize,
-    pub soft_duration: std::time::Duration,
-}
-
-impl Default for OutputLimits {
-    fn default() -> Self {
-        OutputLimits {
-            hard: 32 * 1024 * 1024,
-            soft: 8 * 1024 * 1024,
-            soft_duration: std::time::Duration::from_secs(60),
-        }
-    }
 }
 
 impl Shared {
