@@ -29,6 +29,12 @@ pub const DISCARD_WITHOUT_MULTI: &[u8] = b"-ERR DISCARD without MULTI\r\n";
 pub const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 pub const QUEUED: &[u8] = b"+QUEUED\r\n";
 pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+pub const MULTI_NESTED: &[u8] = b"-ERR MULTI calls can not be nested\r\n";
+pub const WATCH_IN_MULTI: &[u8] = b"-ERR WATCH inside MULTI is not allowed\r\n";
+/// Redis Cluster's reply for keys in several slots.
+pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+/// Redis Cluster's reply for a slot nobody serves.
+pub const CLUSTERDOWN: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
 
 /// `-ERR wrong number of arguments for '<name>' command`.
 pub fn wrong_arity(out: &mut BytesMut, name: &str) {

@@ -411,6 +411,38 @@ impl Cluster {
         });
     }
 
+    /// A node's reply to a routed `request` (sent to `node` in `state`), settled: from a
+    /// replica that cannot serve (`fallback` is then its master), the master's answer;
+    /// for `-MOVED`/`-ASK`, the answer of the node they name (see [`follow`]); anything
+    /// else as it is.
+    ///
+    /// [`follow`]: Cluster::follow
+    pub async fn settle(
+        self: &Arc<Self>,
+        reply: (Bytes, ReplyFrame),
+        request: &Bytes,
+        state: ConnState,
+        node: Option<&Arc<Upstream>>,
+        fallback: Option<&Arc<Upstream>>,
+        blocking: bool,
+    ) -> Result<(Bytes, ReplyFrame), UpstreamError> {
+        if !reply.1.error {
+            return Ok(reply);
+        }
+        if let Some(master) = fallback {
+            if replica_cannot_serve(&reply.0) {
+                return self.call(master, None, request, state).await;
+            }
+        }
+        match node {
+            Some(node) => {
+                let from = node.address();
+                self.follow(reply, request, state, &from, blocking).await
+            }
+            None => Ok(reply),
+        }
+    }
+
     /// Follows `-MOVED`/`-ASK` replies to `request` (sent from `from` in `state`) until a
     /// node answers it; returns that answer. Any other reply is returned as it is.
     pub async fn follow(

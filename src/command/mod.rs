@@ -30,9 +30,13 @@ impl CommandId {
 /// The id of a command name, case-insensitively, without allocating.
 pub fn id(name: &[u8]) -> CommandId {
     let mut buf = [0u8; MAX_NAME];
-    let Some(lower) = lowercase(name, &mut buf) else {
-        return CommandId::OTHER;
-    };
+    match lowercase(name, &mut buf) {
+        Some(lower) => id_of_lower(lower),
+        None => CommandId::OTHER,
+    }
+}
+
+fn id_of_lower(lower: &[u8]) -> CommandId {
     match NAMES.binary_search_by(|probe| probe.as_bytes().cmp(lower)) {
         Ok(index) => u16::try_from(index).map_or(CommandId::OTHER, CommandId),
         Err(_) => CommandId::OTHER,
@@ -49,12 +53,18 @@ pub enum Kind {
     Multi,
     /// Watches keys: pinned until EXEC, DISCARD or UNWATCH.
     Watch,
-    /// Blocks on the server (BLPOP, WAIT, …): runs on a dedicated connection, with no
+    /// Blocks on the server (BLPOP, BLMOVE, …): runs on a dedicated connection, with no
     /// proxy timeout.
     Blocking,
-    /// Puts the connection in a push mode (SUBSCRIBE family, MONITOR): the client is
-    /// relayed to a dedicated connection, frame for frame, while the mode lasts.
-    Relay,
+    /// WAIT / WAITAOF: blocking, and counts the replicas that have the writes of the
+    /// connection it runs on, so the client's writes (made on other connections) must be
+    /// fenced onto that connection first.
+    WaitReplicas,
+    /// The SUBSCRIBE family: puts the connection in pub/sub mode; the client is relayed
+    /// to a dedicated connection, frame for frame, while the mode lasts.
+    Subscribe(Channels),
+    /// MONITOR: relayed like the SUBSCRIBE family, for as long as the client stays.
+    Monitor,
     /// Cannot work through a proxy (replication handshakes): refused with a clear error.
     Refused,
     /// XREAD / XREADGROUP: stateful only with the BLOCK option.
@@ -63,6 +73,32 @@ pub enum Kind {
     HttpProbe,
     /// Sent to the upstream.
     Forward,
+}
+
+/// Which channels a SUBSCRIBE-family command is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channels {
+    /// Classic channels and patterns (SUBSCRIBE, PSUBSCRIBE and their UNSUBSCRIBEs).
+    Classic,
+    /// Shard channels (SSUBSCRIBE, SUNSUBSCRIBE): in a cluster, on their slot's master.
+    Shard,
+}
+
+impl Kind {
+    /// Whether a command of this kind may block on the server (XREAD/XREADGROUP only with
+    /// BLOCK: see [`stream_read_blocks`]).
+    pub fn may_block(self, args: &[bytes::Bytes]) -> bool {
+        match self {
+            Kind::Blocking | Kind::WaitReplicas => true,
+            Kind::StreamRead => stream_read_blocks(args),
+            _ => false,
+        }
+    }
+
+    /// Whether the command puts its connection in a push mode (pub/sub, MONITOR).
+    pub fn is_relayed(self) -> bool {
+        matches!(self, Kind::Subscribe(_) | Kind::Monitor)
+    }
 }
 
 /// The commands the session answers itself.
@@ -107,11 +143,38 @@ fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME]) -> Option<&'a [u8]> {
     Some(out)
 }
 
-/// Classifies a command by its name.
-pub fn lookup(name: &[u8]) -> Option<Command> {
-    use Kind::*;
+/// A request's command, classified once: its metrics id and, for the commands the proxy
+/// treats specially, its row of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classified {
+    pub id: CommandId,
+    pub command: Option<Command>,
+}
+
+/// Classifies a command by its name: one lower-casing, one search of [`NAMES`], one match.
+pub fn classify(name: &[u8]) -> Classified {
     let mut buf = [0u8; MAX_NAME];
-    let lower = lowercase(name, &mut buf)?;
+    match lowercase(name, &mut buf) {
+        Some(lower) => Classified {
+            id: id_of_lower(lower),
+            command: row_of(lower),
+        },
+        None => Classified {
+            id: CommandId::OTHER,
+            command: None,
+        },
+    }
+}
+
+/// Classifies a command by its name (its row of the table only; see [`classify`]).
+pub fn lookup(name: &[u8]) -> Option<Command> {
+    let mut buf = [0u8; MAX_NAME];
+    row_of(lowercase(name, &mut buf)?)
+}
+
+/// The table's row for a lower-case name.
+fn row_of(lower: &[u8]) -> Option<Command> {
+    use Kind::*;
     Some(match lower {
         b"auth" => row("auth", Local(self::Local::Auth), -2),
         b"hello" => row("hello", Local(self::Local::Hello), -1),
@@ -134,15 +197,15 @@ pub fn lookup(name: &[u8]) -> Option<Command> {
         b"bzpopmin" => row("bzpopmin", Blocking, -3),
         b"bzpopmax" => row("bzpopmax", Blocking, -3),
         b"bzmpop" => row("bzmpop", Blocking, -5),
-        b"wait" => row("wait", Blocking, 3),
-        b"waitaof" => row("waitaof", Blocking, 4),
-        b"subscribe" => row("subscribe", Relay, -2),
-        b"psubscribe" => row("psubscribe", Relay, -2),
-        b"ssubscribe" => row("ssubscribe", Relay, -2),
-        b"unsubscribe" => row("unsubscribe", Relay, -1),
-        b"punsubscribe" => row("punsubscribe", Relay, -1),
-        b"sunsubscribe" => row("sunsubscribe", Relay, -1),
-        b"monitor" => row("monitor", Relay, 1),
+        b"wait" => row("wait", WaitReplicas, 3),
+        b"waitaof" => row("waitaof", WaitReplicas, 4),
+        b"subscribe" => row("subscribe", Subscribe(Channels::Classic), -2),
+        b"psubscribe" => row("psubscribe", Subscribe(Channels::Classic), -2),
+        b"ssubscribe" => row("ssubscribe", Subscribe(Channels::Shard), -2),
+        b"unsubscribe" => row("unsubscribe", Subscribe(Channels::Classic), -1),
+        b"punsubscribe" => row("punsubscribe", Subscribe(Channels::Classic), -1),
+        b"sunsubscribe" => row("sunsubscribe", Subscribe(Channels::Shard), -1),
+        b"monitor" => row("monitor", Monitor, 1),
         b"sync" => row("sync", Refused, 1),
         b"psync" => row("psync", Refused, -3),
         b"xread" => row("xread", StreamRead, -4),
@@ -209,6 +272,110 @@ pub fn client_subcommand(sub: &[u8]) -> Option<Subcommand> {
         full_name,
         kind,
         arity,
+    })
+}
+
+/// How the replies of a command that several cluster nodes answer combine into one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// Elements of arrays, put back in key order (MGET).
+    Elements,
+    /// Integers, added (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
+    Sum,
+    /// Elements of arrays, concatenated (KEYS).
+    Concat,
+    /// The same reply from every node, or the first error (MSET, FLUSHALL, SCRIPT LOAD).
+    Agree,
+    /// SCAN: one master at a time.
+    Scan,
+}
+
+/// Cluster mode: how a command is answered when one node cannot answer it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    /// Keys in several slots are split by slot; `width` arguments make one key's share
+    /// (MSET: key and value).
+    BySlot { merge: Merge, width: usize },
+    /// A keyless command every master runs.
+    EveryMaster(Merge),
+}
+
+/// The commands of [`Spread`]: name, subcommand (any when `None`), and what to do. Any
+/// other command with keys in several slots gets Redis Cluster's `-CROSSSLOT`.
+const SPREAD: &[(&str, Option<&str>, Spread)] = &[
+    (
+        "mget",
+        None,
+        Spread::BySlot {
+            merge: Merge::Elements,
+            width: 1,
+        },
+    ),
+    (
+        "mset",
+        None,
+        Spread::BySlot {
+            merge: Merge::Agree,
+            width: 2,
+        },
+    ),
+    (
+        "del",
+        None,
+        Spread::BySlot {
+            merge: Merge::Sum,
+            width: 1,
+        },
+    ),
+    (
+        "unlink",
+        None,
+        Spread::BySlot {
+            merge: Merge::Sum,
+            width: 1,
+        },
+    ),
+    (
+        "exists",
+        None,
+        Spread::BySlot {
+            merge: Merge::Sum,
+            width: 1,
+        },
+    ),
+    (
+        "touch",
+        None,
+        Spread::BySlot {
+            merge: Merge::Sum,
+            width: 1,
+        },
+    ),
+    ("dbsize", None, Spread::EveryMaster(Merge::Sum)),
+    ("keys", None, Spread::EveryMaster(Merge::Concat)),
+    ("flushall", None, Spread::EveryMaster(Merge::Agree)),
+    ("flushdb", None, Spread::EveryMaster(Merge::Agree)),
+    ("script", Some("load"), Spread::EveryMaster(Merge::Agree)),
+    ("script", Some("flush"), Spread::EveryMaster(Merge::Agree)),
+    ("function", Some("load"), Spread::EveryMaster(Merge::Agree)),
+    ("function", Some("flush"), Spread::EveryMaster(Merge::Agree)),
+    (
+        "function",
+        Some("delete"),
+        Spread::EveryMaster(Merge::Agree),
+    ),
+    ("scan", None, Spread::EveryMaster(Merge::Scan)),
+];
+
+/// Cluster mode: whether (and how) a command is answered by several nodes (see
+/// [`SPREAD`]); `args` is the whole request, name first.
+pub fn spread(args: &[bytes::Bytes]) -> Option<Spread> {
+    let name = args.first()?;
+    let sub = args.get(1);
+    SPREAD.iter().find_map(|(n, s, spread)| {
+        let matches = name.eq_ignore_ascii_case(n.as_bytes())
+            && s.is_none_or(|s| sub.is_some_and(|sub| sub.eq_ignore_ascii_case(s.as_bytes())));
+        matches.then_some(*spread)
     })
 }
 

@@ -14,11 +14,9 @@ mod proptests;
 pub mod reply;
 pub mod request;
 
+pub use number::INLINE_MAX;
 pub use reply::{ReplyError, ReplyFrame, ReplyScanner};
 pub use request::{ProtocolError, Request, RequestLimits, RequestScanner};
-
-/// Redis's PROTO_INLINE_MAX_SIZE: the longest inline request, `*N` line or `$N` line.
-pub const INLINE_MAX: usize = 64 * 1024;
 
 /// The protocol version a connection speaks: RESP2 (the default) or RESP3 (after `HELLO 3`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,6 +1,10 @@
 //! Integer parsing exactly as Redis's `string2ll` does it: optional `-`, no `+`, no leading
 //! zeros, no spaces, no overflow. Redis uses it for `*N`/`$N` headers and for integer
-//! arguments (SELECT, HELLO), so the proxy's accept/reject decisions match Redis's.
+//! arguments (SELECT, HELLO), so the proxy's accept/reject decisions match Redis's; and the
+//! longest line either scanner accepts.
+
+/// Redis's PROTO_INLINE_MAX_SIZE: the longest inline request, `*N` line or `$N` line.
+pub const INLINE_MAX: usize = 64 * 1024;
 
 /// Parses `s` the way Redis's `string2ll` does; `None` where Redis reports failure.
 pub fn parse_i64(s: &[u8]) -> Option<i64> {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::cluster::Cluster;
-use crate::cluster::router::replica_cannot_serve;
 use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
 use crate::net::ClientWrite;
@@ -83,13 +82,13 @@ impl Mark {
 #[derive(Debug, Default)]
 struct Emitting {
     /// Every forwarded request left is answered with this error.
-    failure: Option<(String, ErrorClass)>,
+    failure: Option<UpstreamError>,
     /// Reads on a replica that failed: the master answers the rest (see `fallback`).
-    replica_lost: Option<(String, ErrorClass)>,
+    replica_lost: Option<UpstreamError>,
 }
 
 impl Emitting {
-    fn new(fallback: bool, failure: Option<(String, ErrorClass)>) -> Emitting {
+    fn new(fallback: bool, failure: Option<UpstreamError>) -> Emitting {
         if fallback {
             Emitting {
                 failure: None,
@@ -126,92 +125,6 @@ impl Submitted {
         self.batch
             .emit_steps(from, to, out, client, &mut self.emitting, source)
             .await
-    }
-}
-
-/// Cluster mode: a pipeline's requests planned side by side while they are read, one
-/// batch per node; then every batch goes to its node at once (one lane job each) and the
-/// replies are written in the client's order, part by part. A pipeline of keys spread
-/// over three masters is three jobs, however its keys alternate.
-#[derive(Debug, Default)]
-pub struct Spread {
-    /// The batches, each for its own node (`None` while one is being added to).
-    pub batches: Vec<Option<Batch>>,
-    /// The parts in the client's order: a batch, where the part starts, where it ends.
-    parts: Vec<(usize, Mark, usize)>,
-    /// Steps planned in all parts: what the client has in flight.
-    pub steps: usize,
-    /// A batch failed: the slot map should be read again.
-    pub failed: bool,
-}
-
-impl Spread {
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    /// Sets `batch` aside (back in its place `at` if it came from here), with its steps
-    /// from `part` on as the next part.
-    pub fn set_aside(&mut self, batch: Batch, at: Option<usize>, part: Mark) {
-        let end = batch.steps.len();
-        let at = match at {
-            Some(at) => at,
-            None => {
-                self.batches.push(None);
-                self.batches.len() - 1
-            }
-        };
-        if end > part.step {
-            self.parts.push((at, part, end));
-            self.steps += end - part.step;
-        }
-        if let Some(slot) = self.batches.get_mut(at) {
-            *slot = Some(batch);
-        }
-    }
-
-    /// Whether `batch` may be set aside here: it came from here (`at`), or it may go ahead
-    /// and its node has no batch here yet. Two jobs of one client for one node could run
-    /// on two lanes, in either order: a node has one batch in a `Spread`.
-    pub fn takes(&self, batch: &Batch, at: Option<usize>, pinned: bool) -> bool {
-        at.is_some()
-            || (batch.can_submit_ahead(pinned)
-                && batch
-                    .node
-                    .as_ref()
-                    .is_some_and(|node| self.position(node).is_none()))
-    }
-
-    /// Where the batch for `node` is, if one is set aside.
-    pub fn position(&self, node: &Arc<Upstream>) -> Option<usize> {
-        self.batches.iter().position(|batch| {
-            batch
-                .as_ref()
-                .and_then(|b| b.node.as_ref())
-                .is_some_and(|n| Arc::ptr_eq(n, node))
-        })
-    }
-
-    /// Sends every batch, then writes the parts' replies in order. `false` when the
-    /// client must be closed.
-    pub async fn run(&mut self, out: &mut BytesMut, client: &mut ClientWrite) -> bool {
-        let mut submitted = Vec::with_capacity(self.batches.len());
-        for batch in self.batches.drain(..) {
-            submitted.push(match batch {
-                Some(batch) => Some(batch.submit().await),
-                None => None,
-            });
-        }
-        for (at, from, to) in std::mem::take(&mut self.parts) {
-            let Some(Some(batch)) = submitted.get_mut(at) else {
-                continue;
-            };
-            match batch.emit_part(from, to, out, client).await {
-                Ok(outcome) if !outcome.close => self.failed |= outcome.failed,
-                _ => return false,
-            }
-        }
-        true
     }
 }
 
@@ -515,11 +428,11 @@ impl Batch {
         let failure = match &self.node {
             Some(node) => {
                 node.count_requests(self.routed.len());
-                node.mux.submit(job).await.err().map(|e| failure_of(&e))
+                node.mux.submit(job).await.err()
             }
-            None => Some(failure_of(&UpstreamError::Unavailable(
+            None => Some(UpstreamError::Unavailable(
                 "no node for this batch".to_owned(),
-            ))),
+            )),
         };
         Submitted {
             emitting: Emitting::new(self.fallback.is_some(), failure),
@@ -546,7 +459,7 @@ impl Batch {
         client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
         let (job, mut lane) = self.lane_job(first);
-        let failure = upstream.mux.submit(job).await.err().map(|e| failure_of(&e));
+        let failure = upstream.mux.submit(job).await.err();
         self.emit(
             out,
             client,
@@ -604,11 +517,7 @@ impl Batch {
             self.chunks.insert(0, prelude.freeze());
         }
         // Once set, every remaining forwarded request is answered with this error.
-        let mut failure = conn
-            .write_all(&self.chunks, timeout)
-            .await
-            .err()
-            .map(|e| failure_of(&e));
+        let mut failure = conn.write_all(&self.chunks, timeout).await.err();
         for _ in 0..prelude_replies {
             if failure.is_some() {
                 break;
@@ -616,7 +525,7 @@ impl Batch {
             match conn.read_reply(timeout).await {
                 Ok((reply, frame)) if frame.error => failure = Some(state_change_failed(&reply)),
                 Ok(_) => {}
-                Err(error) => failure = Some(failure_of(&error)),
+                Err(error) => failure = Some(error),
             }
         }
         let outcome = self
@@ -663,7 +572,7 @@ impl Batch {
         &self,
         out: &mut BytesMut,
         client: &mut ClientWrite,
-        failure: Option<(String, ErrorClass)>,
+        failure: Option<UpstreamError>,
         source: Source<'_>,
     ) -> std::io::Result<Outcome> {
         let mut emitting = Emitting::new(self.fallback.is_some(), failure);
@@ -688,10 +597,6 @@ impl Batch {
         let mut routed = self.routed[from.routed.min(self.routed.len())..]
             .iter()
             .peekable();
-        let Emitting {
-            failure,
-            replica_lost,
-        } = emitting;
         let to = to.min(self.steps.len());
         for (index, step) in self.steps.iter().enumerate().take(to).skip(from.step) {
             // The request of this step, when a redirect may have to send it again.
@@ -704,150 +609,196 @@ impl Batch {
                     start = end;
                 }
                 Step::Upstream { pass, command } => {
-                    if failure.is_none() && replica_lost.is_none() {
-                        if self.blocking && !out.is_empty() {
-                            // This reply may be a blocking command's: what is answered
-                            // before it goes out now, as Redis writes it before blocking.
-                            client.send(out).await?;
-                            metrics::global().bytes_out.increment(out.len() as u64);
-                            out.clear();
-                        }
-                        match source.next().await {
-                            Ok(_) if pass == Pass::Ignore => {}
-                            Ok((reply, frame)) if pass == Pass::Swallow => {
-                                if frame.error {
-                                    *failure = Some(state_change_failed(&reply));
-                                }
-                            }
-                            Ok((reply, frame)) => {
-                                let target = (&self.cluster, &self.node, resend, &self.fallback);
-                                let followed = match target {
-                                    (Some(cluster), _, Some((request, state)), Some(master))
-                                        if frame.error && replica_cannot_serve(&reply) =>
-                                    {
-                                        let call = cluster.call(master, None, request, state);
-                                        Box::pin(call).await
-                                    }
-                                    (Some(cluster), Some(node), Some((request, state)), _)
-                                        if frame.error =>
-                                    {
-                                        let from = node.address();
-                                        let follow = cluster.follow(
-                                            (reply, frame),
-                                            request,
-                                            state,
-                                            &from,
-                                            self.blocking,
-                                        );
-                                        Box::pin(follow).await
-                                    }
-                                    _ => Ok((reply, frame)),
-                                };
-                                match followed {
-                                    Ok((reply, frame)) => {
-                                        let class =
-                                            frame.error.then(|| ErrorClass::of_reply(&reply));
-                                        metrics::record_command(
-                                            command,
-                                            class,
-                                            self.started.elapsed(),
-                                        );
-                                        if pass == Pass::Hold {
-                                            outcome.held = Some(reply);
-                                        } else {
-                                            out.extend_from_slice(&reply);
-                                        }
-                                    }
-                                    Err(error) => {
-                                        tracing::debug!(%error, "following a cluster redirect failed");
-                                        *failure = Some(failure_of(&error));
-                                    }
-                                }
-                            }
-                            Err(error @ UpstreamError::ClientOutputLimit(_)) => {
-                                // Redis closes such a client without a reply; so do we.
-                                tracing::warn!(%error, "closing a client that does not read its replies");
-                                metrics::record_command(
-                                    command,
-                                    Some(error.class()),
-                                    self.started.elapsed(),
-                                );
-                                outcome.close = true;
-                                return Ok(outcome);
-                            }
-                            Err(error) if self.fallback.is_some() => {
-                                tracing::debug!(
-                                    %error,
-                                    "a replica failed mid-batch; its master answers the rest"
-                                );
-                                *replica_lost = Some(failure_of(&error));
-                            }
-                            Err(error) => {
-                                tracing::debug!(%error, "upstream failed mid-batch");
-                                *failure = Some(failure_of(&error));
-                            }
-                        }
-                    }
-                    if let (Some((text, class)), true) = (&*replica_lost, pass != Pass::Swallow) {
-                        let answer = match (&self.cluster, resend, &self.fallback) {
-                            (Some(cluster), Some((request, state)), Some(master)) => {
-                                let call = cluster.call(master, None, request, state);
-                                Box::pin(call).await.map_err(|error| failure_of(&error))
-                            }
-                            _ => Err((text.clone(), *class)),
-                        };
-                        match answer {
-                            Ok((reply, frame)) => {
-                                let class = frame.error.then(|| ErrorClass::of_reply(&reply));
-                                metrics::record_command(command, class, self.started.elapsed());
-                                out.extend_from_slice(&reply);
-                            }
-                            Err((text, class)) => {
-                                replies::proxy_error(out, &text);
-                                metrics::record_command(
-                                    command,
-                                    Some(class),
-                                    self.started.elapsed(),
-                                );
-                            }
-                        }
-                    }
-                    // A failure met at this very step is this step's answer too.
-                    if let Some((text, class)) = &*failure {
-                        if pass != Pass::Swallow && pass != Pass::Ignore {
-                            replies::proxy_error(out, text);
-                            metrics::record_command(command, Some(*class), self.started.elapsed());
-                        }
+                    let step = UpstreamStep {
+                        pass,
+                        command,
+                        resend,
+                    };
+                    self.emit_upstream(step, out, client, emitting, &mut source, &mut outcome)
+                        .await?;
+                    if outcome.close {
+                        return Ok(outcome);
                     }
                 }
             }
-            if out.len() >= CLIENT_FLUSH_BYTES {
-                // A client that does not read must not wedge this task either: the lane's
-                // overflow signal ends the write (and the client).
-                match &source {
-                    Source::Lane(_, _, overflow) => tokio::select! {
-                        sent = client.send(out) => sent?,
-                        _ = overflow.notified() => {
-                            tracing::warn!("closing a client that does not read its replies");
-                            outcome.close = true;
-                            return Ok(outcome);
-                        }
-                    },
-                    Source::Conn(..) => client.send(out).await?,
-                }
-                metrics::global().bytes_out.increment(out.len() as u64);
-                out.clear();
+            if out.len() >= CLIENT_FLUSH_BYTES && !flush_large(out, client, &source).await? {
+                outcome.close = true;
+                return Ok(outcome);
             }
         }
-        if replica_lost.is_some() && to == self.steps.len() {
+        if emitting.replica_lost.is_some() && to == self.steps.len() {
             if let Some(cluster) = &self.cluster {
                 // The replica may be gone from the slot map by now.
                 cluster.refresh_soon();
             }
         }
-        outcome.failed = failure.is_some();
+        outcome.failed = emitting.failure.is_some();
         Ok(outcome)
     }
+
+    /// One upstream step's reply, in its place: the upstream's (settled by the cluster
+    /// when it is an error of a routed request), the master's for a lost replica, or the
+    /// batch's failure.
+    async fn emit_upstream(
+        &self,
+        step: UpstreamStep<'_>,
+        out: &mut BytesMut,
+        client: &mut ClientWrite,
+        emitting: &mut Emitting,
+        source: &mut Source<'_>,
+        outcome: &mut Outcome,
+    ) -> std::io::Result<()> {
+        let UpstreamStep { pass, command, .. } = step;
+        if emitting.failure.is_none() && emitting.replica_lost.is_none() {
+            if self.blocking && !out.is_empty() {
+                // This reply may be a blocking command's: what is answered before it goes
+                // out now, as Redis writes it before blocking.
+                client.send(out).await?;
+                metrics::global().bytes_out.increment(out.len() as u64);
+                out.clear();
+            }
+            match source.next().await {
+                Ok(reply) => self.take_reply(&step, reply, out, emitting, outcome).await,
+                Err(error @ UpstreamError::ClientOutputLimit(_)) => {
+                    // Redis closes such a client without a reply; so do we.
+                    tracing::warn!(%error, "closing a client that does not read its replies");
+                    self.record(command, Some(error.class()));
+                    outcome.close = true;
+                    return Ok(());
+                }
+                Err(error) if self.fallback.is_some() => {
+                    tracing::debug!(%error, "a replica failed mid-batch; its master answers the rest");
+                    emitting.replica_lost = Some(error);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "upstream failed mid-batch");
+                    emitting.failure = Some(error);
+                }
+            }
+        }
+        if pass != Pass::Swallow {
+            if let Some(lost) = &emitting.replica_lost {
+                let answer = match (&self.cluster, step.resend, &self.fallback) {
+                    (Some(cluster), Some((request, state)), Some(master)) => {
+                        Box::pin(cluster.call(master, None, request, state)).await
+                    }
+                    _ => Err(lost.clone()),
+                };
+                match answer {
+                    Ok((reply, frame)) => {
+                        self.record(command, frame.error.then(|| ErrorClass::of_reply(&reply)));
+                        out.extend_from_slice(&reply);
+                    }
+                    Err(error) => self.fail(command, &error, out),
+                }
+            }
+        }
+        // A failure met at this very step is this step's answer too.
+        if let Some(failure) = &emitting.failure {
+            if pass != Pass::Swallow && pass != Pass::Ignore {
+                self.fail(command, failure, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// An upstream reply for a step, by what the step does with it.
+    async fn take_reply(
+        &self,
+        step: &UpstreamStep<'_>,
+        (reply, frame): (Bytes, ReplyFrame),
+        out: &mut BytesMut,
+        emitting: &mut Emitting,
+        outcome: &mut Outcome,
+    ) {
+        match step.pass {
+            Pass::Ignore => {}
+            Pass::Swallow => {
+                if frame.error {
+                    emitting.failure = Some(state_change_failed(&reply));
+                }
+            }
+            Pass::Client | Pass::Hold => {
+                // A routed request's error may be a redirect or a replica that cannot
+                // serve: the cluster settles it (see `Cluster::settle`).
+                let settled = match (&self.cluster, step.resend) {
+                    (Some(cluster), Some((request, state))) if frame.error => {
+                        let node = self.node.as_ref();
+                        let fallback = self.fallback.as_ref();
+                        let settle = cluster.settle(
+                            (reply, frame),
+                            request,
+                            state,
+                            node,
+                            fallback,
+                            self.blocking,
+                        );
+                        Box::pin(settle).await
+                    }
+                    _ => Ok((reply, frame)),
+                };
+                match settled {
+                    Ok((reply, frame)) => {
+                        self.record(
+                            step.command,
+                            frame.error.then(|| ErrorClass::of_reply(&reply)),
+                        );
+                        if step.pass == Pass::Hold {
+                            outcome.held = Some(reply);
+                        } else {
+                            out.extend_from_slice(&reply);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "following a cluster redirect failed");
+                        emitting.failure = Some(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A forwarded request answered with `error`.
+    fn fail(&self, command: CommandId, error: &UpstreamError, out: &mut BytesMut) {
+        replies::proxy_error(out, &error.to_string());
+        self.record(command, Some(error.class()));
+    }
+
+    /// One command answered, for the metrics.
+    fn record(&self, command: CommandId, class: Option<ErrorClass>) {
+        metrics::record_command(command, class, self.started.elapsed());
+    }
+}
+
+/// An upstream step of the plan: what to do with its reply, its command (for metrics),
+/// and the request and state to send again when a redirect must be followed.
+struct UpstreamStep<'a> {
+    pass: Pass,
+    command: CommandId,
+    resend: Option<(&'a Bytes, ConnState)>,
+}
+
+/// Writes out `out` once it has grown large. A client that does not read must not wedge
+/// this task either: the lane's overflow signal ends the write (and the client), and
+/// `false` says so.
+async fn flush_large(
+    out: &mut BytesMut,
+    client: &mut ClientWrite,
+    source: &Source<'_>,
+) -> std::io::Result<bool> {
+    match source {
+        Source::Lane(_, _, overflow) => tokio::select! {
+            sent = client.send(out) => sent?,
+            _ = overflow.notified() => {
+                tracing::warn!("closing a client that does not read its replies");
+                return Ok(false);
+            }
+        },
+        Source::Conn(..) => client.send(out).await?,
+    }
+    metrics::global().bytes_out.increment(out.len() as u64);
+    out.clear();
+    Ok(true)
 }
 
 /// Where a batch's upstream replies come from.
@@ -879,15 +830,7 @@ impl Source<'_> {
     }
 }
 
-fn failure_of(error: &UpstreamError) -> (String, ErrorClass) {
-    (error.to_string(), error.class())
-}
-
-fn state_change_failed(reply: &[u8]) -> (String, ErrorClass) {
+fn state_change_failed(reply: &[u8]) -> UpstreamError {
     tracing::error!(reply = %error_text(reply), "upstream refused a connection-state change");
-    let text = format!(
-        "upstream refused a connection-state change (SELECT/HELLO): {}",
-        error_text(reply)
-    );
-    (text, ErrorClass::BadReply)
+    UpstreamError::StateChangeRefused(error_text(reply))
 }

@@ -13,18 +13,22 @@
 //! `client-output-buffer-limit pubsub`).
 
 use std::hash::{BuildHasher, Hasher};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::batch::Batch;
-use super::shards::{self, Shards, Wake};
-use super::{Session, request_bytes};
-use crate::command::{self, ClientSub, Kind, Local};
+use super::io::ClientIo;
+use super::state::{Flow, Session, request_bytes};
+use crate::cluster::Cluster;
+use crate::cluster::shards::{self, Shards, Wake};
+use crate::cluster::slot::slot;
+use crate::command::{self, Channels, ClientSub, Kind, Local};
+use crate::config::OutputLimits;
 use crate::metrics;
-use crate::net::{ClientRead, ClientWrite};
-use crate::protocol::{Proto, Request, RequestScanner, encode};
+use crate::protocol::{Proto, Request, encode};
 use crate::replies;
 use crate::upstream::conn::transition;
 use crate::upstream::{ConnState, Pinned};
@@ -148,16 +152,23 @@ enum Step {
     Exit(Exit),
 }
 
+impl Relay {
+    /// Under CLIENT REPLY OFF/SKIP no reply is owed: nothing to order against, and a
+    /// barrier PING would not be answered.
+    fn quiet(&self) -> bool {
+        self.modes.reply_off || self.modes.skip_armed
+    }
+
+    /// The shard channels' links, made at the first shard-channel command.
+    fn shards_for(&mut self, cluster: Arc<Cluster>, timeout: Option<Duration>) -> &mut Shards {
+        self.shards
+            .get_or_insert_with(|| Shards::new(cluster, timeout.unwrap_or(Duration::from_secs(10))))
+    }
+}
+
 impl Session {
     /// Relays `first` and everything after it until the mode it starts is over.
-    pub(super) async fn relay(
-        &mut self,
-        first: Request,
-        reader: &mut ClientRead,
-        writer: &mut ClientWrite,
-        inbuf: &mut BytesMut,
-        scanner: &mut RequestScanner,
-    ) -> Exit {
+    pub(super) async fn relay(&mut self, first: Request, io: &mut ClientIo) -> Exit {
         // Cluster mode: the relay's connection is on a master (the transaction's, if one is
         // bound); classic pub/sub is cluster-wide, shard channels have links of their own.
         let node = match &self.shared.cluster {
@@ -184,7 +195,7 @@ impl Session {
                         Some(error.class()),
                         std::time::Duration::ZERO,
                     );
-                    return match writer.send(&out).await {
+                    return match io.writer.send(&out).await {
                         Ok(()) => Exit::Resume,
                         Err(_) => Exit::Close,
                     };
@@ -213,9 +224,7 @@ impl Session {
         };
         let mut out = BytesMut::new();
         let exit = self
-            .relay_loop(
-                first, &mut conn, &mut relay, reader, writer, inbuf, scanner, &mut out,
-            )
+            .relay_loop(first, &mut conn, &mut relay, io, &mut out)
             .await;
         if matches!(exit, Exit::Resume) && !relay.drop_conn {
             // Everything forwarded was answered and no mode is left: the connection is
@@ -225,11 +234,11 @@ impl Session {
             if !self.needs_pin() {
                 self.pinned = None;
             }
-            if !out.is_empty() && writer.send(&out).await.is_err() {
+            if !out.is_empty() && io.writer.send(&out).await.is_err() {
                 return Exit::Close;
             }
         } else {
-            if !out.is_empty() && writer.send(&out).await.is_err() {
+            if !out.is_empty() && io.writer.send(&out).await.is_err() {
                 return Exit::Close;
             }
             // Dropped broken: the pool discards it.
@@ -238,82 +247,51 @@ impl Session {
         exit
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Relays until the mode is over (`Resume`) or the client is done (`Close`).
     async fn relay_loop(
         &mut self,
         first: Request,
         conn: &mut Pinned,
         relay: &mut Relay,
-        reader: &mut ClientRead,
-        writer: &mut ClientWrite,
-        inbuf: &mut BytesMut,
-        scanner: &mut RequestScanner,
+        io: &mut ClientIo,
         out: &mut BytesMut,
     ) -> Exit {
         let limits = self.shared.output_limits;
         // The dedicated connection speaks the client's protocol on the client's database.
-        if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, true).await {
+        if let Step::Exit(exit) = sync_state(self.conn_state(), conn, relay, true).await {
             return exit;
         }
         if let Step::Exit(exit) = self.relay_request(first, conn, relay).await {
             return exit;
         }
         loop {
-            // Forward what the client has sent, unless waiting on a barrier.
-            while !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy {
-                match scanner.next(inbuf, self.requires_auth()) {
-                    Ok(Some(request)) => {
-                        if let Step::Exit(exit) = self.relay_request(request, conn, relay).await {
-                            return exit;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        metrics::global().protocol_errors.increment(1);
-                        relay.stop_client = true;
-                        match error.reply() {
-                            Some(reply) if !relay.modes.reply_off => {
-                                if let Err(exit) =
-                                    start_barrier(conn, relay, After::Fatal(reply)).await
-                                {
-                                    return exit;
-                                }
-                            }
-                            _ => return Exit::Close,
-                        }
-                    }
-                }
+            if let Step::Exit(exit) = self.relay_scanned(conn, relay, io).await {
+                return exit;
             }
-            tokio::select! {
-                filled = conn.fill() => {
-                    match filled {
-                        Ok(n) if n > 0 => {}
-                        _ => {
-                            // QUIT's +OK, if any, is already in `out`.
-                            if !relay.quit {
-                                tracing::debug!("upstream closed a relayed connection");
-                            }
-                            return Exit::Close;
+            let ClientIo {
+                reader,
+                writer,
+                inbuf,
+                scanner,
+                ..
+            } = &mut *io;
+            let reading = !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy;
+            let waiting = relay.barrier.is_some() || relay.modes.shard_busy;
+            let step = tokio::select! {
+                filled = conn.fill() => match filled {
+                    Ok(n) if n > 0 => self.relay_frames(conn, relay, out).await,
+                    _ => {
+                        // QUIT's +OK, if any, is already in `out`.
+                        if !relay.quit {
+                            tracing::debug!("upstream closed a relayed connection");
                         }
+                        Step::Exit(Exit::Close)
                     }
-                    loop {
-                        match conn.next_frame() {
-                            Ok(Some((bytes, _))) => {
-                                if let Step::Exit(exit) = self.relay_frame(bytes, conn, relay, out).await {
-                                    return exit;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(error) => {
-                                tracing::debug!(%error, "malformed frame on a relayed connection");
-                                return Exit::Close;
-                            }
-                        }
-                    }
-                }
+                },
                 written = writer.send_some(out), if !out.is_empty() || writer.unflushed() => {
-                    if written.is_err() {
-                        return Exit::Close;
+                    match written {
+                        Ok(()) => Step::Continue,
+                        Err(_) => Step::Exit(Exit::Close),
                     }
                 }
                 wake = next_wake(&mut relay.shards) => {
@@ -321,53 +299,88 @@ impl Session {
                         shards.handle(wake, self.proto, out).await;
                     }
                     sync_shards(relay);
-                    if let Step::Exit(exit) = leave_if_idle(conn, relay).await {
-                        return exit;
-                    }
+                    leave_if_idle(conn, relay).await
                 }
-                _ = barrier_expired(relay.barrier_since, self.shared.upstream.command_timeout), if relay.barrier.is_some() || relay.modes.shard_busy => {
+                _ = barrier_expired(relay.barrier_since, self.shared.upstream.command_timeout), if waiting => {
                     // Never answered: something the relay does not model swallowed it. The
                     // connection's state is unknown: it goes, and so does the client.
                     tracing::warn!("closing a relayed client: the upstream never answered the relay's barrier");
                     conn.broken = true;
-                    return Exit::Close;
+                    Step::Exit(Exit::Close)
                 }
-                read = reader.read_buf(inbuf), if !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy => {
-                    match read {
-                        Ok(0) | Err(_) => return Exit::Close,
-                        Ok(n) => {
-                            metrics::global().bytes_in.increment(n as u64);
-                            if scanner.check_buffer(inbuf, self.requires_auth()).is_err() {
-                                return Exit::Close;
-                            }
+                read = reader.read_buf(inbuf), if reading => match read {
+                    Ok(n) if n > 0 => {
+                        metrics::global().bytes_in.increment(n as u64);
+                        match scanner.check_buffer(inbuf, self.requires_auth()) {
+                            Ok(()) => Step::Continue,
+                            Err(_) => Step::Exit(Exit::Close),
                         }
                     }
-                }
+                    _ => Step::Exit(Exit::Close),
+                },
+            };
+            if let Step::Exit(exit) = step {
+                return exit;
             }
-            // Redis's client-output-buffer-limit for pub/sub: a hard cap, and a soft cap
-            // that may be exceeded only briefly.
-            if out.len() > limits.hard {
-                tracing::warn!(
-                    bytes = out.len(),
-                    "closing a relayed client over the hard output limit"
-                );
+            if over_output_limit(out, relay, &limits) {
                 return Exit::Close;
-            }
-            if out.len() > limits.soft {
-                let since = *relay.over_soft_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= limits.soft_duration {
-                    tracing::warn!(
-                        bytes = out.len(),
-                        "closing a relayed client over the soft output limit"
-                    );
-                    return Exit::Close;
-                }
-            } else {
-                relay.over_soft_since = None;
             }
             // Leave only when a barrier has proved nothing is in flight.
             if relay.left {
                 return Exit::Resume;
+            }
+        }
+    }
+
+    /// Forwards what the client has sent, unless waiting on a barrier.
+    async fn relay_scanned(
+        &mut self,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+        io: &mut ClientIo,
+    ) -> Step {
+        while !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy {
+            match io.scanner.next(&mut io.inbuf, self.requires_auth()) {
+                Ok(Some(request)) => {
+                    if let Step::Exit(exit) = self.relay_request(request, conn, relay).await {
+                        return Step::Exit(exit);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    metrics::global().protocol_errors.increment(1);
+                    relay.stop_client = true;
+                    return match error.reply() {
+                        Some(reply) if !relay.modes.reply_off => {
+                            barrier(conn, relay, After::Fatal(reply)).await
+                        }
+                        _ => Step::Exit(Exit::Close),
+                    };
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    /// The frames the upstream has sent, each in turn.
+    async fn relay_frames(
+        &mut self,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+        out: &mut BytesMut,
+    ) -> Step {
+        loop {
+            match conn.next_frame() {
+                Ok(Some((bytes, _))) => {
+                    if let Step::Exit(exit) = self.relay_frame(bytes, conn, relay, out).await {
+                        return Step::Exit(exit);
+                    }
+                }
+                Ok(None) => return Step::Continue,
+                Err(error) => {
+                    tracing::debug!(%error, "malformed frame on a relayed connection");
+                    return Step::Exit(Exit::Close);
+                }
             }
         }
     }
@@ -421,48 +434,7 @@ impl Session {
             Kind::Local(Local::Ping | Local::Echo | Local::Unwatch) => {
                 forward(conn, relay, request).await
             }
-            Kind::Local(Local::Client) => {
-                let sub = command::client_subcommand(&request.args[1]);
-                match sub.map(|s| s.kind) {
-                    Some(ClientSub::Tracking) if request.args.len() > 2 => {
-                        let on = request.args[2].eq_ignore_ascii_case(b"on");
-                        if on
-                            && (self.shared.cluster.is_some()
-                                || request
-                                    .args
-                                    .iter()
-                                    .skip(3)
-                                    .any(|a| a.eq_ignore_ascii_case(b"redirect")))
-                        {
-                            return self.local_in_relay(request, conn, relay).await;
-                        }
-                        relay.modes.tracking = on;
-                        forward(conn, relay, request).await
-                    }
-                    // Redis refuses CLIENT REPLY in RESP2 subscribed mode: the modes stay.
-                    Some(ClientSub::Reply)
-                        if self.proto == Proto::Resp2 && relay.modes.subscribed() =>
-                    {
-                        forward(conn, relay, request).await
-                    }
-                    Some(ClientSub::Reply) if request.args.len() == 3 => {
-                        let mode = &request.args[2];
-                        if mode.eq_ignore_ascii_case(b"off") {
-                            relay.modes.reply_off = true;
-                        } else if mode.eq_ignore_ascii_case(b"on") {
-                            relay.modes.reply_off = false;
-                        } else if mode.eq_ignore_ascii_case(b"skip") && !relay.modes.reply_off {
-                            // Forwarded as is; armed once it is on its way.
-                            let step = forward_raw(conn, request).await;
-                            relay.modes.skip_armed = true;
-                            return step;
-                        }
-                        forward(conn, relay, request).await
-                    }
-                    Some(ClientSub::Forward) => forward(conn, relay, request).await,
-                    _ => self.local_in_relay(request, conn, relay).await,
-                }
-            }
+            Kind::Local(Local::Client) => self.relay_client(request, conn, relay).await,
             Kind::Local(_) | Kind::Refused => self.local_in_relay(request, conn, relay).await,
             Kind::Multi | Kind::Watch => {
                 relay.modes.sticky = true;
@@ -473,7 +445,7 @@ impl Session {
                 }
                 forward(conn, relay, request).await
             }
-            Kind::Relay if request.name().eq_ignore_ascii_case(b"monitor") => {
+            Kind::Monitor => {
                 relay.modes.monitor = true;
                 forward(conn, relay, request).await
             }
@@ -481,8 +453,58 @@ impl Session {
         }
     }
 
+    /// A CLIENT subcommand in relay mode: TRACKING and REPLY change the modes that keep the
+    /// relay going; the ones the proxy answers are answered in their place.
+    async fn relay_client(
+        &mut self,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Step {
+        let sub = command::client_subcommand(&request.args[1]);
+        match sub.map(|s| s.kind) {
+            Some(ClientSub::Tracking) if request.args.len() > 2 => {
+                let on = request.args[2].eq_ignore_ascii_case(b"on");
+                if on
+                    && (self.shared.cluster.is_some()
+                        || request
+                            .args
+                            .iter()
+                            .skip(3)
+                            .any(|a| a.eq_ignore_ascii_case(b"redirect")))
+                {
+                    return self.local_in_relay(request, conn, relay).await;
+                }
+                relay.modes.tracking = on;
+                forward(conn, relay, request).await
+            }
+            // Redis refuses CLIENT REPLY in RESP2 subscribed mode: the modes stay.
+            Some(ClientSub::Reply) if self.proto == Proto::Resp2 && relay.modes.subscribed() => {
+                forward(conn, relay, request).await
+            }
+            Some(ClientSub::Reply) if request.args.len() == 3 => {
+                let mode = &request.args[2];
+                if mode.eq_ignore_ascii_case(b"off") {
+                    relay.modes.reply_off = true;
+                } else if mode.eq_ignore_ascii_case(b"on") {
+                    relay.modes.reply_off = false;
+                } else if mode.eq_ignore_ascii_case(b"skip") && !relay.modes.reply_off {
+                    // Forwarded as is; armed once it is on its way.
+                    let step = forward_raw(conn, request).await;
+                    relay.modes.skip_armed = true;
+                    return step;
+                }
+                forward(conn, relay, request).await
+            }
+            Some(ClientSub::Forward) => forward(conn, relay, request).await,
+            _ => self.local_in_relay(request, conn, relay).await,
+        }
+    }
+
     /// Cluster mode: the requests the relay's one connection cannot carry (see
-    /// `shards`). `Err` gives the request back to the usual relay path.
+    /// `cluster::shards`): shard-channel commands, the commands of a RESP2 client
+    /// subscribed to shard channels only, keyed commands for another node. `Err` gives the
+    /// request back to the usual relay path.
     async fn cluster_request(
         &mut self,
         request: Request,
@@ -494,77 +516,112 @@ impl Session {
         };
         let cmd = command::lookup(request.name());
         let kind = cmd.map(|c| c.kind);
-        let name = request.name();
-        // Under CLIENT REPLY OFF/SKIP no reply is owed: nothing to order against, and a
-        // barrier PING would not be answered.
-        let quiet = relay.modes.reply_off || relay.modes.skip_armed;
-        let shard_command =
-            name.eq_ignore_ascii_case(b"ssubscribe") || name.eq_ignore_ascii_case(b"sunsubscribe");
-        if shard_command {
+        if kind == Some(Kind::Subscribe(Channels::Shard)) {
             if cmd.is_some_and(|c| !command::arity_ok(c.arity, request.args.len())) {
                 return Err(request);
             }
-            if relay.in_multi {
-                let reply = unsupported(&request, "inside MULTI in cluster mode");
-                return Ok(refuse_in_multi(conn, relay, reply).await);
-            }
-            if quiet {
-                if let Step::Exit(exit) = skip_on_relay(conn, relay).await {
-                    return Ok(Step::Exit(exit));
-                }
-                let proto = self.proto;
-                let timeout = self.shared.upstream.command_timeout;
-                let shards = relay.shards.get_or_insert_with(|| {
-                    Shards::new(
-                        cluster,
-                        timeout.unwrap_or(std::time::Duration::from_secs(10)),
-                    )
-                });
-                let mut nothing = BytesMut::new();
-                shards.command(&request, proto, &mut nothing, true).await;
-                sync_shards(relay);
-                relay.barrier_since = Some(Instant::now());
-                return Ok(leave_if_idle(conn, relay).await);
-            }
-            return Ok(barrier(conn, relay, After::Shard(request)).await);
+            return Ok(self.shard_command(cluster, request, conn, relay).await);
         }
         let resp2_subscribed = self.proto == Proto::Resp2 && relay.modes.subscribed();
         if resp2_subscribed && relay.modes.subscriptions == 0 {
-            // Shard channels only: subscribed mode is on the links, not on the relay's
-            // connection. The subscribe family, QUIT and RESET stay on it; the commands the
-            // proxy answers get the subscribed-context rules where they are answered;
-            // everything else goes to a link, for Redis's own answer.
-            return match kind {
-                Some(Kind::Relay | Kind::HttpProbe | Kind::Local(Local::Quit | Local::Reset)) => {
-                    Err(request)
-                }
-                Some(Kind::Local(local)) if local != Local::Ping => {
-                    Ok(self.local_in_relay(request, conn, relay).await)
-                }
-                _ if relay
-                    .shards
-                    .as_ref()
-                    .is_some_and(|s| s.subscribed_link().is_some()) =>
-                {
-                    Ok(barrier(conn, relay, After::OnLink(request)).await)
-                }
-                _ => Ok(self.local_in_relay(request, conn, relay).await),
-            };
+            return self.on_shard_links(kind, request, conn, relay).await;
         }
         if resp2_subscribed
             || !matches!(
                 kind,
-                None | Some(Kind::Forward | Kind::Blocking | Kind::StreamRead | Kind::Watch)
+                None | Some(
+                    Kind::Forward
+                        | Kind::Blocking
+                        | Kind::WaitReplicas
+                        | Kind::StreamRead
+                        | Kind::Watch
+                )
             )
         {
             return Err(request);
         }
-        // A keyed command: on the relay's connection if its node serves the slot.
+        self.keyed_elsewhere(cluster, kind, request, conn, relay)
+            .await
+    }
+
+    /// SSUBSCRIBE or SUNSUBSCRIBE, carried out on the shard channels' links.
+    async fn shard_command(
+        &mut self,
+        cluster: Arc<Cluster>,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Step {
+        if relay.in_multi {
+            let reply = unsupported(&request, "inside MULTI in cluster mode");
+            return refuse_in_multi(conn, relay, reply).await;
+        }
+        if !relay.quiet() {
+            return barrier(conn, relay, After::Shard(request)).await;
+        }
+        // Under CLIENT REPLY OFF/SKIP no reply is owed: nothing to order against, and a
+        // barrier PING would not be answered.
+        if let Step::Exit(exit) = skip_on_relay(conn, relay).await {
+            return Step::Exit(exit);
+        }
+        let proto = self.proto;
+        let timeout = self.shared.upstream.command_timeout;
+        let shards = relay.shards_for(cluster, timeout);
+        let mut nothing = BytesMut::new();
+        shards.command(&request, proto, &mut nothing, true).await;
+        sync_shards(relay);
+        relay.barrier_since = Some(Instant::now());
+        leave_if_idle(conn, relay).await
+    }
+
+    /// A RESP2 client subscribed to shard channels only: subscribed mode is on the links,
+    /// not on the relay's connection. The subscribe family, QUIT and RESET stay on it; the
+    /// commands the proxy answers get the subscribed-context rules where they are
+    /// answered; everything else goes to a link, for Redis's own answer.
+    async fn on_shard_links(
+        &mut self,
+        kind: Option<Kind>,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Result<Step, Request> {
+        match kind {
+            Some(
+                Kind::Subscribe(_)
+                | Kind::Monitor
+                | Kind::HttpProbe
+                | Kind::Local(Local::Quit | Local::Reset),
+            ) => Err(request),
+            Some(Kind::Local(local)) if local != Local::Ping => {
+                Ok(self.local_in_relay(request, conn, relay).await)
+            }
+            _ if relay
+                .shards
+                .as_ref()
+                .is_some_and(|s| s.subscribed_link().is_some()) =>
+            {
+                Ok(barrier(conn, relay, After::OnLink(request)).await)
+            }
+            _ => Ok(self.local_in_relay(request, conn, relay).await),
+        }
+    }
+
+    /// A keyed command: on the relay's connection if its node serves the slot (`Err`),
+    /// else sent to the slot's master — unless it binds to a connection (a transaction,
+    /// WATCH) or would block the relay, which are refused.
+    async fn keyed_elsewhere(
+        &mut self,
+        cluster: Arc<Cluster>,
+        kind: Option<Kind>,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Result<Step, Request> {
         let mut slots: Vec<u16> = Vec::new();
         {
             let args: Vec<&[u8]> = request.args.iter().map(|a| &a[..]).collect();
             for position in cluster.keys().key_positions(&args) {
-                let s = crate::cluster::slot::slot(args[position]);
+                let s = slot(args[position]);
                 if !slots.contains(&s) {
                     slots.push(s);
                 }
@@ -582,8 +639,7 @@ impl Session {
         }
         // Another node's keys. What binds to the relay's connection cannot go there: a
         // transaction or WATCH on it, or a command that would block the relay.
-        let blocks = kind == Some(Kind::Blocking)
-            || (kind == Some(Kind::StreamRead) && command::stream_read_blocks(&request.args));
+        let blocks = kind.is_some_and(|k| k.may_block(&request.args));
         let refusal = if relay.in_multi {
             Some(OTHER_NODE_IN_MULTI)
         } else if kind == Some(Kind::Watch) {
@@ -598,16 +654,16 @@ impl Session {
             if relay.in_multi {
                 return Ok(refuse_in_multi(conn, relay, reply).await);
             }
-            if quiet {
+            if relay.quiet() {
                 return Ok(skip_on_relay(conn, relay).await);
             }
             return Ok(barrier(conn, relay, After::Reply(reply)).await);
         }
-        if quiet {
+        if relay.quiet() {
             if let Step::Exit(exit) = skip_on_relay(conn, relay).await {
                 return Ok(Step::Exit(exit));
             }
-            let _ = shards::routed(&cluster, &request, &slots, self.conn_target(), false).await;
+            let _ = shards::routed(&cluster, &request, &slots, self.conn_state(), false).await;
             return Ok(leave_if_idle(conn, relay).await);
         }
         Ok(barrier(conn, relay, After::Routed { request, slots }).await)
@@ -627,8 +683,8 @@ impl Session {
             let skipping = std::mem::take(&mut relay.modes.skip_armed);
             let mut scratch = Batch::new(1);
             let _ = self.handle(request, &mut scratch).await;
-            let changes = conn.state != self.conn_target();
-            if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, false).await {
+            let changes = conn.state != self.conn_state();
+            if let Step::Exit(exit) = sync_state(self.conn_state(), conn, relay, false).await {
                 return Step::Exit(exit);
             }
             if skipping && !changes {
@@ -653,13 +709,6 @@ impl Session {
             return refuse_in_multi(conn, relay, reply.freeze()).await;
         }
         barrier(conn, relay, After::Local(request)).await
-    }
-
-    fn conn_target(&self) -> ConnState {
-        ConnState {
-            db: self.db,
-            proto: self.proto,
-        }
     }
 
     /// One frame from the upstream.
@@ -755,14 +804,9 @@ impl Session {
                 let Some(cluster) = self.shared.cluster.clone() else {
                     return Step::Exit(Exit::Close);
                 };
-                let timeout = self.shared.upstream.command_timeout;
-                let shards = relay.shards.get_or_insert_with(|| {
-                    Shards::new(
-                        cluster,
-                        timeout.unwrap_or(std::time::Duration::from_secs(10)),
-                    )
-                });
-                shards.command(&request, self.proto, out, false).await;
+                let proto = self.proto;
+                let shards = relay.shards_for(cluster, self.shared.upstream.command_timeout);
+                shards.command(&request, proto, out, false).await;
                 sync_shards(relay);
                 relay.barrier_since = Some(Instant::now());
                 leave_if_idle(conn, relay).await
@@ -789,7 +833,7 @@ impl Session {
                     return Step::Exit(Exit::Close);
                 };
                 let reply =
-                    shards::routed(&cluster, &request, &slots, self.conn_target(), false).await;
+                    shards::routed(&cluster, &request, &slots, self.conn_state(), false).await;
                 out.extend_from_slice(&reply);
                 leave_if_idle(conn, relay).await
             }
@@ -797,51 +841,87 @@ impl Session {
                 out.extend_from_slice(&reply);
                 leave_if_idle(conn, relay).await
             }
-            After::Local(request) => {
-                if self.proto == Proto::Resp2 && relay.modes.subscribed() {
-                    if request.name().eq_ignore_ascii_case(b"ping") && request.args.len() <= 2 {
-                        // PING's subscribed form.
-                        replies::subscribed_pong(out, request.args.get(1).map(|a| &a[..]));
-                        return Step::Continue;
-                    }
-                    // Redis checks the command's existence and arity first.
-                    if !precheck(&request, out) {
-                        replies::not_in_subscribed_context(out, &full_name(&request));
-                    }
-                    return Step::Continue;
-                }
-                let mut scratch = Batch::new(1);
-                let flow = self.handle(request, &mut scratch).await;
-                let reply = scratch.into_local();
-                if matches!(flow, super::Flow::Close | super::Flow::Drop) {
-                    out.extend_from_slice(&reply);
-                    return Step::Exit(Exit::Close);
-                }
-                // A protocol change reaches the upstream connections before its reply
-                // reaches the client: no message published after the reply comes in the
-                // old protocol.
-                let proto = self.proto;
-                let main = conn.state.proto != proto;
-                let reply = match relay.shards.as_mut() {
-                    Some(shards) => shards.switch_proto_before(proto, reply, main),
-                    None => Some(reply),
-                };
-                match reply {
-                    Some(reply) if main => relay.held_hello = Some(reply),
-                    Some(reply) => out.extend_from_slice(&reply),
-                    None => {
-                        relay.shards_wait_main = main;
-                        sync_shards(relay);
-                        relay.barrier_since = Some(Instant::now());
-                    }
-                }
-                if let Step::Exit(exit) = sync_state(self.conn_target(), conn, relay, true).await {
-                    return Step::Exit(exit);
-                }
-                leave_if_idle(conn, relay).await
-            }
+            After::Local(request) => self.local_after_barrier(request, conn, relay, out).await,
         }
     }
+
+    /// A command the proxy answers, once everything before it is answered: in RESP2
+    /// subscribed mode with Redis's subscribed-context rules, else as outside relay mode,
+    /// the connections following a change of database or protocol.
+    async fn local_after_barrier(
+        &mut self,
+        request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+        out: &mut BytesMut,
+    ) -> Step {
+        if self.proto == Proto::Resp2 && relay.modes.subscribed() {
+            if request.name().eq_ignore_ascii_case(b"ping") && request.args.len() <= 2 {
+                // PING's subscribed form.
+                replies::subscribed_pong(out, request.args.get(1).map(|a| &a[..]));
+                return Step::Continue;
+            }
+            // Redis checks the command's existence and arity first.
+            if !precheck(&request, out) {
+                replies::not_in_subscribed_context(out, &full_name(&request));
+            }
+            return Step::Continue;
+        }
+        let mut scratch = Batch::new(1);
+        let flow = self.handle(request, &mut scratch).await;
+        let reply = scratch.into_local();
+        if matches!(flow, Flow::Close | Flow::Drop) {
+            out.extend_from_slice(&reply);
+            return Step::Exit(Exit::Close);
+        }
+        // A protocol change reaches the upstream connections before its reply
+        // reaches the client: no message published after the reply comes in the
+        // old protocol.
+        let proto = self.proto;
+        let main = conn.state.proto != proto;
+        let reply = match relay.shards.as_mut() {
+            Some(shards) => shards.switch_proto_before(proto, reply, main),
+            None => Some(reply),
+        };
+        match reply {
+            Some(reply) if main => relay.held_hello = Some(reply),
+            Some(reply) => out.extend_from_slice(&reply),
+            None => {
+                relay.shards_wait_main = main;
+                sync_shards(relay);
+                relay.barrier_since = Some(Instant::now());
+            }
+        }
+        if let Step::Exit(exit) = sync_state(self.conn_state(), conn, relay, true).await {
+            return Step::Exit(exit);
+        }
+        leave_if_idle(conn, relay).await
+    }
+}
+
+/// Redis's client-output-buffer-limit for pub/sub: a hard cap, and a soft cap that may be
+/// exceeded only briefly. True when the client must be closed.
+fn over_output_limit(out: &BytesMut, relay: &mut Relay, limits: &OutputLimits) -> bool {
+    if out.len() > limits.hard {
+        tracing::warn!(
+            bytes = out.len(),
+            "closing a relayed client over the hard output limit"
+        );
+        return true;
+    }
+    if out.len() <= limits.soft {
+        relay.over_soft_since = None;
+        return false;
+    }
+    let since = *relay.over_soft_since.get_or_insert_with(Instant::now);
+    if since.elapsed() >= limits.soft_duration {
+        tracing::warn!(
+            bytes = out.len(),
+            "closing a relayed client over the soft output limit"
+        );
+        return true;
+    }
+    false
 }
 
 /// Inside a transaction a barrier PING would only be queued: Redis itself must answer in

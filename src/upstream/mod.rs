@@ -58,6 +58,10 @@ pub enum UpstreamError {
     Lost(String),
     #[error("upstream sent a malformed reply: {0}")]
     BadReply(ReplyError),
+    /// The upstream answered a state change the proxy wove in (SELECT, HELLO) with an
+    /// error: the requests after it would run in the wrong database or protocol.
+    #[error("upstream refused a connection-state change (SELECT/HELLO): {0}")]
+    StateChangeRefused(String),
     /// An idle pooled connection failed its probe. Not a failure of the upstream: bb8
     /// replaces the connection and the checkout goes on.
     #[error("stale pooled connection: {0}")]
@@ -88,7 +92,9 @@ impl UpstreamError {
             }
             UpstreamError::Timeout(_) => ErrorClass::Timeout,
             UpstreamError::Lost(_) => ErrorClass::UpstreamLost,
-            UpstreamError::BadReply(_) => ErrorClass::BadReply,
+            UpstreamError::BadReply(_) | UpstreamError::StateChangeRefused(_) => {
+                ErrorClass::BadReply
+            }
             UpstreamError::ClientOutputLimit(_) => ErrorClass::OutputLimit,
         }
     }

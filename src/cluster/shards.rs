@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use crate::cluster::Cluster;
-use crate::cluster::router::Redirect;
-use crate::cluster::slot::slot;
+use super::router::{Cluster, Redirect};
+use super::scatter::scatter;
+use super::slot::slot;
+use crate::command::{self, Spread};
 use crate::protocol::{Proto, Request, encode};
 use crate::replies;
 use crate::upstream::conn::transition;
@@ -90,13 +91,13 @@ impl Drop for Link {
     }
 }
 
-pub(super) enum Event {
+pub enum Event {
     Frame(u64, Bytes),
     Closed(u64),
 }
 
 /// What woke the relay.
-pub(super) enum Wake {
+pub enum Wake {
     Event(Event),
     Retry,
     /// A link has left a command unanswered for the command timeout.
@@ -127,7 +128,7 @@ struct Op {
     quiet: bool,
 }
 
-pub(super) struct Shards {
+pub struct Shards {
     cluster: Arc<Cluster>,
     links: Vec<Link>,
     next_id: u64,
@@ -143,7 +144,7 @@ pub(super) struct Shards {
 }
 
 impl Shards {
-    pub(super) fn new(cluster: Arc<Cluster>, timeout: Duration) -> Shards {
+    pub fn new(cluster: Arc<Cluster>, timeout: Duration) -> Shards {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         Shards {
             cluster,
@@ -160,18 +161,18 @@ impl Shards {
     }
 
     /// Shard channels the client is subscribed to, as Redis counts them.
-    pub(super) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.channels.len()
     }
 
     /// A client command is in progress.
-    pub(super) fn busy(&self) -> bool {
+    pub fn busy(&self) -> bool {
         self.op.is_some()
     }
 
     /// Whether a RESP2 client's other commands should go to a link (see the module's
     /// comment): it has a confirmed shard channel there.
-    pub(super) fn subscribed_link(&self) -> Option<usize> {
+    pub fn subscribed_link(&self) -> Option<usize> {
         self.links.iter().position(|link| {
             self.channels
                 .values()
@@ -181,7 +182,7 @@ impl Shards {
 
     /// Carries out the client's SSUBSCRIBE or SUNSUBSCRIBE; the replies reach `out` when
     /// every node has answered (`quiet`: they never do).
-    pub(super) async fn command(
+    pub async fn command(
         &mut self,
         request: &Request,
         proto: Proto,
@@ -271,7 +272,7 @@ impl Shards {
     /// Sends a command the client gave (not SSUBSCRIBE/SUNSUBSCRIBE) to link `index`, for
     /// Redis's subscribed-mode answer. `full_name` is the command's name as Redis prints
     /// it in errors (see `frame`).
-    pub(super) fn command_on_link(&mut self, index: usize, request: Bytes, full_name: Bytes) {
+    pub fn command_on_link(&mut self, index: usize, request: Bytes, full_name: Bytes) {
         self.op = Some(Op {
             replies: BytesMut::new(),
             parts: 1,
@@ -298,7 +299,7 @@ impl Shards {
 
     /// Brings every link to the client's protocol (after HELLO in relay mode), so that
     /// messages reach the client in it.
-    pub(super) fn set_proto(&mut self, proto: Proto) {
+    pub fn set_proto(&mut self, proto: Proto) {
         self.switch_proto(proto, false);
     }
 
@@ -307,7 +308,7 @@ impl Shards {
     /// [`main_switched`](Shards::main_switched)), so no message after it comes in the old
     /// protocol, as on one connection, where HELLO runs before anything published after
     /// its reply. Without a link to switch, the reply is given back.
-    pub(super) fn switch_proto_before(
+    pub fn switch_proto_before(
         &mut self,
         proto: Proto,
         reply: BytesMut,
@@ -329,7 +330,7 @@ impl Shards {
 
     /// The relay's connection has switched protocol (its HELLO answered): the client's
     /// HELLO reply may go once the links have too.
-    pub(super) fn main_switched(&mut self, out: &mut BytesMut) {
+    pub fn main_switched(&mut self, out: &mut BytesMut) {
         if let Some(op) = &mut self.op {
             op.parts = op.parts.saturating_sub(1);
         }
@@ -365,7 +366,7 @@ impl Shards {
     }
 
     /// Waits for a link's frame or the next resubscription try.
-    pub(super) async fn wake(&mut self) -> Wake {
+    pub async fn wake(&mut self) -> Wake {
         let retry = self.retry_at;
         let stale = self.stale_at();
         tokio::select! {
@@ -410,7 +411,7 @@ impl Shards {
     }
 
     /// Acts on what woke the relay; anything for the client goes to `out`.
-    pub(super) async fn handle(&mut self, wake: Wake, proto: Proto, out: &mut BytesMut) {
+    pub async fn handle(&mut self, wake: Wake, proto: Proto, out: &mut BytesMut) {
         match wake {
             Wake::Retry => self.resubscribe(proto, out).await,
             Wake::Stale => self.drop_stale(),
@@ -911,7 +912,7 @@ fn bulk(buf: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
 /// Sends `request` to the master of its keys' slot (keys in several slots: split and
 /// merged as outside relay mode, or Redis Cluster's CROSSSLOT), following redirects;
 /// returns the reply to put in its place.
-pub(super) async fn routed(
+pub async fn routed(
     cluster: &Arc<Cluster>,
     request: &Request,
     slots: &[u16],
@@ -921,12 +922,10 @@ pub(super) async fn routed(
     let result = match slots {
         [] => Err(UpstreamError::Unavailable("no key to route by".to_owned())),
         [one] => single(cluster, request, *one, state, blocking).await,
-        _ if super::cluster::splits(request.name()) => {
-            super::cluster::scatter(cluster, request, state)
-                .await
-                .map(Bytes::from)
+        _ if matches!(command::spread(&request.args), Some(Spread::BySlot { .. })) => {
+            scatter(cluster, request, state).await.map(Bytes::from)
         }
-        _ => Ok(Bytes::from_static(super::cluster::CROSSSLOT)),
+        _ => Ok(Bytes::from_static(replies::CROSSSLOT)),
     };
     result.unwrap_or_else(|error| proxy_error(&error))
 }

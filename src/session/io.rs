@@ -1,0 +1,109 @@
+//! The client's side of a session: the socket's halves, the bytes read and not yet
+//! scanned (with the scanner that resumes on them), and the replies owed. One way to send
+//! what is owed (`flush`: count, send, clear, give back a grown buffer) and one way to read
+//! more (`read_more`: a small first read, doubling while reads fill it).
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::net::{ClientRead, ClientStream, ClientWrite, shrink_if_empty};
+use crate::protocol::{RequestLimits, RequestScanner};
+
+/// The largest read, and what a blocking command's watch on the client reserves.
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// The first reads of a client are this small, so 10 000 idle clients cost little; each
+/// read that fills the buffer doubles it, up to `4 * READ_CHUNK`.
+const FIRST_READ: usize = 512;
+
+pub(super) struct ClientIo {
+    pub reader: ClientRead,
+    pub writer: ClientWrite,
+    /// Bytes read from the client, not yet taken by the scanner.
+    pub inbuf: BytesMut,
+    pub scanner: RequestScanner,
+    /// Replies owed to the client, in order.
+    pub out: BytesMut,
+    read_size: usize,
+}
+
+/// How a read from the client ended.
+pub(super) enum Read {
+    /// Bytes arrived (and the query buffer is within its limit).
+    Data,
+    /// The client left, its read failed, or it passed the query buffer limit.
+    Gone,
+    /// The client was idle and the proxy is shutting down: it was closed.
+    Closed,
+}
+
+impl ClientIo {
+    pub fn new(stream: ClientStream, limits: RequestLimits) -> ClientIo {
+        let (reader, writer) = stream.into_split();
+        ClientIo {
+            reader,
+            writer,
+            inbuf: BytesMut::new(),
+            scanner: RequestScanner::new(limits),
+            out: BytesMut::new(),
+            read_size: FIRST_READ,
+        }
+    }
+
+    /// Sends the replies owed, then empties (and shrinks) the buffer. `Err`: the client
+    /// cannot be written to any more.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        metrics::global().bytes_out.increment(self.out.len() as u64);
+        self.writer.send(&self.out).await?;
+        self.out.clear();
+        shrink_if_empty(&mut self.out);
+        Ok(())
+    }
+
+    /// Whether the scanner may already hold another complete request (the last batch
+    /// stopped because it was full, not because the buffer ran out).
+    pub fn may_hold_more(&self) -> bool {
+        !self.inbuf.is_empty() && !self.scanner.in_progress()
+    }
+
+    /// Reads what the client sends next. An idle client (`idle`: it holds no dedicated
+    /// connection) is closed when `closing` fires; bytes already sent are served first.
+    pub async fn read_more(
+        &mut self,
+        closing: &CancellationToken,
+        idle: bool,
+        requires_auth: bool,
+    ) -> Read {
+        shrink_if_empty(&mut self.inbuf);
+        self.inbuf.reserve(self.read_size);
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        let read = tokio::select! {
+            biased;
+            read = self.reader.read_buf(&mut self.inbuf) => read,
+            _ = closing.cancelled(), if idle => {
+                tracing::debug!("closing an idle client for shutdown");
+                let _ = self.writer.shutdown().await;
+                return Read::Closed;
+            }
+        };
+        match read {
+            Ok(0) => Read::Gone,
+            Ok(n) => {
+                if n == spare && self.read_size < 4 * READ_CHUNK {
+                    self.read_size *= 2;
+                }
+                metrics::global().bytes_in.increment(n as u64);
+                if let Err(error) = self.scanner.check_buffer(&self.inbuf, requires_auth) {
+                    tracing::warn!(%error, bytes = self.inbuf.len(), "closing client over the query buffer limit");
+                    return Read::Gone;
+                }
+                Read::Data
+            }
+            Err(error) => {
+                tracing::debug!(%error, "client read failed");
+                Read::Gone
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Planning: each request scanned from the client, classified once by the command table,
+//! becomes a local reply, a refusal, or a forwarded request in the batch — or changes the
+//! session's course (`Flow`: close, relay mode, a cluster scatter, the next batch).
+
+use bytes::Bytes;
+
+use super::batch::Batch;
+use super::state::{Flow, Multi, Session, request_bytes};
+use super::transaction::REPLICATION;
+use crate::command::{self, Command, Kind};
+use crate::metrics::ErrorClass;
+use crate::protocol::Request;
+use crate::replies;
+
+/// Sent before WAIT/WAITAOF (see [`Kind::WaitReplicas`]): `SPUBLISH redis-ambassador:wait ""`.
+const WAIT_FENCE: &[u8] = b"*3\r\n$8\r\nSPUBLISH\r\n$21\r\nredis-ambassador:wait\r\n$0\r\n\r\n";
+
+impl Session {
+    /// Dispatches one request: a local answer, a refusal, or a place in the batch.
+    pub(super) async fn handle(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        let classified = command::classify(request.name());
+        batch.begin(classified.id);
+        if let Some(cluster) = &self.shared.cluster {
+            if cluster.topology().is_none() {
+                // Until the first slot map is read (just after start): read it now; an
+                // error shows up in the command's own reply.
+                let _ = Box::pin(cluster.ready()).await;
+            }
+        }
+        let Some(command) = classified.command else {
+            if self.multi.is_some() {
+                return self.queue_forward(request, batch);
+            }
+            if let Some(cluster) = self.shared.cluster.clone() {
+                return self.route(cluster, request, batch, false).await;
+            }
+            return self.forward(request, batch);
+        };
+        if command.kind == Kind::HttpProbe {
+            tracing::warn!(peer = %self.peer, "HTTP request on the Redis port; closing the connection");
+            return Flow::Drop;
+        }
+        if !command::arity_ok(command.arity, request.args.len()) {
+            replies::wrong_arity(batch.local(), command.name);
+            batch.end_local();
+            self.flag_multi();
+            return Flow::Continue;
+        }
+        if self.multi.is_some() {
+            return self.handle_in_multi(command.kind, command.name, request, batch);
+        }
+        if let Some(cluster) = self.shared.cluster.clone() {
+            if matches!(
+                command.kind,
+                Kind::Forward | Kind::Blocking | Kind::WaitReplicas | Kind::StreamRead
+            ) {
+                let may_block = command.kind.may_block(&request.args);
+                return self.route(cluster, request, batch, may_block).await;
+            }
+        }
+        self.plan_command(command, request, batch).await
+    }
+
+    /// A command of the table, outside a transaction (and not routed by cluster mode).
+    async fn plan_command(
+        &mut self,
+        command: Command,
+        request: Request,
+        batch: &mut Batch,
+    ) -> Flow {
+        match command.kind {
+            Kind::Local(local) => self.local(local, &request, batch).await,
+            Kind::HttpProbe | Kind::Forward => self.forward(request, batch),
+            _ if self.requires_auth() => {
+                batch.reply(replies::NOAUTH);
+                Flow::Continue
+            }
+            Kind::Multi => {
+                self.unbind_if_idle();
+                self.multi = Some(Multi::default());
+                if self.shared.cluster.is_some() && self.binding.node.is_none() {
+                    // Cluster mode: the transaction's node is its first key's; MULTI goes
+                    // with the first command that has one.
+                    self.binding.multi_pending = true;
+                    batch.reply(replies::OK);
+                    return Flow::Continue;
+                }
+                self.forward(request, batch)
+            }
+            Kind::Watch => {
+                self.unbind_if_idle();
+                self.watching = true;
+                self.forward(request, batch)
+            }
+            Kind::Blocking => {
+                batch.blocking = true;
+                self.forward(request, batch)
+            }
+            Kind::WaitReplicas => {
+                batch.blocking = true;
+                // WAIT counts the replicas that have the writes of its connection, and the
+                // client's went over other connections: a shard-channel publish nobody
+                // hears (shard channels have no patterns) moves this connection's write
+                // offset past them first. Its reply, or the error of a server or user that
+                // cannot, is not shown.
+                batch.forward_ignored(Bytes::from_static(WAIT_FENCE), self.conn_state());
+                self.forward(request, batch)
+            }
+            Kind::StreamRead => {
+                batch.blocking = command::stream_read_blocks(&request.args);
+                self.forward(request, batch)
+            }
+            Kind::Subscribe(_) | Kind::Monitor => Flow::Relay(request),
+            Kind::Refused => {
+                replies::unsupported(batch.local(), command.name, REPLICATION);
+                batch.end_local_as(Some(ErrorClass::Unsupported));
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Plans `request` to go upstream, in the client's state (database, protocol); on the
+    /// client's dedicated connection while a connection-bound state lasts.
+    pub(super) fn forward(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        if self.requires_auth() {
+            batch.reply(replies::NOAUTH);
+            return Flow::Continue;
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            if self.needs_pin() || self.binding.multi_pending {
+                let cluster = cluster.clone();
+                return self.forward_bound(cluster, request, batch);
+            }
+        }
+        if self.needs_pin() {
+            batch.pin_required = true;
+        }
+        if batch.node.is_none() {
+            // Cluster mode: what ends a connection-bound state (EXEC, DISCARD, UNWATCH)
+            // goes where the state is, and so does the rest of its batch.
+            if let (Some(node), Some(cluster)) = (&self.binding.node, &self.shared.cluster) {
+                batch.node = Some(node.clone());
+                batch.cluster = Some(cluster.clone());
+            }
+        }
+        batch.forward(request_bytes(request), self.conn_state());
+        Flow::Continue
+    }
+}

@@ -1,0 +1,255 @@
+//! What a session knows: the state every session shares (`Shared`: the upstream, the
+//! client credentials, the limits — no client state), and one client's own (`Session`:
+//! authentication, user, database, protocol, name, an open transaction, the dedicated
+//! upstream connection while a connection-bound state lasts). The other files of this
+//! module act on this state; this file only holds it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::auth::ClientAuth;
+use crate::cluster::{Binding, Cluster};
+use crate::config::{DEFAULT_MAX_IN_FLIGHT, OutputLimits};
+use crate::net::ClientStream;
+use crate::protocol::{Proto, Request, RequestLimits, encode};
+use crate::upstream::{ConnState, Pinned, Upstream};
+
+/// What every session shares: the upstream, the client credentials, the limits.
+pub struct Shared {
+    pub upstream: Upstream,
+    /// The users clients may authenticate as; none is Redis's `nopass`.
+    pub client_auth: ClientAuth,
+    pub limits: RequestLimits,
+    /// Bounds on what is buffered for a relayed (pub/sub, MONITOR) client.
+    pub output_limits: OutputLimits,
+    /// `[limits] max_in_flight`: requests of one client planned into one batch at most.
+    pub max_in_flight: usize,
+    /// Cluster mode: where each key's node is (`upstream` is then the first seed, for
+    /// server information, the readiness probe and pub/sub).
+    pub cluster: Option<Arc<Cluster>>,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(upstream: Upstream, client_auth: ClientAuth, limits: RequestLimits) -> Shared {
+        Shared {
+            upstream,
+            client_auth,
+            limits,
+            output_limits: OutputLimits::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            cluster: None,
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Sets the bounds for relayed clients' output (Redis's defaults otherwise).
+    pub fn with_output_limits(mut self, limits: OutputLimits) -> Shared {
+        self.output_limits = limits;
+        self
+    }
+
+    /// Routes by key slot over `cluster`'s nodes (cluster mode).
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Shared {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Caps the requests of one client in flight at once (4096 otherwise).
+    pub fn with_max_in_flight(mut self, max: usize) -> Shared {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Checks a username/password pair against every configured user (see `auth`);
+    /// returns the user's name. Without a client password the only user is `default`,
+    /// who needs none (Redis's `nopass`).
+    pub(super) fn authenticate(&self, username: &[u8], password: &[u8]) -> Option<Arc<str>> {
+        self.client_auth.authenticate(username, password)
+    }
+}
+
+/// Whether the session goes on after a request.
+pub(super) enum Flow {
+    Continue,
+    /// Flush what is owed, then close (QUIT).
+    Close,
+    /// Close at once with no reply (an HTTP request).
+    Drop,
+    /// Run what is planned, then relay this request and what follows to a dedicated
+    /// connection (SUBSCRIBE, MONITOR, CLIENT TRACKING ON, CLIENT REPLY OFF|SKIP).
+    Relay(Request),
+    /// Cluster mode: run what is planned (it goes to another node), then plan this request
+    /// first in the next batch.
+    Defer(Request),
+    /// Cluster mode: run what is planned, then answer this request from several nodes
+    /// (keys in several slots, or a command every master must run).
+    Scatter(Request),
+}
+
+/// A command queued inside MULTI, as far as the proxy must remember it.
+#[derive(Debug)]
+pub(super) enum Queued {
+    /// Queued upstream; its result comes in EXEC's array as it is.
+    Forwarded,
+    /// A SELECT queued upstream: if EXEC's array says `+OK`, the client's database changes.
+    Select(Option<u32>),
+    /// A command the proxy answers itself (AUTH, HELLO, CLIENT SETNAME, …): run at EXEC
+    /// time and its reply spliced into EXEC's array, as Redis would.
+    Local(Request),
+}
+
+/// An open transaction.
+#[derive(Debug, Default)]
+pub(super) struct Multi {
+    pub queue: Vec<Queued>,
+    /// A command was refused while queuing: EXEC must abort, as Redis's does.
+    pub error: bool,
+}
+
+impl Multi {
+    /// Whether EXEC's reply needs the session's help (local commands or SELECT queued).
+    pub fn needs_finishing(&self) -> bool {
+        self.queue.iter().any(|q| !matches!(q, Queued::Forwarded))
+    }
+}
+
+/// One client connection's state.
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) authenticated: bool,
+    /// The user the client authenticated as (`default` until then), for CLIENT INFO.
+    pub(super) user: Arc<str>,
+    pub(super) db: u32,
+    pub(super) proto: Proto,
+    pub(super) name: Option<Bytes>,
+    pub(super) lib_name: Option<Bytes>,
+    pub(super) lib_ver: Option<Bytes>,
+    pub(super) peer: SocketAddr,
+    pub(super) local_addr: SocketAddr,
+    pub(super) created: Instant,
+    pub(super) last_activity: Instant,
+    /// The client socket's descriptor, for CLIENT INFO.
+    pub(super) fd: i64,
+    /// Inside MULTI (as planned: the batch carrying MULTI may not have run yet).
+    pub(super) multi: Option<Multi>,
+    /// WATCH is in force.
+    pub(super) watching: bool,
+    /// The transaction whose EXEC is held for finishing.
+    pub(super) exec_queue: Option<Vec<Queued>>,
+    /// The dedicated upstream connection, while a connection-bound state lasts.
+    pub(super) pinned: Option<Pinned>,
+    /// Cluster mode: the node `pinned` is on.
+    pub(super) pinned_on: Option<Arc<Upstream>>,
+    /// The pinned connection must be dropped after the running batch (RESET or QUIT
+    /// inside a connection-bound state left it dirty).
+    pub(super) drop_pin: bool,
+    /// Cluster mode: the node the connection-bound state is on.
+    pub(super) binding: Binding,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, local_addr: SocketAddr) -> Session {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let authenticated = !shared.client_auth.required();
+        let now = Instant::now();
+        Session {
+            shared,
+            id,
+            authenticated,
+            user: Arc::from(crate::auth::DEFAULT_USER),
+            db: 0,
+            proto: Proto::Resp2,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            peer,
+            local_addr,
+            created: now,
+            last_activity: now,
+            fd: -1,
+            multi: None,
+            watching: false,
+            exec_queue: None,
+            pinned: None,
+            pinned_on: None,
+            drop_pin: false,
+            binding: Binding::default(),
+        }
+    }
+
+    pub(super) fn requires_auth(&self) -> bool {
+        !self.authenticated
+    }
+
+    /// The state (database, protocol) an upstream connection must be in for this client.
+    pub(super) fn conn_state(&self) -> ConnState {
+        ConnState {
+            db: self.db,
+            proto: self.proto,
+        }
+    }
+
+    /// Whether the client's state needs its own upstream connection after this batch.
+    pub(super) fn needs_pin(&self) -> bool {
+        self.multi.is_some() || self.watching
+    }
+
+    /// Back to a new connection's state (RESET): no transaction, no watch, database 0,
+    /// RESP2, no name, not authenticated when a password is required.
+    pub(super) fn reset(&mut self) {
+        self.multi = None;
+        self.watching = false;
+        self.binding.multi_pending = false;
+        self.binding.held.clear();
+        self.db = 0;
+        self.proto = Proto::Resp2;
+        self.name = None;
+        self.authenticated = !self.shared.client_auth.required();
+        self.user = Arc::from(crate::auth::DEFAULT_USER);
+    }
+
+    /// Marks the open transaction as failed (a command was refused while queuing).
+    pub(super) fn flag_multi(&mut self) {
+        if let Some(multi) = self.multi.as_mut() {
+            multi.error = true;
+        }
+    }
+
+    /// Cluster mode: once no connection-bound state is left, the node it was on no longer
+    /// binds anything. Also when a new state starts in the batch that ended the last one
+    /// (a pipelined `EXEC` then `MULTI`): the new state picks its own node.
+    pub(super) fn unbind_if_idle(&mut self) {
+        if !self.needs_pin() && !self.binding.multi_pending {
+            self.binding = Binding::default();
+        }
+    }
+}
+
+/// The bytes to send upstream for a request: as received when canonical, else re-encoded.
+pub(super) fn request_bytes(request: Request) -> Bytes {
+    match request.canonical {
+        Some(frame) => frame,
+        None => encode::command(&request.args),
+    }
+}
+
+#[cfg(unix)]
+pub(super) fn fd_of(stream: &ClientStream) -> i64 {
+    use std::os::fd::AsRawFd;
+    let tcp = match stream {
+        ClientStream::Plain(tcp) => tcp,
+        ClientStream::Tls(tls) => tls.get_ref().0,
+    };
+    i64::from(tcp.as_raw_fd())
+}
+
+#[cfg(not(unix))]
+pub(super) fn fd_of(_: &ClientStream) -> i64 {
+    -1
+}
