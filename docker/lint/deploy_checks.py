@@ -1,6 +1,7 @@
 """The checks of scripts/lint-deploy: what ships the ambassador (docker/) is valid, and
 consistent with the code it ships (src/config.rs keys, src/metrics.rs names, the admin
-endpoints).
+endpoints); the documentation (README.md, docs/*.md) agrees with that code, and its
+relative links resolve (scripts/check-links).
 
 Run by scripts/lint-deploy, which installs the tools (pinned) into a virtualenv and builds
 the binary; run from the repository root. Every check prints one line, `ok` or `FAIL`, with
@@ -29,7 +30,9 @@ K8S_VERSIONS = ("1.29.0", "1.33.0")
 # Custom resources: not in the Kubernetes schemas; their fields are checked below.
 CRD_GROUPS = ("monitoring.coreos.com/",)
 AMBASSADOR = "redis-ambassador"
-README = "README.md"
+CONFIG_REFERENCE = "docs/configuration.md"  # the "## Keys" table
+DOCS = ("README.md", "docs/*.md")  # every file whose metric names are checked
+CHECK_LINKS = "scripts/check-links"
 DOCKERFILE = "docker/Dockerfile"
 COMPOSE = "docker/compose.yaml"
 DASHBOARDS = "docker/grafana/*.json"
@@ -525,7 +528,7 @@ def check_compose_config(binary, configs, consistency, facts):
     return 1
 
 
-# ---------------------------------------------------------------- dashboard, README
+# ---------------------------------------------------------------- dashboard, documentation
 
 
 def check_dashboards():
@@ -578,10 +581,15 @@ def config_rs_keys():
     return keys
 
 
-def readme_reference_rows():
-    with open(README, encoding="utf-8") as f:
+def doc_files():
+    return [path for pattern in DOCS for path in sorted(glob.glob(pattern))]
+
+
+def config_reference_rows():
+    """(section, key names, default cell, line) of each row of the "## Keys" table."""
+    with open(CONFIG_REFERENCE, encoding="utf-8") as f:
         text = f.read()
-    match = re.search(r"^## Configuration reference\n(.*?)^##? ", text, re.S | re.M)
+    match = re.search(r"^## Keys\n(.*?)(?=^#{1,2} |\Z)", text, re.S | re.M)
     rows = []
     for line in (match.group(1) if match else "").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -600,18 +608,18 @@ def toml_literal(value):
     return str(value)
 
 
-def check_readme():
-    check = Check("README: the configuration reference has every key of src/config.rs with "
-                  "config.toml's default; metric names exist", "docker/lint/deploy_checks.py")
-    rows = readme_reference_rows()
-    check.expect(rows, "README has no '## Configuration reference' table")
+def check_docs():
+    check = Check(f"Docs: {CONFIG_REFERENCE} has every key of src/config.rs with config.toml's "
+                  f"default; README.md and docs/*.md name only real metrics",
+                  "docker/lint/deploy_checks.py")
+    rows = config_reference_rows()
+    check.expect(rows, f"{CONFIG_REFERENCE} has no '## Keys' table")
     keys = config_rs_keys()
     check.expect(len(keys) > 20, f"found only {len(keys)} keys in src/config.rs")
     for section, key in keys:
         check.expect(any(s == section and (key in names or f"`{key}`" in line)
                          for s, names, _, line in rows),
-                     f"[{section}] {key} (src/config.rs) has no row in the README's "
-                     f"configuration reference")
+                     f"[{section}] {key} (src/config.rs) has no row in {CONFIG_REFERENCE}")
     with open("config.toml", "rb") as f:
         example = tomllib.load(f)
     compared = 0
@@ -624,13 +632,32 @@ def check_readme():
                     compared += 1
                     stated = default.split("`")[1]
                     check.expect(stated == toml_literal(value),
-                                 f"[{section}] {key}: README says {stated}, config.toml has "
+                                 f"[{section}] {key}: {CONFIG_REFERENCE} says {stated}, "
+                                 f"config.toml has "
                                  f"{toml_literal(value)}")
     check.expect(compared > 20, f"compared only {compared} defaults")
-    with open(README, encoding="utf-8") as f:
-        bad = unknown_metrics(f.read(), metric_names())
-    check.expect(not bad, f"README names metrics that src/metrics.rs does not: {', '.join(bad)}")
-    check.name += f" ({len(keys)} keys, {compared} defaults)"
+    docs = doc_files()
+    check.expect("README.md" in docs and len(docs) > 1, f"documentation files: {docs}")
+    known = metric_names()
+    for path in docs:
+        with open(path, encoding="utf-8") as f:
+            bad = unknown_metrics(f.read(), known)
+        check.expect(not bad, f"{path} names metrics that src/metrics.rs does not: "
+                              f"{', '.join(bad)}")
+    check.name += f" ({len(keys)} keys, {compared} defaults, {len(docs)} files)"
+    return check
+
+
+def check_links():
+    """scripts/check-links: the documentation's relative links and anchors resolve."""
+    check = Check("Docs: every relative link of README.md and docs/*.md resolves",
+                  f"{CHECK_LINKS}, python {sys.version.split()[0]}")
+    result = subprocess.run([sys.executable, CHECK_LINKS], capture_output=True, text=True)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    check.expect(result.returncode == 0, "\n        ".join(lines) or f"exit {result.returncode}")
+    summary = re.search(r"all (\d+) links", lines[-1]) if lines else None
+    if summary:
+        check.name += f" ({summary.group(1)} links)"
     return check
 
 
@@ -647,7 +674,8 @@ def main():
         lambda: check_compose_schema(args.bindir),
         lambda: check_configs(os.path.abspath(args.ambassador), facts),
         check_dashboards,
-        check_readme,
+        check_docs,
+        check_links,
     ]
     checks = []
     for step in steps:
