@@ -37,6 +37,19 @@ ensure_redis() {
     command -v redis-cli >/dev/null 2>&1 || die "redis-cli still not on PATH after apt-get install"
 }
 
+# python3 >= 3.11 (tomllib) from Debian's packages when missing: scripts/layers and the
+# deployment lint need it.
+ensure_python3() {
+    if ! command -v python3 >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 || die "python3 (>= 3.11) is needed: install it"
+        step "Installing python3 (apt-get)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "python3 >= 3.11 is needed (tomllib)"
+}
+
 # Make sure cargo is on PATH (rustup installs put it in ~/.cargo/bin).
 ensure_cargo() {
     if ! command -v cargo >/dev/null 2>&1 && [ -f "${HOME:-/root}/.cargo/env" ]; then
@@ -45,6 +58,15 @@ ensure_cargo() {
     fi
     command -v cargo >/dev/null 2>&1 \
         || die "cargo not found on PATH (and no ~/.cargo/env): install Rust with rustup first"
+    # rustup brings no C linker; a fresh Debian has none either.
+    if ! command -v cc >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 \
+            || die "no C linker (cc) found and apt-get is not available: install gcc yourself"
+        step "Installing a C linker (gcc, libc6-dev; apt-get)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+        command -v cc >/dev/null 2>&1 || die "cc still not on PATH after apt-get install"
+    fi
 }
 
 # --- for benches/compare.sh and benches/memory.sh ------------------------------------------

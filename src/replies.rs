@@ -35,6 +35,8 @@ pub const WATCH_IN_MULTI: &[u8] = b"-ERR WATCH inside MULTI is not allowed\r\n";
 pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
 /// Redis Cluster's reply for a slot nobody serves.
 pub const CLUSTERDOWN: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
+/// SCAN's reply to a cursor that is not a number.
+pub const INVALID_CURSOR: &[u8] = b"-ERR invalid cursor\r\n";
 
 /// `-ERR wrong number of arguments for '<name>' command`.
 pub fn wrong_arity(out: &mut BytesMut, name: &str) {
@@ -76,6 +78,27 @@ pub fn setinfo_bad_value(out: &mut BytesMut, attribute: &[u8]) {
     text.extend_from_slice(c_string(attribute));
     text.extend_from_slice(b" cannot contain spaces, newlines or special characters.");
     encode::error(out, &text);
+}
+
+/// The reasons the ambassador gives for a refusal (the `<reason>` of [`unsupported`]),
+/// the last resort where it cannot do what Redis would.
+pub mod refusal {
+    pub const REPLICATION: &str = "replication cannot go through a proxy";
+    pub const IN_MULTI: &str = "not inside MULTI";
+    pub const SHARED_FLAG: &str = "it would set a flag on a shared upstream connection";
+    pub const TRACKING_REDIRECT: &str =
+        "REDIRECT names a connection the proxy shares; use RESP3 tracking";
+    pub const TRACKING_IN_CLUSTER: &str =
+        "in cluster mode (keys on other masters would not be tracked)";
+    pub const SHARD_IN_MULTI: &str = "inside MULTI in cluster mode";
+    pub const LOCAL_IN_RELAYED_MULTI: &str =
+        "inside MULTI while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
+    pub const OTHER_NODE: &str =
+        "keys of another cluster node while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
+    pub const OTHER_NODE_IN_MULTI: &str = "keys of another cluster node inside MULTI while \
+        pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
+    pub const OTHER_NODE_BLOCKING: &str = "a blocking command for another cluster node while \
+        pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
 }
 
 /// A command the proxy will not run, with the reason: `-ERR '<name>' is not supported by

@@ -186,7 +186,7 @@ async fn scan(
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return Ok(b"-ERR invalid cursor\r\n".to_vec());
+        return Ok(replies::INVALID_CURSOR.to_vec());
     };
     let masters = cluster.masters().await?;
     let index = (cursor & ((1 << SCAN_NODE_BITS) - 1)) as usize;

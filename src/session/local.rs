@@ -12,7 +12,7 @@ use crate::command::{self, ClientSub, Local};
 use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, encode};
-use crate::replies;
+use crate::replies::{self, refusal};
 use crate::upstream::ServerInfo;
 
 impl Session {
@@ -287,11 +287,7 @@ impl Session {
                 return Flow::Relay(request.clone());
             }
             ClientSub::Refused => {
-                replies::unsupported(
-                    batch.local(),
-                    sub.full_name,
-                    "it would set a flag on a shared upstream connection",
-                );
+                replies::unsupported(batch.local(), sub.full_name, refusal::SHARED_FLAG);
                 batch.end_local_as(Some(ErrorClass::Unsupported));
             }
             ClientSub::Tracking | ClientSub::Reply | ClientSub::Forward => {
@@ -352,9 +348,9 @@ impl Session {
             .skip(3)
             .any(|a| a.eq_ignore_ascii_case(b"redirect"));
         let why = if redirect {
-            "REDIRECT names a connection the proxy shares; use RESP3 tracking"
+            refusal::TRACKING_REDIRECT
         } else if self.shared.cluster.is_some() {
-            "in cluster mode (keys on other masters would not be tracked)"
+            refusal::TRACKING_IN_CLUSTER
         } else {
             return Flow::Relay(request.clone());
         };

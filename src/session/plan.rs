@@ -6,11 +6,10 @@ use bytes::Bytes;
 
 use super::batch::Batch;
 use super::state::{Flow, Multi, Session, request_bytes};
-use super::transaction::REPLICATION;
 use crate::command::{self, Command, Kind};
 use crate::metrics::ErrorClass;
 use crate::protocol::Request;
-use crate::replies;
+use crate::replies::{self, refusal};
 
 /// Sent before WAIT/WAITAOF (see [`Kind::WaitReplicas`]): `SPUBLISH redis-ambassador:wait ""`.
 const WAIT_FENCE: &[u8] = b"*3\r\n$8\r\nSPUBLISH\r\n$21\r\nredis-ambassador:wait\r\n$0\r\n\r\n";
@@ -112,7 +111,7 @@ impl Session {
             }
             Kind::Subscribe(_) | Kind::Monitor => Flow::Relay(request),
             Kind::Refused => {
-                replies::unsupported(batch.local(), command.name, REPLICATION);
+                replies::unsupported(batch.local(), command.name, refusal::REPLICATION);
                 batch.end_local_as(Some(ErrorClass::Unsupported));
                 Flow::Continue
             }

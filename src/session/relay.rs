@@ -29,15 +29,9 @@ use crate::command::{self, Channels, ClientSub, Kind, Local};
 use crate::config::OutputLimits;
 use crate::metrics;
 use crate::protocol::{Proto, Request, encode};
-use crate::replies;
+use crate::replies::{self, refusal};
 use crate::upstream::conn::transition;
 use crate::upstream::{ConnState, Pinned};
-
-/// Why a command for another cluster node than the relay connection's is refused there.
-const OTHER_NODE: &str =
-    "keys of another cluster node while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
-const OTHER_NODE_IN_MULTI: &str = "keys of another cluster node inside MULTI while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
-const OTHER_NODE_BLOCKING: &str = "a blocking command for another cluster node while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force";
 
 /// How relay mode ended.
 pub(super) enum Exit {
@@ -126,10 +120,8 @@ struct Relay {
     /// When the barrier in flight was sent (a barrier never answered closes the client).
     barrier_since: Option<Instant>,
     swallow: std::collections::VecDeque<Expect>,
-    /// No more client requests are read (QUIT or RESET forwarded).
-    stop_client: bool,
-    quit: bool,
-    reset_pending: bool,
+    /// The client's part is over: no more of its requests are read.
+    ending: Option<Ending>,
     /// The connection must not be reused (RESET left it unauthenticated).
     drop_conn: bool,
     /// A barrier returned with no mode active: every reply is in, relay mode is over.
@@ -150,6 +142,19 @@ struct Relay {
 enum Step {
     Continue,
     Exit(Exit),
+}
+
+/// Why the client's requests stopped being read in relay mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// QUIT was forwarded: its `+OK`, then the close.
+    Quit,
+    /// RESET was forwarded: its `+RESET`, then back to batches on a new connection.
+    Reset,
+    /// RESET under CLIENT REPLY SKIP: reset once what is in flight is answered.
+    QuietReset,
+    /// The client broke the protocol: its error, then the close.
+    ProtocolError,
 }
 
 impl Relay {
@@ -211,9 +216,7 @@ impl Session {
             in_multi: false,
             refusals: std::collections::VecDeque::new(),
             swallow: Default::default(),
-            stop_client: false,
-            quit: false,
-            reset_pending: false,
+            ending: None,
             drop_conn: false,
             left: false,
             over_soft_since: None,
@@ -275,14 +278,15 @@ impl Session {
                 scanner,
                 ..
             } = &mut *io;
-            let reading = !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy;
+            let reading =
+                relay.ending.is_none() && relay.barrier.is_none() && !relay.modes.shard_busy;
             let waiting = relay.barrier.is_some() || relay.modes.shard_busy;
             let step = tokio::select! {
                 filled = conn.fill() => match filled {
                     Ok(n) if n > 0 => self.relay_frames(conn, relay, out).await,
                     _ => {
                         // QUIT's +OK, if any, is already in `out`.
-                        if !relay.quit {
+                        if relay.ending != Some(Ending::Quit) {
                             tracing::debug!("upstream closed a relayed connection");
                         }
                         Step::Exit(Exit::Close)
@@ -339,7 +343,7 @@ impl Session {
         relay: &mut Relay,
         io: &mut ClientIo,
     ) -> Step {
-        while !relay.stop_client && relay.barrier.is_none() && !relay.modes.shard_busy {
+        while relay.ending.is_none() && relay.barrier.is_none() && !relay.modes.shard_busy {
             match io.scanner.next(&mut io.inbuf, self.requires_auth()) {
                 Ok(Some(request)) => {
                     if let Step::Exit(exit) = self.relay_request(request, conn, relay).await {
@@ -349,7 +353,7 @@ impl Session {
                 Ok(None) => break,
                 Err(error) => {
                     metrics::global().protocol_errors.increment(1);
-                    relay.stop_client = true;
+                    relay.ending = Some(Ending::ProtocolError);
                     return match error.reply() {
                         Some(reply) if !relay.modes.reply_off => {
                             barrier(conn, relay, After::Fatal(reply)).await
@@ -409,22 +413,20 @@ impl Session {
         }
         match cmd.kind {
             Kind::Local(Local::Quit) => {
-                relay.quit = true;
-                relay.stop_client = true;
+                relay.ending = Some(Ending::Quit);
                 forward(conn, relay, request).await
             }
             Kind::Local(Local::Reset) if relay.modes.skip_armed => {
                 // Redis would skip RESET's reply: wait for what is in flight, then reset
                 // here, showing nothing.
-                relay.stop_client = true;
+                relay.ending = Some(Ending::QuietReset);
                 match start_barrier(conn, relay, After::QuietReset).await {
                     Ok(()) => Step::Continue,
                     Err(exit) => Step::Exit(exit),
                 }
             }
             Kind::Local(Local::Reset) => {
-                relay.reset_pending = true;
-                relay.stop_client = true;
+                relay.ending = Some(Ending::Reset);
                 forward(conn, relay, request).await
             }
             Kind::Local(Local::Exec | Local::Discard) => {
@@ -553,7 +555,7 @@ impl Session {
         relay: &mut Relay,
     ) -> Step {
         if relay.in_multi {
-            let reply = unsupported(&request, "inside MULTI in cluster mode");
+            let reply = unsupported(&request, refusal::SHARD_IN_MULTI);
             return refuse_in_multi(conn, relay, reply).await;
         }
         if !relay.quiet() {
@@ -641,11 +643,11 @@ impl Session {
         // transaction or WATCH on it, or a command that would block the relay.
         let blocks = kind.is_some_and(|k| k.may_block(&request.args));
         let refusal = if relay.in_multi {
-            Some(OTHER_NODE_IN_MULTI)
+            Some(refusal::OTHER_NODE_IN_MULTI)
         } else if kind == Some(Kind::Watch) {
-            Some(OTHER_NODE)
+            Some(refusal::OTHER_NODE)
         } else if blocks {
-            Some(OTHER_NODE_BLOCKING)
+            Some(refusal::OTHER_NODE_BLOCKING)
         } else {
             None
         };
@@ -704,7 +706,7 @@ impl Session {
             replies::unsupported(
                 &mut reply,
                 &full_name(&request),
-                "inside MULTI while pub/sub, CLIENT TRACKING or CLIENT REPLY is in force",
+                refusal::LOCAL_IN_RELAYED_MULTI,
             );
             return refuse_in_multi(conn, relay, reply.freeze()).await;
         }
@@ -755,11 +757,10 @@ impl Session {
                 return Step::Continue;
             }
         }
-        if relay.reset_pending && &bytes[..] == b"+RESET\r\n" {
+        if relay.ending == Some(Ending::Reset) && &bytes[..] == b"+RESET\r\n" {
             out.extend_from_slice(&bytes);
             // The upstream connection is now unauthenticated: it goes, the client resets.
             self.reset();
-            relay.reset_pending = false;
             relay.drop_conn = true;
             return Step::Exit(Exit::Resume);
         }
@@ -786,7 +787,7 @@ impl Session {
     ) -> Step {
         match after {
             After::Leave => {
-                if !relay.modes.active() && relay.swallow.is_empty() && !relay.stop_client {
+                if !relay.modes.active() && relay.swallow.is_empty() && relay.ending.is_none() {
                     relay.left = true;
                 }
                 Step::Continue
@@ -990,7 +991,7 @@ async fn forward(conn: &mut Pinned, relay: &mut Relay, request: Request) -> Step
 /// come, an UNSUBSCRIBE, TRACKING OFF, REPLY ON — sends a barrier: when it returns, the
 /// counts are known and every reply is in, and relay mode ends if nothing holds it.
 async fn leave_if_idle(conn: &mut Pinned, relay: &mut Relay) -> Step {
-    if relay.modes.active() || relay.barrier.is_some() || relay.stop_client {
+    if relay.modes.active() || relay.barrier.is_some() || relay.ending.is_some() {
         return Step::Continue;
     }
     match start_barrier(conn, relay, After::Leave).await {

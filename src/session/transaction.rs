@@ -17,10 +17,7 @@ use crate::metrics::ErrorClass;
 use crate::protocol::number::parse_i32;
 use crate::protocol::reply::split_array;
 use crate::protocol::{Request, encode};
-use crate::replies;
-
-/// Why replication commands are refused.
-pub(super) const REPLICATION: &str = "replication cannot go through a proxy";
+use crate::replies::{self, refusal};
 
 impl Session {
     /// A command while MULTI is open: queued upstream, queued locally, or run at once
@@ -73,8 +70,8 @@ impl Session {
             }
             Kind::Local(Local::Client) => self.client_in_multi(request, batch),
             Kind::Local(Local::Auth | Local::Hello) => self.queue_local(request, batch),
-            Kind::Subscribe(_) => self.refuse_in_multi(name, "not inside MULTI", batch),
-            Kind::Refused => self.refuse_in_multi(name, REPLICATION, batch),
+            Kind::Subscribe(_) => self.refuse_in_multi(name, refusal::IN_MULTI, batch),
+            Kind::Refused => self.refuse_in_multi(name, refusal::REPLICATION, batch),
             // Redis answers these at once and queues nothing (nor aborts the transaction):
             // forwarded and queued, they would put EXEC's array out of step with the queue.
             Kind::Multi => {
@@ -144,7 +141,7 @@ impl Session {
         match sub.kind {
             ClientSub::Forward => self.queue_forward(request, batch),
             ClientSub::Tracking | ClientSub::Reply | ClientSub::Refused => {
-                self.refuse_in_multi(sub.full_name, "not inside MULTI", batch)
+                self.refuse_in_multi(sub.full_name, refusal::IN_MULTI, batch)
             }
             _ => self.queue_local(request, batch),
         }
