@@ -1,17 +1,22 @@
-//! Configuration: the TOML file of DESIGN.md, parsed strictly (`deny_unknown_fields`, so a
-//! typo fails at start with the key's name), with documented defaults, and `validate()`
-//! rejecting values that would make the proxy or a dependency misbehave. Secrets are not in
-//! the file: it names where they are, and `load_secrets` reads them.
+//! Configuration: the schema of the TOML file of DESIGN.md — serde structs parsed strictly
+//! (`deny_unknown_fields`, so a typo fails at start with the key's name), their documented
+//! defaults, the settings derived from them (`DEFAULT_MAX_IN_FLIGHT`, `OutputLimits`,
+//! `RequestLimits`), and `validate()`, one check per section, rejecting values that would
+//! make the proxy or a dependency misbehave.
+//!
+//! Secrets and TLS material are not in the file: it names where they are (`SecretSource`,
+//! the `tls_*` paths), and `credentials` reads them. This module reads nothing but the
+//! config file itself, and imports only the layers below it (`protocol`): never `secret`,
+//! `tls`, `credentials`, or anything that uses the config (settings flow down).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::protocol::RequestLimits;
-use crate::secret::{RotatingSecret, SecretError, SecretSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -24,10 +29,6 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid config: {0}")]
     Invalid(String),
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +288,37 @@ impl Upstream {
             .as_deref()
             .unwrap_or_else(|| self.host())
     }
+
+    /// Where the upstream password is, if anywhere.
+    pub fn password_source(&self) -> Result<Option<SecretSource>, ConfigError> {
+        source("upstream", &self.password_file, &self.password_env)
+    }
+
+    /// Where the Sentinels' own password is, if anywhere (sentinel mode).
+    pub fn sentinel_password_source(&self) -> Result<Option<SecretSource>, ConfigError> {
+        source(
+            "upstream sentinel",
+            &self.sentinel_password_file,
+            &self.sentinel_password_env,
+        )
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn pool_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_wait_timeout_ms)
+    }
+    /// `None` when disabled (0).
+    pub fn command_timeout(&self) -> Option<Duration> {
+        (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+    }
+    pub fn reconnect_backoff(&self) -> Duration {
+        Duration::from_millis(self.reconnect_backoff_ms)
+    }
+    pub fn reconnect_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_backoff_max_ms)
+    }
 }
 
 mod defaults {
@@ -499,48 +531,70 @@ fn check_log_level(level: &str) -> Result<(), String> {
         .map_err(|e| format!("[log] level `{level}`: {e}"))
 }
 
-/// The secrets the config points at, read. File secrets may rotate (see `rotation`).
-#[derive(Debug, Clone)]
-pub struct Secrets {
-    /// The users clients may authenticate as, with their passwords; `None` means Redis's
-    /// `nopass` semantics (no `[client]` section).
-    pub client_users: Option<Vec<(String, Arc<RotatingSecret>)>>,
-    pub upstream_password: Option<Arc<RotatingSecret>>,
-    /// The Sentinels' own password (sentinel mode).
-    pub sentinel_password: Option<Arc<RotatingSecret>>,
-    /// TLS to the upstream, its files read (`None`: plain TCP).
-    pub upstream_tls: Option<crate::tls::UpstreamTls>,
-    /// TLS for clients, its files read (`None`: plain TCP).
-    pub listen_tls: Option<crate::tls::ListenTls>,
+/// Where a secret is read from, as the config names it (`*_file` or `*_env`). Reading it is
+/// `secret`'s job (`SecretSource::load` there); the config only says where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
 }
 
-impl Secrets {
-    /// Every secret, client ones first.
-    pub fn all(&self) -> Vec<Arc<RotatingSecret>> {
-        let mut all: Vec<_> = self
-            .client_users
-            .iter()
-            .flatten()
-            .map(|(_, secret)| secret.clone())
-            .collect();
-        all.extend(self.upstream_password.clone());
-        all.extend(self.sentinel_password.clone());
-        all
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+        }
     }
 }
 
+/// The one place a password is named: `password_file` or `password_env` (not both) of
+/// `[section]`; `None` when neither is set.
 fn source(
     section: &str,
     file: &Option<PathBuf>,
     env: &Option<String>,
 ) -> Result<Option<SecretSource>, ConfigError> {
     match (file, env) {
-        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+        (Some(_), Some(_)) => invalid(format!(
             "[{section}] sets both password_file and password_env; choose one"
-        ))),
+        )),
         (Some(path), None) => Ok(Some(SecretSource::File(path.clone()))),
         (None, Some(name)) => Ok(Some(SecretSource::Env(name.clone()))),
         (None, None) => Ok(None),
+    }
+}
+
+impl Client {
+    /// Every client user and where its password is: the `[client]` keys' user first (when
+    /// it has a password), then `[[client.users]]`. Names must be distinct and not empty.
+    pub fn sources(&self) -> Result<Vec<(String, SecretSource)>, ConfigError> {
+        let mut users = Vec::new();
+        match source("client", &self.password_file, &self.password_env)? {
+            Some(s) => users.push((self.username.clone(), s)),
+            None if self.username != "default" => {
+                return invalid("[client] username needs password_file or password_env");
+            }
+            None => {}
+        }
+        for user in &self.users {
+            let section = format!("client.users `{}`", user.username);
+            let Some(s) = source(&section, &user.password_file, &user.password_env)? else {
+                return invalid(format!("[{section}] needs password_file or password_env"));
+            };
+            users.push((user.username.clone(), s));
+        }
+        for (i, (name, _)) in users.iter().enumerate() {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return invalid(format!(
+                    "[client] user name `{name}` is empty or contains whitespace"
+                ));
+            }
+            if users[..i].iter().any(|(other, _)| other == name) {
+                return invalid(format!("[client] user `{name}` is configured twice"));
+            }
+        }
+        Ok(users)
     }
 }
 
@@ -550,7 +604,7 @@ const MAX_SECRET_MS: u64 = 86_400_000;
 impl std::str::FromStr for Config {
     type Err = ConfigError;
 
-    /// Parses and validates a config; secrets are not read (see [`Config::load_secrets`]).
+    /// Parses and validates a config; secrets are not read (see `credentials::Secrets::load`).
     fn from_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
@@ -559,302 +613,13 @@ impl std::str::FromStr for Config {
 }
 
 impl Config {
+    /// Reads, parses and validates the file at `path`; secrets are not read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
         text.parse()
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
-        let client = match &self.client {
-            Some(c) => {
-                let users = c.sources()?;
-                if users.is_empty() {
-                    return invalid(
-                        "[client] needs password_file or password_env, or [[client.users]] \
-                         (or leave the section out)",
-                    );
-                }
-                Some(users)
-            }
-            None => None,
-        };
-        source(
-            "upstream",
-            &self.upstream.password_file,
-            &self.upstream.password_env,
-        )?;
-        if self.upstream.username.is_some()
-            && self.upstream.password_file.is_none()
-            && self.upstream.password_env.is_none()
-        {
-            return invalid("[upstream] username needs password_file or password_env");
-        }
-        // Verified client certificates authenticate clients too.
-        if client.is_none()
-            && self.listen.tls_client_ca_file.is_none()
-            && !self.listen.address.ip().is_loopback()
-            && !self.listen.allow_unauthenticated_remote
-        {
-            return invalid(
-                "[listen] address is not loopback and there is no [client] password: anyone who \
-                 reaches it would use the upstream credentials; set a [client] password, \
-                 [listen] tls_client_ca_file, or allow_unauthenticated_remote = true",
-            );
-        }
-        self.validate_upstream_mode()?;
-        let upstream_tls_keys = self.upstream.tls_ca_file.is_some()
-            || self.upstream.tls_cert_file.is_some()
-            || self.upstream.tls_key_file.is_some()
-            || self.upstream.tls_server_name.is_some();
-        if upstream_tls_keys && !self.upstream.tls_enabled() {
-            return invalid(
-                "[upstream] has tls_* keys but TLS is off; set tls = true or use a rediss:// \
-                 address",
-            );
-        }
-        if self.upstream.tls_cert_file.is_some() != self.upstream.tls_key_file.is_some() {
-            return invalid("[upstream] tls_cert_file and tls_key_file go together: set both");
-        }
-        if self
-            .upstream
-            .tls_server_name
-            .as_deref()
-            .is_some_and(|n| n.trim().is_empty())
-        {
-            return invalid("[upstream] tls_server_name is empty");
-        }
-        if self.listen.tls_cert_file.is_some() != self.listen.tls_key_file.is_some() {
-            return invalid("[listen] tls_cert_file and tls_key_file go together: set both");
-        }
-        if self.listen.tls_client_ca_file.is_some() && self.listen.tls_cert_file.is_none() {
-            return invalid(
-                "[listen] tls_client_ca_file needs tls_cert_file and tls_key_file (TLS for clients)",
-            );
-        }
-        if self.listen.tls_handshake_timeout_ms == 0 {
-            return invalid("[listen] tls_handshake_timeout_ms must be at least 1");
-        }
-        if self.listen.max_clients == 0 {
-            return invalid("[listen] max_clients must be at least 1");
-        }
-        if self.upstream.pool_size == 0 {
-            return invalid("[upstream] pool_size must be at least 1");
-        }
-        if self.upstream.max_pinned == 0 || self.upstream.max_pinned > 65_535 {
-            return invalid("[upstream] max_pinned must be between 1 and 65535");
-        }
-        if self.upstream.connect_timeout_ms == 0 || self.upstream.pool_wait_timeout_ms == 0 {
-            return invalid(
-                "[upstream] connect_timeout_ms and pool_wait_timeout_ms must be at least 1",
-            );
-        }
-        if self.limits.max_bulk_len < 1024 * 1024 {
-            return invalid("[limits] max_bulk_len must be at least 1048576 (as in Redis)");
-        }
-        if self.limits.query_buffer_limit < 1024 * 1024
-            || self.limits.unauthenticated_query_buffer_limit < 64 * 1024
-        {
-            return invalid(
-                "[limits] query_buffer_limit must be at least 1048576 and \
-                 unauthenticated_query_buffer_limit at least 65536",
-            );
-        }
-        if self.limits.pubsub_output_hard_limit == 0
-            || self.limits.pubsub_output_soft_limit > self.limits.pubsub_output_hard_limit
-        {
-            return invalid(
-                "[limits] pubsub_output_hard_limit must be at least 1 and not below \
-                 pubsub_output_soft_limit",
-            );
-        }
-        if self.limits.client_output_hard_limit < 64 * 1024 {
-            return invalid("[limits] client_output_hard_limit must be at least 65536");
-        }
-        if self.runtime.worker_threads > 1024 {
-            return invalid("[runtime] worker_threads must be at most 1024 (0: one per CPU)");
-        }
-        if self.limits.max_in_flight == 0 || self.limits.max_in_flight > 1_000_000 {
-            return invalid("[limits] max_in_flight must be between 1 and 1000000");
-        }
-        if self.limits.max_reply_depth == 0 {
-            return invalid("[limits] max_reply_depth must be at least 1");
-        }
-        if self.metrics.address == self.listen.address {
-            return invalid("[metrics] address must differ from [listen] address");
-        }
-        if self.metrics.readiness_interval_ms == 0
-            || self.metrics.max_connections == 0
-            || self.metrics.request_timeout_ms == 0
-        {
-            return invalid(
-                "[metrics] readiness_interval_ms, max_connections and request_timeout_ms \
-                 must be at least 1",
-            );
-        }
-        if self
-            .shutdown
-            .drain_delay_ms
-            .saturating_add(self.shutdown.grace_period_ms)
-            > Shutdown::MAX_TOTAL_MS
-        {
-            return Err(ConfigError::Invalid(format!(
-                "[shutdown] drain_delay_ms + grace_period_ms must be at most {} (and should \
-                 stay below the pod's terminationGracePeriodSeconds, 30 s by default)",
-                Shutdown::MAX_TOTAL_MS
-            )));
-        }
-        if self.secrets.poll_interval_ms > MAX_SECRET_MS
-            || self.secrets.debounce_ms > 60_000
-            || self
-                .client
-                .as_ref()
-                .is_some_and(|c| c.rotation_overlap_ms > MAX_SECRET_MS)
-        {
-            return invalid(
-                "[secrets] poll_interval_ms and [client] rotation_overlap_ms must be at most \
-                 86400000 (one day), [secrets] debounce_ms at most 60000",
-            );
-        }
-        check_log_level(&self.log.level).map_err(ConfigError::Invalid)?;
-        Ok(())
-    }
-
-    /// Reads the secrets the config names, and the TLS certificates and keys. Fails if one
-    /// is missing, empty or unreadable (the error names the key and the path).
-    /// `[upstream]` addresses and the keys of its mode.
-    fn validate_upstream_mode(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
-        let upstream = &self.upstream;
-        let count = upstream.raw_addresses().count();
-        if count == 0 {
-            return invalid("[upstream] address is empty");
-        }
-        for (raw, endpoint) in upstream.raw_addresses().zip(upstream.seeds()) {
-            if endpoint.contains('/') || !endpoint.contains(':') {
-                return Err(ConfigError::Invalid(format!(
-                    "[upstream] address `{raw}` must be host:port, redis://host:port or \
-                     rediss://host:port"
-                )));
-            }
-        }
-        let schemes = upstream.raw_addresses().filter(|a| a.contains("://"));
-        let tls_schemes = upstream
-            .raw_addresses()
-            .filter(|a| a.starts_with("rediss://"))
-            .count();
-        if tls_schemes > 0 && tls_schemes != schemes.count() {
-            return invalid("[upstream] addresses mix redis:// and rediss://");
-        }
-        if upstream.tls && upstream.raw_addresses().any(|a| a.starts_with("redis://")) {
-            return invalid(
-                "[upstream] tls = true contradicts a redis:// address; use rediss:// or host:port",
-            );
-        }
-        source(
-            "upstream sentinel",
-            &upstream.sentinel_password_file,
-            &upstream.sentinel_password_env,
-        )?;
-        if upstream.mode != Mode::Standalone
-            && upstream.tls_enabled()
-            && upstream.tls_server_name.is_none()
-        {
-            return invalid(
-                "[upstream] TLS in sentinel or cluster mode needs tls_server_name: the \
-                 servers' addresses come from the Sentinels or the cluster and can change",
-            );
-        }
-        if upstream.read_from_replicas && upstream.mode != Mode::Cluster {
-            return invalid(
-                "[upstream] read_from_replicas needs mode = \"cluster\" (a standalone or \
-                 Sentinel upstream is one master: there is no replica to read from)",
-            );
-        }
-        let sentinel_keys = upstream.master_name.is_some()
-            || upstream.sentinel_username.is_some()
-            || upstream.sentinel_password_file.is_some()
-            || upstream.sentinel_password_env.is_some();
-        match upstream.mode {
-            Mode::Standalone => {
-                if count > 1 {
-                    return invalid(
-                        "[upstream] a standalone upstream has one address; several are for \
-                         mode = \"sentinel\" or \"cluster\"",
-                    );
-                }
-                if sentinel_keys {
-                    return invalid(
-                        "[upstream] master_name and sentinel_* keys need mode = \"sentinel\"",
-                    );
-                }
-            }
-            Mode::Sentinel => {
-                if upstream
-                    .master_name
-                    .as_deref()
-                    .is_none_or(|n| n.trim().is_empty())
-                {
-                    return invalid("[upstream] mode = \"sentinel\" needs master_name");
-                }
-                if upstream.sentinel_username.is_some()
-                    && upstream.sentinel_password_file.is_none()
-                    && upstream.sentinel_password_env.is_none()
-                {
-                    return invalid(
-                        "[upstream] sentinel_username needs sentinel_password_file or \
-                         sentinel_password_env",
-                    );
-                }
-            }
-            Mode::Cluster => {
-                if sentinel_keys {
-                    return invalid(
-                        "[upstream] master_name and sentinel_* keys need mode = \"sentinel\"",
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub fn load_secrets(&self) -> Result<Secrets, ConfigError> {
-        let client_users = match &self.client {
-            Some(c) => {
-                let overlap = Duration::from_millis(c.rotation_overlap_ms);
-                let mut users = Vec::new();
-                for (name, source) in c.sources()? {
-                    users.push((name, Arc::new(RotatingSecret::load(source, overlap)?)));
-                }
-                Some(users)
-            }
-            None => None,
-        };
-        let upstream_password = source(
-            "upstream",
-            &self.upstream.password_file,
-            &self.upstream.password_env,
-        )?
-        // The upstream has no overlap of its own: Redis decides what it accepts.
-        .map(|s| RotatingSecret::load(s, Duration::ZERO).map(Arc::new))
-        .transpose()?;
-        let sentinel_password = source(
-            "upstream sentinel",
-            &self.upstream.sentinel_password_file,
-            &self.upstream.sentinel_password_env,
-        )?
-        .map(|s| RotatingSecret::load(s, Duration::ZERO).map(Arc::new))
-        .transpose()?;
-        Ok(Secrets {
-            client_users,
-            upstream_password,
-            sentinel_password,
-            upstream_tls: crate::tls::UpstreamTls::from_config(&self.upstream)?,
-            listen_tls: crate::tls::ListenTls::from_config(&self.listen)?,
-        })
     }
 
     pub fn request_limits(&self) -> RequestLimits {
@@ -875,61 +640,322 @@ impl Config {
     }
 }
 
+// Validation: one function per section (or per concern of a large section). Each error
+// names its section and key.
+
+/// `Err(ConfigError::Invalid(message))`.
+fn invalid<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(message.into()))
+}
+
+impl Config {
+    /// Checks every section. The first problem found is the error; the calls below are in
+    /// the order problems are reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(client) = &self.client {
+            client.validate()?;
+        }
+        self.upstream.validate_credentials()?;
+        self.validate_exposure()?;
+        self.upstream.validate_addresses()?;
+        self.upstream.validate_mode()?;
+        self.upstream.validate_tls()?;
+        self.listen.validate()?;
+        self.upstream.validate_pool()?;
+        self.limits.validate_sizes()?;
+        self.runtime.validate()?;
+        self.limits.validate_counts()?;
+        self.metrics.validate(&self.listen)?;
+        self.shutdown.validate()?;
+        self.validate_rotation()?;
+        check_log_level(&self.log.level).map_err(ConfigError::Invalid)
+    }
+
+    /// A listener beyond loopback needs a way to authenticate clients, or an explicit
+    /// opt-in: the proxy adds the upstream credentials to whatever reaches it.
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
+        // Verified client certificates authenticate clients too.
+        if self.client.is_none()
+            && self.listen.tls_client_ca_file.is_none()
+            && !self.listen.address.ip().is_loopback()
+            && !self.listen.allow_unauthenticated_remote
+        {
+            return invalid(
+                "[listen] address is not loopback and there is no [client] password: anyone who \
+                 reaches it would use the upstream credentials; set a [client] password, \
+                 [listen] tls_client_ca_file, or allow_unauthenticated_remote = true",
+            );
+        }
+        Ok(())
+    }
+
+    /// `[secrets]` and `[client] rotation_overlap_ms`: typo guards.
+    fn validate_rotation(&self) -> Result<(), ConfigError> {
+        if self.secrets.poll_interval_ms > MAX_SECRET_MS
+            || self.secrets.debounce_ms > 60_000
+            || self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.rotation_overlap_ms > MAX_SECRET_MS)
+        {
+            return invalid(
+                "[secrets] poll_interval_ms and [client] rotation_overlap_ms must be at most \
+                 86400000 (one day), [secrets] debounce_ms at most 60000",
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Client {
-    /// Every client user and where its password is: the `[client]` keys' user first (when
-    /// it has a password), then `[[client.users]]`. Names must be distinct and not empty.
-    fn sources(&self) -> Result<Vec<(String, SecretSource)>, ConfigError> {
-        let mut users = Vec::new();
-        match source("client", &self.password_file, &self.password_env)? {
-            Some(s) => users.push((self.username.clone(), s)),
-            None if self.username != "default" => {
-                return Err(ConfigError::Invalid(
-                    "[client] username needs password_file or password_env".to_owned(),
-                ));
-            }
-            None => {}
+    /// `[client]`: the checks of `sources`, and at least one user.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.sources()?.is_empty() {
+            return invalid(
+                "[client] needs password_file or password_env, or [[client.users]] \
+                 (or leave the section out)",
+            );
         }
-        for user in &self.users {
-            let section = format!("client.users `{}`", user.username);
-            let Some(s) = source(&section, &user.password_file, &user.password_env)? else {
-                return Err(ConfigError::Invalid(format!(
-                    "[{section}] needs password_file or password_env"
-                )));
-            };
-            users.push((user.username.clone(), s));
-        }
-        for (i, (name, _)) in users.iter().enumerate() {
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(ConfigError::Invalid(format!(
-                    "[client] user name `{name}` is empty or contains whitespace"
-                )));
-            }
-            if users[..i].iter().any(|(other, _)| other == name) {
-                return Err(ConfigError::Invalid(format!(
-                    "[client] user `{name}` is configured twice"
-                )));
-            }
-        }
-        Ok(users)
+        Ok(())
     }
 }
 
 impl Upstream {
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
+    /// `[upstream]` password and user name.
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
+        self.password_source()?;
+        if self.username.is_some() && self.password_file.is_none() && self.password_env.is_none() {
+            return invalid("[upstream] username needs password_file or password_env");
+        }
+        Ok(())
     }
-    pub fn pool_wait_timeout(&self) -> Duration {
-        Duration::from_millis(self.pool_wait_timeout_ms)
+
+    /// `[upstream] address`/`addresses`: at least one, each `host:port` with an optional
+    /// scheme, and the schemes and `tls` agree.
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
+        if self.raw_addresses().next().is_none() {
+            return invalid("[upstream] address is empty");
+        }
+        for (raw, endpoint) in self.raw_addresses().zip(self.seeds()) {
+            if endpoint.contains('/') || !endpoint.contains(':') {
+                return invalid(format!(
+                    "[upstream] address `{raw}` must be host:port, redis://host:port or \
+                     rediss://host:port"
+                ));
+            }
+        }
+        let schemes = self.raw_addresses().filter(|a| a.contains("://"));
+        let tls_schemes = self
+            .raw_addresses()
+            .filter(|a| a.starts_with("rediss://"))
+            .count();
+        if tls_schemes > 0 && tls_schemes != schemes.count() {
+            return invalid("[upstream] addresses mix redis:// and rediss://");
+        }
+        if self.tls && self.raw_addresses().any(|a| a.starts_with("redis://")) {
+            return invalid(
+                "[upstream] tls = true contradicts a redis:// address; use rediss:// or host:port",
+            );
+        }
+        Ok(())
     }
-    /// `None` when disabled (0).
-    pub fn command_timeout(&self) -> Option<Duration> {
-        (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+
+    /// `[upstream] mode` and the keys that only make sense in some modes.
+    fn validate_mode(&self) -> Result<(), ConfigError> {
+        self.sentinel_password_source()?;
+        if self.mode != Mode::Standalone && self.tls_enabled() && self.tls_server_name.is_none() {
+            return invalid(
+                "[upstream] TLS in sentinel or cluster mode needs tls_server_name: the \
+                 servers' addresses come from the Sentinels or the cluster and can change",
+            );
+        }
+        if self.read_from_replicas && self.mode != Mode::Cluster {
+            return invalid(
+                "[upstream] read_from_replicas needs mode = \"cluster\" (a standalone or \
+                 Sentinel upstream is one master: there is no replica to read from)",
+            );
+        }
+        let sentinel_keys = self.master_name.is_some()
+            || self.sentinel_username.is_some()
+            || self.sentinel_password_file.is_some()
+            || self.sentinel_password_env.is_some();
+        match self.mode {
+            Mode::Standalone if self.raw_addresses().count() > 1 => invalid(
+                "[upstream] a standalone upstream has one address; several are for \
+                 mode = \"sentinel\" or \"cluster\"",
+            ),
+            Mode::Standalone | Mode::Cluster if sentinel_keys => {
+                invalid("[upstream] master_name and sentinel_* keys need mode = \"sentinel\"")
+            }
+            Mode::Standalone | Mode::Cluster => Ok(()),
+            Mode::Sentinel => self.validate_sentinel(),
+        }
     }
-    pub fn reconnect_backoff(&self) -> Duration {
-        Duration::from_millis(self.reconnect_backoff_ms)
+
+    /// Sentinel mode: the master's name, and the Sentinels' own credentials.
+    fn validate_sentinel(&self) -> Result<(), ConfigError> {
+        if self
+            .master_name
+            .as_deref()
+            .is_none_or(|n| n.trim().is_empty())
+        {
+            return invalid("[upstream] mode = \"sentinel\" needs master_name");
+        }
+        if self.sentinel_username.is_some()
+            && self.sentinel_password_file.is_none()
+            && self.sentinel_password_env.is_none()
+        {
+            return invalid(
+                "[upstream] sentinel_username needs sentinel_password_file or \
+                 sentinel_password_env",
+            );
+        }
+        Ok(())
     }
-    pub fn reconnect_backoff_max(&self) -> Duration {
-        Duration::from_millis(self.reconnect_backoff_max_ms)
+
+    /// `[upstream] tls_*`: only with TLS on, certificate and key together, a name if set.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls_keys = self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some()
+            || self.tls_server_name.is_some();
+        if tls_keys && !self.tls_enabled() {
+            return invalid(
+                "[upstream] has tls_* keys but TLS is off; set tls = true or use a rediss:// \
+                 address",
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid("[upstream] tls_cert_file and tls_key_file go together: set both");
+        }
+        if self
+            .tls_server_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return invalid("[upstream] tls_server_name is empty");
+        }
+        Ok(())
+    }
+
+    /// `[upstream]` pool sizes and timeouts: values a dependency would reject or hang on.
+    fn validate_pool(&self) -> Result<(), ConfigError> {
+        if self.pool_size == 0 {
+            return invalid("[upstream] pool_size must be at least 1");
+        }
+        if self.max_pinned == 0 || self.max_pinned > 65_535 {
+            return invalid("[upstream] max_pinned must be between 1 and 65535");
+        }
+        if self.connect_timeout_ms == 0 || self.pool_wait_timeout_ms == 0 {
+            return invalid(
+                "[upstream] connect_timeout_ms and pool_wait_timeout_ms must be at least 1",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Listen {
+    /// `[listen]`: TLS files together, client certificates only with TLS, and non-zero
+    /// bounds.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid("[listen] tls_cert_file and tls_key_file go together: set both");
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return invalid(
+                "[listen] tls_client_ca_file needs tls_cert_file and tls_key_file (TLS for clients)",
+            );
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return invalid("[listen] tls_handshake_timeout_ms must be at least 1");
+        }
+        if self.max_clients == 0 {
+            return invalid("[listen] max_clients must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// `[limits]` byte bounds: not below what Redis itself allows.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
+        if self.max_bulk_len < 1024 * 1024 {
+            return invalid("[limits] max_bulk_len must be at least 1048576 (as in Redis)");
+        }
+        if self.query_buffer_limit < 1024 * 1024
+            || self.unauthenticated_query_buffer_limit < 64 * 1024
+        {
+            return invalid(
+                "[limits] query_buffer_limit must be at least 1048576 and \
+                 unauthenticated_query_buffer_limit at least 65536",
+            );
+        }
+        if self.pubsub_output_hard_limit == 0
+            || self.pubsub_output_soft_limit > self.pubsub_output_hard_limit
+        {
+            return invalid(
+                "[limits] pubsub_output_hard_limit must be at least 1 and not below \
+                 pubsub_output_soft_limit",
+            );
+        }
+        if self.client_output_hard_limit < 64 * 1024 {
+            return invalid("[limits] client_output_hard_limit must be at least 65536");
+        }
+        Ok(())
+    }
+
+    /// `[limits]` counts: requests in flight and reply nesting.
+    fn validate_counts(&self) -> Result<(), ConfigError> {
+        if self.max_in_flight == 0 || self.max_in_flight > 1_000_000 {
+            return invalid("[limits] max_in_flight must be between 1 and 1000000");
+        }
+        if self.max_reply_depth == 0 {
+            return invalid("[limits] max_reply_depth must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl Runtime {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker_threads > 1024 {
+            return invalid("[runtime] worker_threads must be at most 1024 (0: one per CPU)");
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// `[metrics]`: an address of its own, and non-zero intervals and bounds.
+    fn validate(&self, listen: &Listen) -> Result<(), ConfigError> {
+        if self.address == listen.address {
+            return invalid("[metrics] address must differ from [listen] address");
+        }
+        if self.readiness_interval_ms == 0
+            || self.max_connections == 0
+            || self.request_timeout_ms == 0
+        {
+            return invalid(
+                "[metrics] readiness_interval_ms, max_connections and request_timeout_ms \
+                 must be at least 1",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Shutdown {
+    /// `[shutdown]`: the whole drain at most `MAX_TOTAL_MS`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.drain_delay_ms.saturating_add(self.grace_period_ms) > Shutdown::MAX_TOTAL_MS {
+            return invalid(format!(
+                "[shutdown] drain_delay_ms + grace_period_ms must be at most {} (and should \
+                 stay below the pod's terminationGracePeriodSeconds, 30 s by default)",
+                Shutdown::MAX_TOTAL_MS
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1096,16 +1122,7 @@ mod tests {
                       tls_key_file = \"/k\"\ntls_client_ca_file = \"/ca\"\n\
                       [upstream]\naddress = \"x:1\"\n";
         assert!(Config::from_str(remote).is_ok());
-        // A missing key file is a start-up error naming the key and the path.
-        let config = Config::from_str(
-            "[upstream]\naddress = \"x:1\"\ntls = true\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
-        )
-        .unwrap();
-        let err = config.load_secrets().unwrap_err().to_string();
-        assert!(
-            err.contains("[upstream] tls_ca_file /nonexistent/ca.pem"),
-            "{err}"
-        );
+        // A missing file is found when it is read: see `credentials`.
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML config, strict, with defaults and validation.
-//! - [`secret`]: the redacted `Secret` type, where secrets are read from, and the
+//! - [`config`]: the TOML config's schema, strict, with defaults, settings and validation;
+//!   it names where secrets and TLS files are, and reads none of them.
+//! - [`credentials`]: reads what the config names — passwords (files or environment
+//!   variables), TLS certificates and keys — at start-up, into `Secrets`.
+//! - [`secret`]: the redacted `Secret` type, how a secret is read, and the
 //!   `RotatingSecret` holder whose value can change while the proxy runs.
 //! - [`rotation`]: watches (and polls) secret files and installs rotated values.
 //! - [`auth`]: the users clients may authenticate as, checked in constant time.
@@ -36,6 +39,7 @@ pub mod auth;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod credentials;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
@@ -54,7 +58,8 @@ use tokio_util::sync::CancellationToken;
 
 use admin::{Admin, ProbeSettings, Readiness};
 use auth::ClientAuth;
-use config::{Config, Secrets};
+use config::Config;
+use credentials::Secrets;
 use session::Shared;
 use shutdown::Lifecycle;
 use upstream::Upstream;

@@ -14,6 +14,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use redis_ambassador::config::{Config, Log, LogFormat};
+use redis_ambassador::credentials::Secrets;
 use redis_ambassador::shutdown::Signals;
 
 /// A protocol-aware Redis proxy that runs beside your application.
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     init_logging(&config.log);
-    let secrets = config.load_secrets()?;
+    let secrets = Secrets::load(&config)?;
     if cli.check {
         println!("{}: configuration is valid", cli.config.display());
         return Ok(());

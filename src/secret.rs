@@ -1,22 +1,27 @@
-//! Secrets: the `Secret` newtype, where secrets come from, and `RotatingSecret`, the
-//! holder whose value can change while the proxy runs.
+//! Secrets: the `Secret` newtype, how one is read from where the config says it is, and
+//! `RotatingSecret`, the holder whose value can change while the proxy runs.
 //!
 //! A `Secret` never shows its bytes through `Debug` or `Display`, compares in constant
 //! time, and is read from a file (a mounted Kubernetes Secret; one trailing newline is
 //! stripped) or an environment variable. Errors name the file or variable, never the value.
+//! `SecretSource` (where a secret is) is part of the config's schema and is defined in
+//! `config`; it is re-exported here with the `load` that reads it.
 //!
 //! A `RotatingSecret` holds the current value and, for the configured overlap after a
 //! change, the previous one. `reload` re-reads its source: a missing, unreadable or empty
 //! file keeps the last good value (logged without the value, counted). Watching for
-//! changes is `rotation`'s job, not this module's.
+//! changes is `rotation`'s job, and walking the config to load every secret it names is
+//! `credentials`', not this module's.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
+
+pub use crate::config::SecretSource;
 
 /// A password or other credential. Binary-safe, redacted in every printout.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,22 +49,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where a secret is read from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
-
-impl fmt::Display for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretSource::File(path) => write!(f, "file {}", path.display()),
-            SecretSource::Env(name) => write!(f, "environment variable {name}"),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read secret {source_name}: {error}")]
@@ -73,6 +62,8 @@ pub enum SecretError {
     Empty(String),
 }
 
+// An inherent impl outside the type's module: `config` says where a secret is, this module
+// reads it.
 impl SecretSource {
     /// Reads the secret now. A missing or empty secret is an error: an empty password is
     /// never sent, and never accepted.

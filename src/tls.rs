@@ -7,7 +7,8 @@
 //!
 //! It also turns a failed handshake into a one-line reason a person can act on (`describe`).
 //! Nothing here may log or display a private key: errors about the key file name the path
-//! and what is wrong, never its contents.
+//! and what is wrong, never its contents. It reads the config's sections and is called by
+//! `credentials` at start-up; `config` must not import it (settings flow down).
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -28,7 +28,8 @@ use bytes::Bytes;
 
 use super::keys::KeyTable;
 use super::topology::Topology;
-use crate::config::{Config, Secrets};
+use crate::config::Config;
+use crate::credentials::Secrets;
 use crate::protocol::{ReplyFrame, encode};
 use crate::upstream::{ConnState, Upstream, UpstreamError};
 

@@ -35,7 +35,8 @@ use tokio::time::Instant;
 
 pub use conn::{ConnState, UpstreamConn};
 
-use crate::config::{Config, Mode, Secrets};
+use crate::config::{Config, Mode};
+use crate::credentials::Secrets;
 use crate::protocol::ReplyError;
 use crate::secret::{Reload, RotatingSecret, Secret};
 

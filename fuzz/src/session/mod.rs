@@ -41,6 +41,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use redis_ambassador::auth::ClientAuth;
 use redis_ambassador::config::Config;
+use redis_ambassador::credentials::Secrets;
 use redis_ambassador::net::ClientStream;
 use redis_ambassador::protocol::{ReplyScanner, RequestLimits, RequestScanner};
 use redis_ambassador::secret::{RotatingSecret, Secret};
@@ -111,7 +112,7 @@ fn harness() -> &'static Harness {
             .parse()
             .expect("fuzz config");
             // No secret files: no upstream password, no TLS.
-            let secrets = config.load_secrets().expect("fuzz secrets");
+            let secrets = Secrets::load(&config).expect("fuzz secrets");
             let mut proxies = Vec::new();
             for auth in [false, true] {
                 for small in [false, true] {
