@@ -18,7 +18,7 @@ fn proxy_for(cluster: &RedisCluster) -> Ambassador {
     cluster
         .ambassador()
         .pool_size(2)
-        .upstream_option("reconnect_backoff_max_ms", "400")
+        .reconnect_backoff_max_ms(400)
         .start()
 }
 
@@ -46,45 +46,7 @@ fn a_plain_client_sees_one_redis() {
     }
     assert_eq!(owners.len(), 3, "30 keys should cover the three masters");
 
-    // Multi-key commands across slots: split, merged in key order, one Redis's shape.
-    let mut want = b"*4\r\n".to_vec();
-    want.extend(bulk(b"v3"));
-    want.extend(b"$-1\r\n");
-    want.extend(bulk(b"v0"));
-    want.extend(bulk(b"v29"));
-    c.call_expect(&["MGET", "k3", "missing", "k0", "k29"], &want);
-    c.call_expect(
-        &["MSET", "m1", "a", "m2", "b", "m3", "c", "m4", "d"],
-        b"+OK\r\n",
-    );
-    for (k, v) in [("m1", "a"), ("m2", "b"), ("m3", "c"), ("m4", "d")] {
-        cluster
-            .conn_for_key(k)
-            .call_expect(&["GET", k], &bulk(v.as_bytes()));
-    }
-    c.call_expect(&["EXISTS", "m1", "m2", "nope", "m4", "m1"], b":4\r\n");
-    c.call_expect(&["TOUCH", "m1", "m3", "nope"], b":2\r\n");
-    c.call_expect(&["DEL", "m1", "m2", "nope"], b":2\r\n");
-    c.call_expect(&["UNLINK", "m3", "m4"], b":2\r\n");
-    // Same slot: passed through as it is.
-    c.call_expect(&["MSET", "{u}a", "1", "{u}b", "2"], b"+OK\r\n");
-    c.call_expect(&["RENAME", "{u}a", "{u}c"], b"+OK\r\n");
-    // Commands that cannot be split get Redis Cluster's own error.
-    for args in [
-        &["RENAME", "k1", "k2"][..],
-        &["MSETNX", "x1", "1", "x2", "2"],
-        &["SMOVE", "k1", "k2", "m"],
-        &["EVAL", "return 1", "2", "k1", "k2"],
-    ] {
-        c.call_expect(
-            args,
-            b"-CROSSSLOT Keys in request don't hash to the same slot\r\n",
-        );
-    }
-    c.call_expect(
-        &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k5"],
-        &bulk(b"v5"),
-    );
+    multi_key_commands(&cluster, &mut c);
 
     // Keyless commands over the whole data set: every master.
     c.call_expect(&["DBSIZE"], b":32\r\n");
@@ -162,6 +124,49 @@ fn a_plain_client_sees_one_redis() {
         .collect();
     assert_eq!(per_node.len(), 3, "{scrape}");
     assert!(per_node.iter().all(|&n| n > 100.0), "{per_node:?}");
+}
+
+/// Multi-key commands across slots: split, merged in key order, one Redis's shape; in
+/// one slot, passed through; the unsplittable ones get Redis Cluster's own error.
+fn multi_key_commands(cluster: &RedisCluster, c: &mut RawConn) {
+    let mut want = b"*4\r\n".to_vec();
+    want.extend(bulk(b"v3"));
+    want.extend(b"$-1\r\n");
+    want.extend(bulk(b"v0"));
+    want.extend(bulk(b"v29"));
+    c.call_expect(&["MGET", "k3", "missing", "k0", "k29"], &want);
+    c.call_expect(
+        &["MSET", "m1", "a", "m2", "b", "m3", "c", "m4", "d"],
+        b"+OK\r\n",
+    );
+    for (k, v) in [("m1", "a"), ("m2", "b"), ("m3", "c"), ("m4", "d")] {
+        cluster
+            .conn_for_key(k)
+            .call_expect(&["GET", k], &bulk(v.as_bytes()));
+    }
+    c.call_expect(&["EXISTS", "m1", "m2", "nope", "m4", "m1"], b":4\r\n");
+    c.call_expect(&["TOUCH", "m1", "m3", "nope"], b":2\r\n");
+    c.call_expect(&["DEL", "m1", "m2", "nope"], b":2\r\n");
+    c.call_expect(&["UNLINK", "m3", "m4"], b":2\r\n");
+    // Same slot: passed through as it is.
+    c.call_expect(&["MSET", "{u}a", "1", "{u}b", "2"], b"+OK\r\n");
+    c.call_expect(&["RENAME", "{u}a", "{u}c"], b"+OK\r\n");
+    // Commands that cannot be split get Redis Cluster's own error.
+    for args in [
+        &["RENAME", "k1", "k2"][..],
+        &["MSETNX", "x1", "1", "x2", "2"],
+        &["SMOVE", "k1", "k2", "m"],
+        &["EVAL", "return 1", "2", "k1", "k2"],
+    ] {
+        c.call_expect(
+            args,
+            b"-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+        );
+    }
+    c.call_expect(
+        &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k5"],
+        &bulk(b"v5"),
+    );
 }
 
 #[test]
@@ -294,30 +299,7 @@ fn slot_migration_while_clients_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let written: Vec<Arc<AtomicU64>> = (0..WRITERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let port = proxy.port();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (stop, written) = (stop.clone(), written[w].clone());
-            thread::spawn(move || {
-                let mut c = RawConn::connect(port);
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("{{mig}}w{w}:{i}");
-                    let reply = c.call(&["SET", &key, &i.to_string()]);
-                    assert_eq!(reply, b"+OK\r\n", "writer {w}, {key}: {}", escape(&reply));
-                    let counter = format!("{{mig}}count{w}");
-                    let reply = c.call(&["INCR", &counter]);
-                    assert_eq!(
-                        reply,
-                        format!(":{}\r\n", i + 1).as_bytes(),
-                        "writer {w}: {}",
-                        escape(&reply)
-                    );
-                    i += 1;
-                    written.store(i, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_mig_writers(port, &stop, &written);
     let progress = |n: u64| {
         let goal: u64 = written
             .iter()
@@ -382,6 +364,39 @@ fn slot_migration_while_clients_write() {
             / WRITERS as u64
     );
     assert!(asks + moved >= 1.0, "no redirect was followed:\n{scrape}");
+}
+
+/// Clients writing `{mig}w<w>:<i>` keys and INCRing `{mig}count<w>` through the proxy
+/// on `port` until `stop`, each reply asserted, `written[w]` counting writer `w`'s rounds.
+fn spawn_mig_writers(
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    written: &[Arc<AtomicU64>],
+) -> Vec<thread::JoinHandle<()>> {
+    (0..written.len())
+        .map(|w| {
+            let (stop, written) = (stop.clone(), written[w].clone());
+            thread::spawn(move || {
+                let mut c = RawConn::connect(port);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("{{mig}}w{w}:{i}");
+                    let reply = c.call(&["SET", &key, &i.to_string()]);
+                    assert_eq!(reply, b"+OK\r\n", "writer {w}, {key}: {}", escape(&reply));
+                    let counter = format!("{{mig}}count{w}");
+                    let reply = c.call(&["INCR", &counter]);
+                    assert_eq!(
+                        reply,
+                        format!(":{}\r\n", i + 1).as_bytes(),
+                        "writer {w}: {}",
+                        escape(&reply)
+                    );
+                    i += 1;
+                    written.store(i, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
 }
 
 /// CLUSTER FAILOVER on a replica while clients write: errors only during the switch,
@@ -580,7 +595,10 @@ fn a_master_crash_is_survived_and_readiness_follows_the_cluster() {
 fn a_mixed_pipeline_over_three_masters_answers_as_one_redis() {
     let cluster = RedisCluster::start(3, 0, PW);
     let single = RedisServer::with_password(PW);
-    let small = cluster.ambassador().limit("max_in_flight", 5).start();
+    let small = cluster
+        .ambassador()
+        .configure(|c| c.limits.max_in_flight = Some(5))
+        .start();
     let proxies = [proxy_for(&cluster), small];
     let mut direct = single.conn();
     direct.call_expect(&["AUTH", PW], b"+OK\r\n");

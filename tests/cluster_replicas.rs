@@ -21,10 +21,10 @@ fn proxy_for(cluster: &RedisCluster, read_from_replicas: bool, log: &str) -> Amb
     let mut builder = cluster
         .ambassador()
         .pool_size(2)
-        .upstream_option("reconnect_backoff_max_ms", "400")
+        .reconnect_backoff_max_ms(400)
         .log_level(log);
     if read_from_replicas {
-        builder = builder.upstream_option("read_from_replicas", "true");
+        builder = builder.configure(|c| c.upstream.read_from_replicas = Some(true));
     }
     builder.start()
 }
@@ -81,6 +81,19 @@ fn node_requests(proxy: &Ambassador, node: &RedisServer) -> f64 {
     scraped_value(&proxy.scrape(), &sample)
 }
 
+/// Who is who in [`reads_go_to_replicas_writes_and_transactions_to_masters`]: the nodes
+/// (masters first, then replicas), the master that owns `key` and its replica.
+#[derive(Clone, Copy)]
+struct Placement<'a> {
+    cluster: &'a RedisCluster,
+    proxy: &'a Ambassador,
+    all: &'a [&'a RedisServer],
+    masters: &'a [&'a RedisServer],
+    master: &'a RedisServer,
+    replica: &'a RedisServer,
+    key: &'a str,
+}
+
 /// Reads go to the replica of their slot's master (one read in a pipeline, split reads,
 /// EVAL_RO, XREAD without BLOCK); writes, WAIT, transactions, WATCH, EVAL and blocking
 /// reads stay on the masters; after a failover the roles swap and so do the reads.
@@ -93,151 +106,20 @@ fn reads_go_to_replicas_writes_and_transactions_to_masters() {
     let all: Vec<&RedisServer> = masters.iter().chain(&replicas).copied().collect();
     let master = masters[0];
     let replica = cluster.replicas_of(master)[0];
-    let others: Vec<&RedisServer> = all
-        .iter()
-        .copied()
-        .filter(|n| n.port() != replica.port())
-        .collect();
     let key = key_on(&cluster, master, "r");
     let mut c = proxy.conn();
-
-    // The write, then WAIT: both on masters (a replica refuses WAIT with an error).
-    let waits = calls(&all, "wait");
-    c.call_expect(&["SET", &key, "v1"], b"+OK\r\n");
-    let reply = c.call(&["WAIT", "1", "1000"]);
-    assert!(reply.starts_with(b":"), "WAIT: {}", escape(&reply));
-    let waited = grown(&all, "wait", &waits);
-    assert_eq!(
-        waited[..3].iter().sum::<u64>(),
-        1,
-        "WAIT on a master: {waited:?}"
-    );
-    assert_eq!(
-        waited[3..].iter().sum::<u64>(),
-        0,
-        "WAIT on a replica: {waited:?}"
-    );
-    wait_replicated(master, replica);
-
-    // GET, one at a time and pipelined: the replica answers every one.
-    let gets = calls(&all, "get");
-    let requests = node_requests(&proxy, replica);
-    for _ in 0..10 {
-        c.call_expect(&["GET", &key], &bulk(b"v1"));
-    }
-    let mut pipeline = Vec::new();
-    let mut want = Vec::new();
-    for _ in 0..30 {
-        pipeline.extend(resp(&["GET", &key]));
-        want.extend(bulk(b"v1"));
-    }
-    c.send(&pipeline);
-    let got = c.read_exact_bytes(want.len());
-    assert_bytes_eq("30 pipelined GETs", &want, &got);
-    assert_eq!(
-        replica.command_calls("get") - gets[all_index(&all, replica)],
-        40
-    );
-    assert_eq!(
-        grown(&others, "get", &calls_of(&all, &others, &gets)),
-        vec![0; others.len()],
-        "a GET ran elsewhere than on the replica"
-    );
-    let counted = node_requests(&proxy, replica) - requests;
-    assert!(
-        counted >= 40.0,
-        "node metric of the replica grew by {counted}"
-    );
-
-    // EVAL_RO reads too; EVAL (which may write) does not.
-    let script = "return redis.call('GET', KEYS[1])";
-    let eval_ro = calls(&all, "eval_ro");
-    let eval = calls(&all, "eval");
-    c.call_expect(&["EVAL_RO", script, "1", &key], &bulk(b"v1"));
-    c.call_expect(&["EVAL", script, "1", &key], &bulk(b"v1"));
-    let ro = grown(&all, "eval_ro", &eval_ro);
-    let rw = grown(&all, "eval", &eval);
-    assert_eq!(ro[all_index(&all, replica)], 1, "EVAL_RO: {ro:?}");
-    assert_eq!(ro.iter().sum::<u64>(), 1, "EVAL_RO: {ro:?}");
-    assert_eq!(rw[all_index(&all, master)], 1, "EVAL: {rw:?}");
-    assert_eq!(rw.iter().sum::<u64>(), 1, "EVAL: {rw:?}");
-
-    // Split reads: one part per slot, each on its master's replica.
-    let spread: Vec<String> = masters
-        .iter()
-        .enumerate()
-        .map(|(i, m)| key_on(&cluster, m, &format!("s{i}-")))
-        .collect();
-    for (i, k) in spread.iter().enumerate() {
-        c.call_expect(&["SET", k, &format!("x{i}")], b"+OK\r\n");
-    }
-    for m in &masters {
-        wait_replicated(m, cluster.replicas_of(m)[0]);
-    }
-    let mgets = calls(&all, "mget");
-    let mut want = b"*3\r\n".to_vec();
-    for i in 0..3 {
-        want.extend(bulk(format!("x{i}").as_bytes()));
-    }
-    c.call_expect(&["MGET", &spread[0], &spread[1], &spread[2]], &want);
-    let split = grown(&all, "mget", &mgets);
-    assert_eq!(
-        split,
-        [0, 0, 0, 1, 1, 1],
-        "MGET parts (masters, then replicas)"
-    );
-
-    // XREAD: without BLOCK a read; with BLOCK on the master (it may block).
-    let stream = key_on(&cluster, master, "stream");
-    let id = c.call(&["XADD", &stream, "*", "f", "v"]);
-    assert!(id.starts_with(b"$"), "XADD: {}", escape(&id));
-    wait_replicated(master, replica);
-    let xreads = calls(&all, "xread");
-    let plain = c.call(&["XREAD", "COUNT", "1", "STREAMS", &stream, "0"]);
-    let blocking = c.call(&["XREAD", "BLOCK", "100", "STREAMS", &stream, "0"]);
-    assert_eq!(
-        plain,
-        blocking,
-        "the two XREADs disagree: {}",
-        escape(&plain)
-    );
-    assert!(plain.starts_with(b"*1\r\n"), "XREAD: {}", escape(&plain));
-    let x = grown(&all, "xread", &xreads);
-    assert_eq!(x[all_index(&all, replica)], 1, "XREAD without BLOCK: {x:?}");
-    assert_eq!(x[all_index(&all, master)], 1, "XREAD BLOCK: {x:?}");
-
-    // Writes: on the masters, never refused or redirected.
-    let sets = calls(&masters, "set");
-    for i in 0..30 {
-        c.call_expect(&["SET", &format!("w{i}"), "1"], b"+OK\r\n");
-    }
-    assert_eq!(grown(&masters, "set", &sets).iter().sum::<u64>(), 30);
-
-    // A transaction and a WATCH: the GETs inside run on the master.
-    let gets = calls(&all, "get");
-    c.call_expect(&["MULTI"], b"+OK\r\n");
-    c.call_expect(&["GET", &key], b"+QUEUED\r\n");
-    c.call_expect(&["INCR", &format!("{{{key}}}n")], b"+QUEUED\r\n");
-    let mut want = b"*2\r\n".to_vec();
-    want.extend(bulk(b"v1"));
-    want.extend(b":1\r\n");
-    c.call_expect(&["EXEC"], &want);
-    c.call_expect(&["WATCH", &key], b"+OK\r\n");
-    c.call_expect(&["GET", &key], &bulk(b"v1"));
-    c.call_expect(&["UNWATCH"], b"+OK\r\n");
-    let inside = grown(&all, "get", &gets);
-    assert_eq!(
-        inside[all_index(&all, master)],
-        2,
-        "GET in MULTI/WATCH: {inside:?}"
-    );
-    assert_eq!(
-        inside.iter().sum::<u64>(),
-        2,
-        "GET in MULTI/WATCH: {inside:?}"
-    );
-    // Nothing so far needed a redirect: every command went where it belongs.
-    assert_eq!(scraped_value(&proxy.scrape(), MOVED), 0.0);
+    let at = Placement {
+        cluster: &cluster,
+        proxy: &proxy,
+        all: &all,
+        masters: &masters,
+        master,
+        replica,
+        key: &key,
+    };
+    wait_and_gets(&at, &mut c);
+    evals_and_split_reads(&at, &mut c);
+    xread_writes_and_transactions(&at, &mut c);
 
     // A failover swaps the roles: writes follow the new master; reads, once the
     // ambassador's slot map has it, go to the old master (a replica now).
@@ -264,6 +146,185 @@ fn reads_go_to_replicas_writes_and_transactions_to_masters() {
     assert_eq!(errors, 0, "GETs failed during the failover");
     c.call_expect(&["SET", &key, "v2"], b"+OK\r\n");
     new_master.conn().call_expect(&["GET", &key], &bulk(b"v2"));
+}
+
+/// WAIT goes to a master; GETs, one at a time and pipelined, to the replica.
+fn wait_and_gets(at: &Placement, c: &mut RawConn) {
+    let Placement {
+        proxy,
+        all,
+        master,
+        replica,
+        key,
+        ..
+    } = *at;
+    let others: Vec<&RedisServer> = all
+        .iter()
+        .copied()
+        .filter(|n| n.port() != replica.port())
+        .collect();
+    // The write, then WAIT: both on masters (a replica refuses WAIT with an error).
+    let waits = calls(all, "wait");
+    c.call_expect(&["SET", key, "v1"], b"+OK\r\n");
+    let reply = c.call(&["WAIT", "1", "1000"]);
+    assert!(reply.starts_with(b":"), "WAIT: {}", escape(&reply));
+    let waited = grown(all, "wait", &waits);
+    assert_eq!(
+        waited[..3].iter().sum::<u64>(),
+        1,
+        "WAIT on a master: {waited:?}"
+    );
+    assert_eq!(
+        waited[3..].iter().sum::<u64>(),
+        0,
+        "WAIT on a replica: {waited:?}"
+    );
+    wait_replicated(master, replica);
+
+    // GET, one at a time and pipelined: the replica answers every one.
+    let gets = calls(all, "get");
+    let requests = node_requests(proxy, replica);
+    for _ in 0..10 {
+        c.call_expect(&["GET", key], &bulk(b"v1"));
+    }
+    let mut pipeline = Vec::new();
+    let mut want = Vec::new();
+    for _ in 0..30 {
+        pipeline.extend(resp(&["GET", key]));
+        want.extend(bulk(b"v1"));
+    }
+    c.send(&pipeline);
+    let got = c.read_exact_bytes(want.len());
+    assert_bytes_eq("30 pipelined GETs", &want, &got);
+    assert_eq!(
+        replica.command_calls("get") - gets[all_index(all, replica)],
+        40
+    );
+    assert_eq!(
+        grown(&others, "get", &calls_of(all, &others, &gets)),
+        vec![0; others.len()],
+        "a GET ran elsewhere than on the replica"
+    );
+    let counted = node_requests(proxy, replica) - requests;
+    assert!(
+        counted >= 40.0,
+        "node metric of the replica grew by {counted}"
+    );
+}
+
+/// EVAL_RO on the replica, EVAL on the master; an MGET split over the three replicas.
+fn evals_and_split_reads(at: &Placement, c: &mut RawConn) {
+    let Placement {
+        cluster,
+        all,
+        masters,
+        master,
+        replica,
+        key,
+        ..
+    } = *at;
+    // EVAL_RO reads too; EVAL (which may write) does not.
+    let script = "return redis.call('GET', KEYS[1])";
+    let eval_ro = calls(all, "eval_ro");
+    let eval = calls(all, "eval");
+    c.call_expect(&["EVAL_RO", script, "1", key], &bulk(b"v1"));
+    c.call_expect(&["EVAL", script, "1", key], &bulk(b"v1"));
+    let ro = grown(all, "eval_ro", &eval_ro);
+    let rw = grown(all, "eval", &eval);
+    assert_eq!(ro[all_index(all, replica)], 1, "EVAL_RO: {ro:?}");
+    assert_eq!(ro.iter().sum::<u64>(), 1, "EVAL_RO: {ro:?}");
+    assert_eq!(rw[all_index(all, master)], 1, "EVAL: {rw:?}");
+    assert_eq!(rw.iter().sum::<u64>(), 1, "EVAL: {rw:?}");
+
+    // Split reads: one part per slot, each on its master's replica.
+    let spread: Vec<String> = masters
+        .iter()
+        .enumerate()
+        .map(|(i, m)| key_on(cluster, m, &format!("s{i}-")))
+        .collect();
+    for (i, k) in spread.iter().enumerate() {
+        c.call_expect(&["SET", k, &format!("x{i}")], b"+OK\r\n");
+    }
+    for m in masters {
+        wait_replicated(m, cluster.replicas_of(m)[0]);
+    }
+    let mgets = calls(all, "mget");
+    let mut want = b"*3\r\n".to_vec();
+    for i in 0..3 {
+        want.extend(bulk(format!("x{i}").as_bytes()));
+    }
+    c.call_expect(&["MGET", &spread[0], &spread[1], &spread[2]], &want);
+    let split = grown(all, "mget", &mgets);
+    assert_eq!(
+        split,
+        [0, 0, 0, 1, 1, 1],
+        "MGET parts (masters, then replicas)"
+    );
+}
+
+/// XREAD without BLOCK on the replica, with BLOCK on the master; writes, MULTI and WATCH
+/// on the masters, and no redirect so far.
+fn xread_writes_and_transactions(at: &Placement, c: &mut RawConn) {
+    let Placement {
+        cluster,
+        proxy,
+        all,
+        masters,
+        master,
+        replica,
+        key,
+    } = *at;
+    // XREAD: without BLOCK a read; with BLOCK on the master (it may block).
+    let stream = key_on(cluster, master, "stream");
+    let id = c.call(&["XADD", &stream, "*", "f", "v"]);
+    assert!(id.starts_with(b"$"), "XADD: {}", escape(&id));
+    wait_replicated(master, replica);
+    let xreads = calls(all, "xread");
+    let plain = c.call(&["XREAD", "COUNT", "1", "STREAMS", &stream, "0"]);
+    let blocking = c.call(&["XREAD", "BLOCK", "100", "STREAMS", &stream, "0"]);
+    assert_eq!(
+        plain,
+        blocking,
+        "the two XREADs disagree: {}",
+        escape(&plain)
+    );
+    assert!(plain.starts_with(b"*1\r\n"), "XREAD: {}", escape(&plain));
+    let x = grown(all, "xread", &xreads);
+    assert_eq!(x[all_index(all, replica)], 1, "XREAD without BLOCK: {x:?}");
+    assert_eq!(x[all_index(all, master)], 1, "XREAD BLOCK: {x:?}");
+
+    // Writes: on the masters, never refused or redirected.
+    let sets = calls(masters, "set");
+    for i in 0..30 {
+        c.call_expect(&["SET", &format!("w{i}"), "1"], b"+OK\r\n");
+    }
+    assert_eq!(grown(masters, "set", &sets).iter().sum::<u64>(), 30);
+
+    // A transaction and a WATCH: the GETs inside run on the master.
+    let gets = calls(all, "get");
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["GET", key], b"+QUEUED\r\n");
+    c.call_expect(&["INCR", &format!("{{{key}}}n")], b"+QUEUED\r\n");
+    let mut want = b"*2\r\n".to_vec();
+    want.extend(bulk(b"v1"));
+    want.extend(b":1\r\n");
+    c.call_expect(&["EXEC"], &want);
+    c.call_expect(&["WATCH", key], b"+OK\r\n");
+    c.call_expect(&["GET", key], &bulk(b"v1"));
+    c.call_expect(&["UNWATCH"], b"+OK\r\n");
+    let inside = grown(all, "get", &gets);
+    assert_eq!(
+        inside[all_index(all, master)],
+        2,
+        "GET in MULTI/WATCH: {inside:?}"
+    );
+    assert_eq!(
+        inside.iter().sum::<u64>(),
+        2,
+        "GET in MULTI/WATCH: {inside:?}"
+    );
+    // Nothing so far needed a redirect: every command went where it belongs.
+    assert_eq!(scraped_value(&proxy.scrape(), MOVED), 0.0);
 }
 
 /// A replica that is killed: reads of its master's slots still succeed, answered by the

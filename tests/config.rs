@@ -5,22 +5,36 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const REPO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
 
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     fs::write(&p, text).unwrap();
     p
 }
 
-fn minimal(extra_upstream: &str) -> String {
-    format!(
-        "[listen]\naddress = \"127.0.0.1:{}\"\n\n[upstream]\naddress = \"127.0.0.1:6380\"\n{extra_upstream}",
-        free_port()
-    )
+/// `[listen]` on a free port, `[upstream]` at 127.0.0.1:6380 (nothing needs to listen
+/// there for `--check`).
+fn minimal() -> AmbassadorConfig {
+    AmbassadorConfig::new("127.0.0.1:6380").listen_on(free_port())
+}
+
+/// `config` with `key = value` added to `[upstream]`: for what the typed config cannot
+/// hold (an unknown key, a value of the wrong type).
+fn with_odd_upstream_key(
+    config: &AmbassadorConfig,
+    key: &str,
+    value: impl Into<toml::Value>,
+) -> String {
+    let mut table = config.to_table();
+    table["upstream"]
+        .as_table_mut()
+        .expect("[upstream] is a table")
+        .insert(key.to_owned(), value.into());
+    toml::to_string(&table).unwrap()
 }
 
 /// `--check` on `p` exits with status 1 and names `name` in its output.
@@ -65,7 +79,7 @@ fn check_accepts_the_repo_config() {
 #[test]
 fn check_accepts_a_minimal_config() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "min.toml", &minimal(""));
+    let p = minimal().write(&dir.path().join("min.toml"));
     let (status, out) = check_config(&p);
     assert!(
         status.success(),
@@ -76,13 +90,21 @@ fn check_accepts_a_minimal_config() {
 #[test]
 fn check_rejects_an_unknown_key_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "typo.toml", &minimal("pool_sise = 3\n"));
+    let p = write(
+        dir.path(),
+        "typo.toml",
+        &with_odd_upstream_key(&minimal(), "pool_sise", 3),
+    );
     assert_check_rejects_naming("unknown key", &p, "pool_sise");
 
+    let mut table = minimal().to_table();
+    let mut upstreem = toml::Table::new();
+    upstreem.insert("address".to_owned(), "x:1".into());
+    table.insert("upstreem".to_owned(), upstreem.into());
     let p = write(
         dir.path(),
         "section.toml",
-        &format!("{}\n[upstreem]\naddress = \"x:1\"\n", minimal("")),
+        &toml::to_string(&table).unwrap(),
     );
     assert_check_rejects_naming("unknown section", &p, "upstreem");
 }
@@ -90,33 +112,34 @@ fn check_rejects_an_unknown_key_by_name() {
 #[test]
 fn check_rejects_a_zero_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "zero.toml", &minimal("pool_size = 0\n"));
+    let mut config = minimal();
+    config.upstream.pool_size = Some(0);
+    let p = config.write(&dir.path().join("zero.toml"));
     assert_check_rejects_naming("pool_size = 0", &p, "pool_size");
 }
 
 #[test]
 fn check_refuses_replica_reads_outside_cluster_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "standalone.toml",
-        &minimal("read_from_replicas = true\n"),
-    );
+    let mut config = minimal();
+    config.upstream.read_from_replicas = Some(true);
+    let p = config.write(&dir.path().join("standalone.toml"));
     assert_check_rejects_naming(
         "read_from_replicas in standalone mode",
         &p,
         "read_from_replicas",
     );
     // Off, or on in cluster mode: accepted.
-    for extra in [
-        "read_from_replicas = false\n",
-        "mode = \"cluster\"\nread_from_replicas = true\n",
-    ] {
-        let p = write(dir.path(), "ok.toml", &minimal(extra));
+    for (mode, read_from_replicas) in [(None, false), (Some(UpstreamMode::Cluster), true)] {
+        let mut config = minimal();
+        config.upstream.mode = mode;
+        config.upstream.read_from_replicas = Some(read_from_replicas);
+        let p = config.write(&dir.path().join("ok.toml"));
         let (status, out) = check_config(&p);
         assert!(
             status.success(),
-            "--check with {extra:?} failed ({status}):\n{out}"
+            "--check with {:?} failed ({status}):\n{out}",
+            config.upstream
         );
     }
 }
@@ -125,11 +148,9 @@ fn check_refuses_replica_reads_outside_cluster_mode() {
 fn missing_secret_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-secret");
-    let p = write(
-        dir.path(),
-        "missing.toml",
-        &minimal(&format!("password_file = \"{}\"\n", missing.display())),
-    );
+    let mut config = minimal();
+    config.upstream.password_file = Some(missing.clone());
+    let p = config.write(&dir.path().join("missing.toml"));
     assert_check_rejects_naming("a missing secret file", &p, missing.to_str().unwrap());
     // Running (not just checking) fails at start-up the same way.
     assert_start_fails_naming("a missing secret file", &p, &missing);
@@ -139,12 +160,9 @@ fn missing_secret_file_is_named() {
 fn empty_client_secret_file_is_a_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let empty = write(dir.path(), "empty-secret", "");
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:{}\"\n\n[client]\npassword_file = \"{}\"\n\n[upstream]\naddress = \"127.0.0.1:6380\"\n",
-        free_port(),
-        empty.display()
-    );
-    let p = write(dir.path(), "empty.toml", &text);
+    let mut config = minimal();
+    config.client_mut().password_file = Some(empty.clone());
+    let p = config.write(&dir.path().join("empty.toml"));
     assert_start_fails_naming("an empty secret file", &p, &empty);
     // A file holding only the newline is empty too.
     fs::write(&empty, "\n").unwrap();
@@ -162,13 +180,12 @@ fn secret_contents_never_in_error_output() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "Never-Print-Me-6612";
     let sf = write(dir.path(), "pw", &format!("{secret}\n"));
+    let mut config = minimal();
+    config.upstream.password_file = Some(sf);
     let p = write(
         dir.path(),
         "bad.toml",
-        &minimal(&format!(
-            "password_file = \"{}\"\npool_size = \"eight\"\n",
-            sf.display()
-        )),
+        &with_odd_upstream_key(&config, "pool_size", "eight"),
     );
     let (status, out) = check_config(&p);
     assert_eq!(status.code(), Some(1), "output:\n{out}");
@@ -182,11 +199,9 @@ fn secret_contents_never_in_error_output() {
 fn unset_password_env_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let var = "AMBASSADOR_TEST_UNSET_VAR_93";
-    let p = write(
-        dir.path(),
-        "env.toml",
-        &minimal(&format!("password_env = \"{var}\"\n")),
-    );
+    let mut config = minimal();
+    config.upstream.password_env = Some(var.to_owned());
+    let p = config.write(&dir.path().join("env.toml"));
     let (status, out) = run_proxy_to_exit(
         &["--config", p.to_str().unwrap(), "--check"],
         &[],

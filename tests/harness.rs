@@ -1,5 +1,6 @@
 //! Checks the test harness itself against bare Redis: servers start on distinct ports,
-//! authenticate, restart on the same port, and the RESP frame reader delimits replies.
+//! authenticate, restart on the same port, and the RESP frame reader delimits replies;
+//! and the typed config it writes names only keys the proxy knows.
 
 mod common;
 
@@ -96,4 +97,79 @@ fn diff_helpers_work_against_redis_itself() {
     let mut c = a.conn();
     c.timeout = Duration::from_millis(300);
     c.expect_silence(Duration::from_millis(100));
+}
+
+/// Every key of the typed test config that needs no file set at once: `--check` (strict,
+/// unknown keys refused) accepts the text, and an unset key is left out of it.
+#[test]
+fn typed_config_uses_only_keys_the_proxy_knows() {
+    use common::config::{ClientUser, LogFormat, UpstreamMode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "Harness-Pw-1\n").unwrap();
+    let mut c = AmbassadorConfig::new("127.0.0.1:6380")
+        .listen_on(free_port())
+        .metrics_on(free_port());
+    c.listen.max_clients = Some(100);
+    c.listen.allow_unauthenticated_remote = Some(false);
+    c.listen.tls_handshake_timeout_ms = Some(5000);
+    let client = c.client_mut();
+    client.username = Some("app".into());
+    client.password_file = Some(secret.clone());
+    client.rotation_overlap_ms = Some(1000);
+    client.users.push(ClientUser {
+        username: "other".into(),
+        password_file: None,
+        password_env: Some("HARNESS_OTHER_PW".into()),
+    });
+    let u = &mut c.upstream;
+    u.mode = Some(UpstreamMode::Cluster);
+    u.addresses = Some(vec!["127.0.0.1:6381".into()]);
+    u.username = Some("app".into());
+    u.password_file = Some(secret);
+    u.tls = Some(false);
+    u.pool_size = Some(2);
+    u.connect_timeout_ms = Some(1000);
+    u.pool_wait_timeout_ms = Some(1000);
+    u.command_timeout_ms = Some(1000);
+    u.reconnect_backoff_ms = Some(50);
+    u.reconnect_backoff_max_ms = Some(400);
+    u.max_pinned = Some(8);
+    u.read_from_replicas = Some(true);
+    let l = &mut c.limits;
+    l.max_bulk_len = Some(1 << 20);
+    l.query_buffer_limit = Some(1 << 20);
+    l.unauthenticated_query_buffer_limit = Some(65536);
+    l.max_reply_depth = Some(64);
+    l.pubsub_output_hard_limit = Some(1 << 22);
+    l.pubsub_output_soft_limit = Some(1 << 21);
+    l.pubsub_output_soft_seconds = Some(10);
+    l.client_output_hard_limit = Some(1 << 24);
+    l.max_in_flight = Some(16);
+    c.metrics.readiness_interval_ms = Some(500);
+    c.metrics.max_connections = Some(4);
+    c.metrics.request_timeout_ms = Some(1000);
+    c.shutdown.drain_delay_ms = Some(0);
+    c.shutdown.grace_period_ms = Some(1000);
+    c.secrets.watch = Some(false);
+    c.secrets.poll_interval_ms = Some(100);
+    c.secrets.debounce_ms = Some(10);
+    c.runtime.worker_threads = Some(1);
+    c.log.level = Some("info".into());
+    c.log.format = Some(LogFormat::Text);
+    let path = c.write(&dir.path().join("all.toml"));
+    let (status, out) = run_proxy_to_exit(
+        &["--config", path.to_str().unwrap(), "--check"],
+        &[("HARNESS_OTHER_PW", "Harness-Pw-2")],
+        Duration::from_secs(10),
+    );
+    assert!(
+        status.success(),
+        "--check refused the typed config ({status}):\n{out}\n{}",
+        c.to_toml()
+    );
+
+    let minimal = AmbassadorConfig::new("127.0.0.1:6380").to_toml();
+    assert_eq!(minimal, "[upstream]\naddress = \"127.0.0.1:6380\"\n");
 }

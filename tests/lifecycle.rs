@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::fs;
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -220,17 +219,10 @@ fn an_admin_address_in_use_is_a_startup_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let admin_port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("a.toml");
-    fs::write(
-        &config,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:{}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n\
-             [metrics]\naddress = \"127.0.0.1:{admin_port}\"\n",
-            free_port(),
-            closed_port()
-        ),
-    )
-    .unwrap();
+    let config = AmbassadorConfig::new(&format!("127.0.0.1:{}", closed_port()))
+        .listen_on(free_port())
+        .metrics_on(admin_port)
+        .write(&dir.path().join("a.toml"));
     let (status, out) = run_proxy_to_exit(&["--config", config.to_str().unwrap()], &[], SOON);
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(
@@ -249,8 +241,10 @@ fn log_level_and_format_come_from_the_config_and_hold_no_secrets() {
         .client_password(client_pw.as_bytes())
         // RUST_LOG empty counts as unset: [log] applies.
         .log_level("")
-        .log_option("level", "\"debug\"")
-        .log_option("format", "\"json\"")
+        .configure(|c| {
+            c.log.level = Some("debug".into());
+            c.log.format = Some(LogFormat::Json);
+        })
         .drain_delay_ms(0)
         .start();
     wait_readyz(&amb, 200);
@@ -297,7 +291,7 @@ fn a_quieter_config_level_applies_without_rust_log() {
     let redis = RedisServer::start();
     let mut amb = AmbassadorBuilder::for_server(&redis)
         .log_level("")
-        .log_option("level", "\"warn\"")
+        .configure(|c| c.log.level = Some("warn".into()))
         .drain_delay_ms(0)
         .start();
     wait_readyz(&amb, 200);

@@ -38,7 +38,7 @@ fn e4_max_clients() {
 fn e3_request_over_query_buffer_limit_closes_without_reply() {
     let upstream = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&upstream)
-        .limit("query_buffer_limit", 1024 * 1024)
+        .configure(|c| c.limits.query_buffer_limit = Some(1024 * 1024))
         .start();
     let mut bystander = proxy.conn();
     bystander.call_expect(&["PING"], b"+PONG\r\n");
@@ -86,7 +86,7 @@ fn max_bulk_len_matches_redis_proto_max_bulk_len() {
     let upstream = RedisServer::start();
     let bare = RedisServer::start_with(ServerAuth::None, &["proto-max-bulk-len 1048576"]);
     let proxy = AmbassadorBuilder::for_server(&upstream)
-        .limit("max_bulk_len", 1024 * 1024)
+        .configure(|c| c.limits.max_bulk_len = Some(1024 * 1024))
         .start();
     let got = diff_closing(
         bare.port(),
@@ -110,7 +110,7 @@ fn unauthenticated_query_buffer_limit() {
     let upstream = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&upstream)
         .client_password(b"pw")
-        .limit("unauthenticated_query_buffer_limit", 65536)
+        .configure(|c| c.limits.unauthenticated_query_buffer_limit = Some(65536))
         .start();
     let arg = vec![b'a'; 16384];
     // Under the limit (3 × 16 KiB): answered NOAUTH.
@@ -185,7 +185,7 @@ fn e1_slow_reader_is_closed_and_never_holds_the_lane() {
     let upstream = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&upstream)
         .pool_size(1)
-        .limit("client_output_hard_limit", LIMIT)
+        .configure(|c| c.limits.client_output_hard_limit = Some(LIMIT))
         .start();
     let value = "v".repeat(1024 * 1024);
     upstream
@@ -227,7 +227,7 @@ fn max_in_flight_splits_a_pipeline_without_moving_a_reply() {
     let upstream = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&upstream)
         .pool_size(1)
-        .limit("max_in_flight", 3)
+        .configure(|c| c.limits.max_in_flight = Some(3))
         .start();
     let mut other = proxy.conn();
     let mut c = proxy.conn();
@@ -305,7 +305,7 @@ fn e5_connection_storm_with_an_upstream_restart() {
         .pool_size(LANES)
         .connect_timeout_ms(1000)
         .reconnect_backoff_ms(base.as_millis() as u64)
-        .upstream_option("reconnect_backoff_max_ms", &max.as_millis().to_string())
+        .reconnect_backoff_max_ms(max.as_millis() as u64)
         .start();
     proxy.conn().call_expect(&["PING"], b"+PONG\r\n");
     let fds_before = proxy_fds(&proxy);
@@ -314,54 +314,11 @@ fn e5_connection_storm_with_an_upstream_restart() {
     let errors = Arc::new(AtomicUsize::new(0));
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let port = proxy.port();
-    let workers: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (done, errors) = (done.clone(), errors.clone());
-            std::thread::spawn(move || {
-                for i in 0..PER_THREAD {
-                    let key = format!("storm:{t}:{i}");
-                    let value = format!("{t}-{i}");
-                    let mut c = RawConn::connect(port);
-                    let set = c.call(&["SET", &key, &value]);
-                    let get = c.call(&["GET", &key]);
-                    let set_ok = match &set[..] {
-                        b"+OK\r\n" => true,
-                        r if r.starts_with(b"-ERR upstream ") => false,
-                        r => panic!("SET {key}: unexpected reply \"{}\"", escape(r)),
-                    };
-                    let own = bulk(value.as_bytes());
-                    // The value written, or an error; a miss only when the SET failed or
-                    // the restart lost it. Never somebody else's value.
-                    assert!(
-                        get == own || get.starts_with(b"-ERR upstream ") || (get == b"$-1\r\n"),
-                        "GET {key} (SET ok: {set_ok}): \"{}\"",
-                        escape(&get)
-                    );
-                    if !set_ok || get != own {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let workers = spawn_storm(port, THREADS, PER_THREAD, &done, &errors);
 
     // While the storm runs, the upstream never sees more than the lanes, the prober's
     // connection and this sampler's own.
-    let sampler = {
-        let stop = stop_sampling.clone();
-        let upstream_port = upstream.port();
-        std::thread::spawn(move || {
-            let mut most = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(n) = connected_clients(upstream_port) {
-                    most = most.max(n);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            most
-        })
-    };
+    let sampler = spawn_client_sampler(upstream.port(), stop_sampling.clone());
 
     let total = THREADS * PER_THREAD;
     assert!(
@@ -424,6 +381,71 @@ fn e5_connection_storm_with_an_upstream_restart() {
         fds_before,
         proxy_fds(&proxy)
     );
+}
+
+/// The storm of `e5_connection_storm_with_an_upstream_restart`: `threads` threads, each
+/// running `per_thread` short-lived clients (connect, SET and GET an own key, leave)
+/// against the proxy on `port`, counting clients in `done` and those that saw an error
+/// in `errors`.
+fn spawn_storm(
+    port: u16,
+    threads: usize,
+    per_thread: usize,
+    done: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    errors: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+
+    (0..threads)
+        .map(|t| {
+            let (done, errors) = (done.clone(), errors.clone());
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    let key = format!("storm:{t}:{i}");
+                    let value = format!("{t}-{i}");
+                    let mut c = RawConn::connect(port);
+                    let set = c.call(&["SET", &key, &value]);
+                    let get = c.call(&["GET", &key]);
+                    let set_ok = match &set[..] {
+                        b"+OK\r\n" => true,
+                        r if r.starts_with(b"-ERR upstream ") => false,
+                        r => panic!("SET {key}: unexpected reply \"{}\"", escape(r)),
+                    };
+                    let own = bulk(value.as_bytes());
+                    // The value written, or an error; a miss only when the SET failed or
+                    // the restart lost it. Never somebody else's value.
+                    assert!(
+                        get == own || get.starts_with(b"-ERR upstream ") || (get == b"$-1\r\n"),
+                        "GET {key} (SET ok: {set_ok}): \"{}\"",
+                        escape(&get)
+                    );
+                    if !set_ok || get != own {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Samples the upstream's `connected_clients` every 20 ms until `stop`; the most seen.
+fn spawn_client_sampler(
+    upstream_port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::sync::atomic::Ordering;
+
+    std::thread::spawn(move || {
+        let mut most = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(n) = connected_clients(upstream_port) {
+                most = most.max(n);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        most
+    })
 }
 
 fn proxy_fds(proxy: &Ambassador) -> usize {

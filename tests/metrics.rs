@@ -199,8 +199,17 @@ fn a_known_mix_of_commands_gives_exact_counters() {
     );
     assert_eq!(single(&scrape, AUTH_FAILURES), 1.0);
 
-    // Latency histograms: every command counted once, with buckets from 10 µs to 10 s.
-    let set = histogram(&scrape, DURATION, "set");
+    assert_histograms_and_families(&scrape, &text);
+
+    for secret in [UPSTREAM_PW, CLIENT_PW, "not-the-password"] {
+        assert!(!text.contains(secret), "a password is in /metrics");
+    }
+}
+
+/// The latency histograms of `a_known_mix_of_commands_gives_exact_counters` (every
+/// command counted once, buckets from 10 µs to 10 s), and the other metric families.
+fn assert_histograms_and_families(scrape: &Scrape, text: &str) {
+    let set = histogram(scrape, DURATION, "set");
     assert_eq!(set.last().unwrap().1, 3.0, "set: {set:?}");
     let bounds: Vec<f64> = set.iter().map(|b| b.0).collect();
     assert_eq!(bounds.first(), Some(&0.00001), "{bounds:?}");
@@ -212,7 +221,7 @@ fn a_known_mix_of_commands_gives_exact_counters() {
         bounds.contains(&1.0) && bounds.contains(&10.0),
         "{bounds:?}"
     );
-    assert_eq!(histogram(&scrape, DURATION, "get").last().unwrap().1, 3.0);
+    assert_eq!(histogram(scrape, DURATION, "get").last().unwrap().1, 3.0);
     let wait = scrape
         .samples
         .iter()
@@ -234,16 +243,12 @@ fn a_known_mix_of_commands_gives_exact_counters() {
             "no {family} in\n{text}"
         );
     }
-    let upstream = by_label(&scrape, "redis_ambassador_upstream_connections", "state");
+    let upstream = by_label(scrape, "redis_ambassador_upstream_connections", "state");
     assert_eq!(
         upstream.keys().map(String::as_str).collect::<Vec<_>>(),
         ["idle", "in_use", "pinned"]
     );
     assert!(upstream["idle"] + upstream["in_use"] >= 1.0, "{upstream:?}");
-
-    for secret in [UPSTREAM_PW, CLIENT_PW, "not-the-password"] {
-        assert!(!text.contains(secret), "a password is in /metrics");
-    }
 }
 
 /// A small deterministic generator, so that a failure can be replayed.
@@ -398,8 +403,10 @@ fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
 fn admin_connections_over_the_cap_are_closed() {
     let redis = RedisServer::start();
     let amb = AmbassadorBuilder::for_server(&redis)
-        .metrics_option("max_connections", "2")
-        .metrics_option("request_timeout_ms", "60000")
+        .configure(|c| {
+            c.metrics.max_connections = Some(2);
+            c.metrics.request_timeout_ms = Some(60000);
+        })
         .start();
     let port = amb.metrics_port();
     let addr = format!("127.0.0.1:{port}");
@@ -453,7 +460,7 @@ impl ReadOutcome for std::io::Result<usize> {
 fn silent_admin_clients_are_closed_after_the_request_timeout() {
     let redis = RedisServer::start();
     let amb = AmbassadorBuilder::for_server(&redis)
-        .metrics_option("request_timeout_ms", "300")
+        .configure(|c| c.metrics.request_timeout_ms = Some(300))
         .start();
     let addr = format!("127.0.0.1:{}", amb.metrics_port());
     let mut silent = TcpStream::connect(&addr).unwrap();

@@ -350,8 +350,10 @@ fn slow_subscriber_is_disconnected_and_memory_stays_bounded() {
     let up = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&up)
         .pool_size(1)
-        .limit("pubsub_output_hard_limit", HARD)
-        .limit("pubsub_output_soft_limit", 2 * 1024 * 1024)
+        .configure(|c| {
+            c.limits.pubsub_output_hard_limit = Some(HARD);
+            c.limits.pubsub_output_soft_limit = Some(2 * 1024 * 1024);
+        })
         .start();
     // A subscriber that reads everything, and one that never reads.
     let mut reader = proxy.conn();
@@ -370,43 +372,11 @@ fn slow_subscriber_is_disconnected_and_memory_stays_bounded() {
     let baseline = proxy.rss_kib();
 
     // Sample the proxy's RSS while the messages flow.
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let done = Arc::new(AtomicBool::new(false));
-    let pid = proxy.pid();
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kib) = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = RssSampler::start(proxy.pid(), baseline);
     // The reader reads in its own thread; the publisher never runs more than 1 MiB ahead
     // of it, so only the slow subscriber can reach the limit.
     let read_count = Arc::new(AtomicU64::new(0));
-    let reader_thread = {
-        let read_count = read_count.clone();
-        thread::spawn(move || {
-            let payload = vec![b'x'; MESSAGE];
-            let one = message(b'*', "big", &payload);
-            for i in 0..MESSAGES {
-                let f = reader.read_reply();
-                assert!(f == one, "reader: message {i} differs");
-                read_count.fetch_add(1, Ordering::Relaxed);
-            }
-            reader.call_expect(&["PING"], b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
-            reader
-        })
-    };
+    let reader_thread = spawn_reader(reader, read_count.clone(), MESSAGES, MESSAGE);
     let port = up.port();
     let mut publisher = RawConn::connect(port);
     publisher.timeout = Duration::from_secs(15);
@@ -439,8 +409,7 @@ fn slow_subscriber_is_disconnected_and_memory_stays_bounded() {
     // The slow subscriber is disconnected: it finds what the kernel held, then EOF.
     slow.timeout = Duration::from_secs(10);
     let (got, eof) = slow.read_to_eof(Duration::from_secs(10));
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let peak = sampler.stop();
     assert!(
         eof,
         "the slow subscriber was not disconnected ({} bytes received)",
@@ -451,7 +420,7 @@ fn slow_subscriber_is_disconnected_and_memory_stays_bounded() {
         "the slow subscriber received everything ({} bytes): no limit applied",
         got.len()
     );
-    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    let grew = peak.saturating_sub(baseline);
     assert!(
         grew < HARD / 1024 + 24 * 1024,
         "proxy RSS grew by {grew} KiB (baseline {baseline} KiB) with pubsub_output_hard_limit = {HARD}: the output buffer is not bounded by the configured limit"
@@ -475,6 +444,66 @@ fn slow_subscriber_is_disconnected_and_memory_stays_bounded() {
         &["SUBSCRIBE", "c2"],
         b"*3\r\n$9\r\nsubscribe\r\n$2\r\nc2\r\n:1\r\n",
     );
+}
+
+/// Reads `messages` messages of `len` bytes on channel `big` with `reader`, counting them
+/// in `read_count`, then checks it still answers PING; returns it.
+fn spawn_reader(
+    mut reader: RawConn,
+    read_count: Arc<AtomicU64>,
+    messages: usize,
+    len: usize,
+) -> thread::JoinHandle<RawConn> {
+    thread::spawn(move || {
+        let payload = vec![b'x'; len];
+        let one = message(b'*', "big", &payload);
+        for i in 0..messages {
+            let f = reader.read_reply();
+            assert!(f == one, "reader: message {i} differs");
+            read_count.fetch_add(1, Ordering::Relaxed);
+        }
+        reader.call_expect(&["PING"], b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+        reader
+    })
+}
+
+/// The peak RSS of a process, sampled every 5 ms in a thread of its own.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32, baseline: u64) -> RssSampler {
+        let peak = Arc::new(AtomicU64::new(baseline));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, done) = (peak.clone(), done.clone());
+            thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                        if let Some(kib) = status
+                            .lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                        {
+                            peak.fetch_max(kib, Ordering::Relaxed);
+                        }
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        RssSampler { peak, done, thread }
+    }
+
+    /// Stops sampling; the peak in KiB.
+    fn stop(self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -98,24 +98,20 @@ impl SentinelSetup {
     ) -> AmbassadorBuilder {
         let pw_file = dir.path().join(format!("sentinel-password-{master_name}"));
         std::fs::write(&pw_file, sentinel_password).expect("write the Sentinel password");
-        let others: Vec<String> = self.sentinels[1..]
-            .iter()
-            .map(|s| format!("\"{}\"", s.addr()))
-            .collect();
+        let others: Vec<String> = self.sentinels[1..].iter().map(RedisServer::addr).collect();
         AmbassadorBuilder::new(&self.sentinels[0].addr())
             .upstream_password(DATA_PW.as_bytes())
-            .upstream_option("mode", "\"sentinel\"")
-            .upstream_option("addresses", &format!("[{}]", others.join(", ")))
-            .upstream_option("master_name", &format!("\"{master_name}\""))
-            .upstream_option(
-                "sentinel_password_file",
-                &format!("\"{}\"", pw_file.display()),
-            )
+            .configure(|c| {
+                c.upstream.mode = Some(UpstreamMode::Sentinel);
+                c.upstream.addresses = Some(others);
+                c.upstream.master_name = Some(master_name.to_owned());
+                c.upstream.sentinel_password_file = Some(pw_file);
+            })
             .pool_size(2)
             .connect_timeout_ms(1000)
             .command_timeout_ms(3000)
             .reconnect_backoff_ms(50)
-            .upstream_option("reconnect_backoff_max_ms", "400")
+            .reconnect_backoff_max_ms(400)
     }
 }
 
@@ -161,42 +157,70 @@ fn follows_a_sentinel_failover_while_clients_write() {
     c.call_expect(&["SET", "db3", "x"], b"+OK\r\n");
 
     const WRITERS: usize = 4;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Vec<Arc<AtomicU64>> = (0..WRITERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let failed: Vec<Arc<AtomicU64>> = (0..WRITERS).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let port = proxy.port();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (stop, acked, failed) = (stop.clone(), acked[w].clone(), failed[w].clone());
-            thread::spawn(move || {
-                let mut c = RawConn::connect(port);
-                c.timeout = Duration::from_secs(10);
-                let key = format!("counter:{w}");
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = c.call(&["INCR", &key]);
-                    if reply.starts_with(b":") {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        assert!(
-                            reply.starts_with(b"-ERR upstream "),
-                            "writer {w}: unexpected reply \"{}\"",
-                            escape(&reply)
-                        );
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    thread::sleep(Duration::from_millis(2));
-                }
-            })
-        })
-        .collect();
+    let mut writers = Writers::start(proxy.port(), WRITERS);
     thread::sleep(Duration::from_millis(500));
-    let before_switch: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    let before_switch = writers.acked_total();
     assert!(
         before_switch > 0,
         "no write went through before the failover"
     );
 
     let started = Instant::now();
+    let mut direct = fail_over(&setup, &proxy);
+    // Writes keep succeeding after the switch: 200 more acknowledged INCRs.
+    let target = writers.acked_total() + 200;
+    wait_for("writes after the failover", Duration::from_secs(30), || {
+        writers.acked_total() >= target
+    });
+    writers.stop();
+    let switch_time = started.elapsed();
+
+    // A fresh write lands on the new master, and the client's database is still its own.
+    c.call_expect(&["SET", "after", "2"], b"+OK\r\n");
+    c.call_expect(&["GET", "db3"], b"$1\r\nx\r\n");
+    let mut new_master = setup.replica.conn();
+    new_master.call_expect(&["SELECT", "3"], b"+OK\r\n");
+    new_master.call_expect(&["GET", "after"], b"$1\r\n2\r\n");
+
+    let mut errors = 0;
+    for w in 0..WRITERS {
+        let ok = writers.acked[w].load(Ordering::Relaxed);
+        let bad = writers.failed[w].load(Ordering::Relaxed);
+        errors += bad;
+        let reply = direct.call(&["GET", &format!("counter:{w}")]);
+        let value: u64 = String::from_utf8_lossy(&reply)
+            .lines()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // Writes acknowledged by the old master after the replica's promotion are lost
+        // (Redis's own asynchronous replication); none may count twice.
+        assert!(
+            value <= ok + bad,
+            "writer {w}: {value} on the new master, but only {ok} acknowledged and {bad} failed"
+        );
+    }
+    let total = writers.acked_total();
+    eprintln!(
+        "failover: {total} INCRs acknowledged, {errors} errors, switch and 200 writes after it \
+         within {switch_time:?}"
+    );
+    assert!(
+        errors < total,
+        "more errors ({errors}) than acknowledged writes ({total})"
+    );
+    let scrape = proxy.scrape();
+    assert!(
+        scraped_value(&scrape, "redis_ambassador_upstream_master_changes_total") >= 1.0,
+        "the master change was not counted:\n{scrape}"
+    );
+    assert!(proxy.log().contains("new master address"));
+}
+
+/// `SENTINEL FAILOVER`, then waits for the replica's promotion, the Sentinels'
+/// announcement, and a write through the ambassador that lands on the new master.
+/// Returns the connection to the new master that read it back.
+fn fail_over(setup: &SentinelSetup, proxy: &Ambassador) -> RawConn {
     let reply = setup.sentinels[0]
         .conn()
         .call(&["SENTINEL", "FAILOVER", MASTER_NAME]);
@@ -233,57 +257,66 @@ fn follows_a_sentinel_failover_while_clients_write() {
                 && direct.call(&["GET", "probe"]) == bulk(value.as_bytes())
         },
     );
-    // Writes keep succeeding after the switch: 200 more acknowledged INCRs.
-    let target: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>() + 200;
-    wait_for("writes after the failover", Duration::from_secs(30), || {
-        acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>() >= target
-    });
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().expect("a writer failed");
-    }
-    let switch_time = started.elapsed();
+    direct
+}
 
-    // A fresh write lands on the new master, and the client's database is still its own.
-    c.call_expect(&["SET", "after", "2"], b"+OK\r\n");
-    c.call_expect(&["GET", "db3"], b"$1\r\nx\r\n");
-    let mut new_master = setup.replica.conn();
-    new_master.call_expect(&["SELECT", "3"], b"+OK\r\n");
-    new_master.call_expect(&["GET", "after"], b"$1\r\n2\r\n");
+/// Clients writing INCRs through the ambassador, each on its own key `counter:<w>`,
+/// counting the acknowledged and the failed replies, until stopped.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Vec<Arc<AtomicU64>>,
+    failed: Vec<Arc<AtomicU64>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
 
-    let mut errors = 0;
-    for w in 0..WRITERS {
-        let ok = acked[w].load(Ordering::Relaxed);
-        let bad = failed[w].load(Ordering::Relaxed);
-        errors += bad;
-        let reply = direct.call(&["GET", &format!("counter:{w}")]);
-        let value: u64 = String::from_utf8_lossy(&reply)
-            .lines()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        // Writes acknowledged by the old master after the replica's promotion are lost
-        // (Redis's own asynchronous replication); none may count twice.
-        assert!(
-            value <= ok + bad,
-            "writer {w}: {value} on the new master, but only {ok} acknowledged and {bad} failed"
-        );
+impl Writers {
+    fn start(port: u16, n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let failed: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let threads = (0..n)
+            .map(|w| {
+                let (stop, acked, failed) = (stop.clone(), acked[w].clone(), failed[w].clone());
+                thread::spawn(move || {
+                    let mut c = RawConn::connect(port);
+                    c.timeout = Duration::from_secs(10);
+                    let key = format!("counter:{w}");
+                    while !stop.load(Ordering::Relaxed) {
+                        let reply = c.call(&["INCR", &key]);
+                        if reply.starts_with(b":") {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            assert!(
+                                reply.starts_with(b"-ERR upstream "),
+                                "writer {w}: unexpected reply \"{}\"",
+                                escape(&reply)
+                            );
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acked,
+            failed,
+            threads,
+        }
     }
-    let total: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
-    eprintln!(
-        "failover: {total} INCRs acknowledged, {errors} errors, switch and 200 writes after it \
-         within {switch_time:?}"
-    );
-    assert!(
-        errors < total,
-        "more errors ({errors}) than acknowledged writes ({total})"
-    );
-    let scrape = proxy.scrape();
-    assert!(
-        scraped_value(&scrape, "redis_ambassador_upstream_master_changes_total") >= 1.0,
-        "the master change was not counted:\n{scrape}"
-    );
-    assert!(proxy.log().contains("new master address"));
+
+    fn acked_total(&self) -> u64 {
+        self.acked.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Stops every writer and waits for it (a writer's failed assert fails the test).
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.threads.drain(..) {
+            w.join().expect("a writer failed");
+        }
+    }
 }
 
 /// No Sentinel reachable: a distinct error at once, naming the master, not a hang.
@@ -291,9 +324,11 @@ fn follows_a_sentinel_failover_while_clients_write() {
 fn unreachable_sentinels_fail_fast() {
     let dead = [closed_port(), closed_port()];
     let proxy = AmbassadorBuilder::new(&format!("127.0.0.1:{}", dead[0]))
-        .upstream_option("mode", "\"sentinel\"")
-        .upstream_option("addresses", &format!("[\"127.0.0.1:{}\"]", dead[1]))
-        .upstream_option("master_name", "\"nowhere\"")
+        .configure(|c| {
+            c.upstream.mode = Some(UpstreamMode::Sentinel);
+            c.upstream.addresses = Some(vec![format!("127.0.0.1:{}", dead[1])]);
+            c.upstream.master_name = Some("nowhere".to_owned());
+        })
         .pool_wait_timeout_ms(60_000)
         .start();
     let mut c = proxy.conn();

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +33,6 @@ struct Pki {
 impl Pki {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
-    }
-    /// A path as a TOML string.
-    fn toml(&self, name: &str) -> String {
-        format!("\"{}\"", self.path(name).display())
     }
 }
 
@@ -162,7 +157,7 @@ fn tls_upstream_shared_and_pinned() {
     let pki = pki();
     let (upstream, tls_port) = tls_redis(&pki, "server.crt", "server.key", false);
     let proxy = tls_proxy(tls_port)
-        .upstream_option("tls_ca_file", &pki.toml("ca.pem"))
+        .upstream_tls_ca_file(&pki.path("ca.pem"))
         .start();
     let mut c = proxy.conn();
     c.call_expect(&["SET", "k", "v"], b"+OK\r\n");
@@ -216,7 +211,7 @@ fn wrong_ca_is_a_clear_error() {
     let pki = pki();
     let (_upstream, tls_port) = tls_redis(&pki, "server.crt", "server.key", false);
     let proxy = tls_proxy(tls_port)
-        .upstream_option("tls_ca_file", &pki.toml("other-ca.pem"))
+        .upstream_tls_ca_file(&pki.path("other-ca.pem"))
         .start();
     assert_tls_error(&proxy, "unknown issuer");
 }
@@ -227,8 +222,8 @@ fn name_mismatch_is_a_clear_error() {
     let pki = pki();
     let (_upstream, tls_port) = tls_redis(&pki, "server.crt", "server.key", false);
     let proxy = tls_proxy(tls_port)
-        .upstream_option("tls_ca_file", &pki.toml("ca.pem"))
-        .upstream_option("tls_server_name", "\"wrong.example\"")
+        .upstream_tls_ca_file(&pki.path("ca.pem"))
+        .configure(|c| c.upstream.tls_server_name = Some("wrong.example".to_owned()))
         .start();
     assert_tls_error(&proxy, "not valid for the name `wrong.example`");
 }
@@ -239,7 +234,7 @@ fn expired_certificate_is_a_clear_error() {
     let pki = pki();
     let (_upstream, tls_port) = tls_redis(&pki, "expired.crt", "expired.key", false);
     let proxy = tls_proxy(tls_port)
-        .upstream_option("tls_ca_file", &pki.toml("ca.pem"))
+        .upstream_tls_ca_file(&pki.path("ca.pem"))
         .start();
     assert_tls_error(&proxy, "expired");
 }
@@ -252,10 +247,12 @@ fn mutual_tls() {
     let (_upstream, tls_port) = tls_redis(&pki, "server.crt", "server.key", true);
     let with_cert = AmbassadorBuilder::new(&format!("127.0.0.1:{tls_port}"))
         .upstream_password(PASSWORD.as_bytes())
-        .upstream_option("tls", "true")
-        .upstream_option("tls_ca_file", &pki.toml("ca.pem"))
-        .upstream_option("tls_cert_file", &pki.toml("client.crt"))
-        .upstream_option("tls_key_file", &pki.toml("client.key"))
+        .upstream_tls_ca_file(&pki.path("ca.pem"))
+        .configure(|c| {
+            c.upstream.tls = Some(true);
+            c.upstream.tls_cert_file = Some(pki.path("client.crt"));
+            c.upstream.tls_key_file = Some(pki.path("client.key"));
+        })
         .start();
     let mut c = with_cert.conn();
     c.call_expect(&["SET", "m", "1"], b"+OK\r\n");
@@ -265,7 +262,7 @@ fn mutual_tls() {
     assert!(!with_cert.log().contains("PRIVATE KEY"));
 
     let without = tls_proxy(tls_port)
-        .upstream_option("tls_ca_file", &pki.toml("ca.pem"))
+        .upstream_tls_ca_file(&pki.path("ca.pem"))
         .start();
     assert_tls_error(&without, "client certificate");
 }
@@ -274,17 +271,11 @@ fn mutual_tls() {
 #[test]
 fn missing_key_file_is_a_start_up_error() {
     let pki = pki();
-    let config = pki.path("ambassador.toml");
-    let mut f = std::fs::File::create(&config).unwrap();
-    writeln!(
-        f,
-        "[upstream]\naddress = \"rediss://127.0.0.1:1\"\ntls_ca_file = {}\n\
-         tls_cert_file = {}\ntls_key_file = {}",
-        pki.toml("ca.pem"),
-        pki.toml("client.crt"),
-        pki.toml("missing.key")
-    )
-    .unwrap();
+    let mut config = AmbassadorConfig::new("rediss://127.0.0.1:1");
+    config.upstream.tls_ca_file = Some(pki.path("ca.pem"));
+    config.upstream.tls_cert_file = Some(pki.path("client.crt"));
+    config.upstream.tls_key_file = Some(pki.path("missing.key"));
+    let config = config.write(&pki.path("ambassador.toml"));
     let (status, output) = check_config(&config);
     assert!(!status.success(), "{output}");
     let missing = pki.path("missing.key");
@@ -368,8 +359,7 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 
 fn tls_listener(pki: &Pki, upstream: &RedisServer) -> AmbassadorBuilder {
     AmbassadorBuilder::for_server(upstream)
-        .listen_option("tls_cert_file", &pki.toml("server.crt"))
-        .listen_option("tls_key_file", &pki.toml("server.key"))
+        .listen_tls(&pki.path("server.crt"), &pki.path("server.key"))
 }
 
 /// TLS for clients: PING, SET/GET, a pipelined transaction and pub/sub over TLS.
@@ -449,7 +439,7 @@ fn tls_downstream_client_certificates() {
     let pki = pki();
     let upstream = RedisServer::start();
     let proxy = tls_listener(&pki, &upstream)
-        .listen_option("tls_client_ca_file", &pki.toml("ca.pem"))
+        .configure(|c| c.listen.tls_client_ca_file = Some(pki.path("ca.pem")))
         .start();
     let ping = resp(&["PING"]);
     let got = block_on(tls_exchange(

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    AmbassadorBuilder, RawConn, RedisServer, ServerAuth, escape_short, free_port, read_lossy,
-    redis_server_bin, resp, wait_until,
+    AmbassadorBuilder, RawConn, RedisServer, ServerAuth, UpstreamMode, escape_short, free_port,
+    read_lossy, redis_server_bin, resp, wait_until,
 };
 
 /// Number of hash slots in a Redis Cluster.
@@ -382,7 +382,7 @@ impl RedisCluster {
             let mut conf: Vec<&str> = lines.iter().map(String::as_str).collect();
             conf.extend_from_slice(extra);
             let node = RedisServer::start_with(ServerAuth::Password(password.to_string()), &conf);
-            let nodes_conf = node.dir.path().join(NODES_CONF);
+            let nodes_conf = node.dir().join(NODES_CONF);
             assert!(
                 nodes_conf.is_file(),
                 "node on port {}: no {} in its own dir (cluster-config-file not where the \
@@ -473,11 +473,12 @@ impl RedisCluster {
     /// short connect and backoff times (a test's node failures are noticed quickly).
     pub fn ambassador(&self) -> AmbassadorBuilder {
         let seeds = self.seed_addresses();
-        let others: Vec<String> = seeds[1..].iter().map(|s| format!("\"{s}\"")).collect();
         AmbassadorBuilder::new(&seeds[0])
             .upstream_password(self.password().as_bytes())
-            .upstream_option("mode", "\"cluster\"")
-            .upstream_option("addresses", &format!("[{}]", others.join(", ")))
+            .configure(|c| {
+                c.upstream.mode = Some(UpstreamMode::Cluster);
+                c.upstream.addresses = Some(seeds[1..].to_vec());
+            })
             .connect_timeout_ms(1000)
             .command_timeout_ms(5000)
             .reconnect_backoff_ms(50)
