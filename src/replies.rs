@@ -126,6 +126,12 @@ pub fn proxy_error(out: &mut BytesMut, text: &str) {
     encode::error(out, &line);
 }
 
+/// An upstream failure as the client sees it: `-ERR <error>`, the text being the error's
+/// `Display` (see `UpstreamError`), CR and LF made spaces.
+pub fn upstream_error(out: &mut BytesMut, error: &crate::upstream::UpstreamError) {
+    proxy_error(out, &error.to_string());
+}
+
 /// `%s` formatting of an sds stops at the first NUL.
 fn c_string(s: &[u8]) -> &[u8] {
     match s.iter().position(|&b| b == 0) {
@@ -149,6 +155,12 @@ mod tests {
             &b"-ERR wrong number of arguments for 'client|setname' command\r\n\
                -ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n\
                -ERR Syntax error in HELLO option 'AUTH'\r\n"[..]
+        );
+        let mut out = BytesMut::new();
+        upstream_error(&mut out, &crate::upstream::UpstreamError::Timeout(5));
+        assert_eq!(
+            &out[..],
+            b"-ERR upstream timed out: no reply within 5 ms\r\n"
         );
         let mut out = BytesMut::new();
         unknown_subcommand(&mut out, b"client", b"a\r\nb");

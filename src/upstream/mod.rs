@@ -19,8 +19,12 @@
 //! With `[upstream] tls` every connection, shared lanes and pinned ones alike, runs the TLS
 //! handshake inside `connect_timeout_ms` (see `tls` for the settings and `net` for the
 //! streams); a TLS failure is `UpstreamError::Tls`, one line saying what to check.
+//!
+//! Every failure is an `UpstreamError` (see `error`): typed, with the side that failed and
+//! whether the command may have run; its text is rendered for the client in `replies`.
 
 pub mod conn;
+mod error;
 pub mod mux;
 pub mod sentinel;
 
@@ -29,79 +33,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 pub use conn::{ConnState, UpstreamConn};
+pub use error::{
+    AuthFailure, IoFailure, IoOp, LostReason, Side, TlsFailure, UnavailableReason, UpstreamError,
+};
 
 use crate::config::{Config, Mode, Secrets};
-use crate::protocol::ReplyError;
 use crate::secret::{Reload, RotatingSecret, Secret};
-
-/// Why a command could not be served by the upstream. The `Display` text is what the
-/// client sees after `-ERR `; none of them can contain a secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
-    /// TLS failed: at the handshake (certificate, name, client certificate), or later.
-    #[error("upstream unavailable: TLS: {0}")]
-    Tls(String),
-    #[error("upstream authentication failed: {0}")]
-    AuthFailed(String),
-    #[error("upstream pool exhausted: no connection became free within {0} ms")]
-    PoolExhausted(u64),
-    #[error("upstream timed out: no reply within {0} ms")]
-    Timeout(u64),
-    #[error("upstream connection lost: {0}")]
-    Lost(String),
-    #[error("upstream sent a malformed reply: {0}")]
-    BadReply(ReplyError),
-    /// An idle pooled connection failed its probe. Not a failure of the upstream: bb8
-    /// replaces the connection and the checkout goes on.
-    #[error("stale pooled connection: {0}")]
-    Stale(&'static str),
-    /// A client let more than this many bytes of replies pile up unread: it is closed
-    /// (Redis's client-output-buffer-limit), so it cannot hold a shared lane.
-    #[error("client output buffer over {0} bytes")]
-    ClientOutputLimit(usize),
-    /// The cap on pinned (dedicated) connections is reached.
-    #[error(
-        "upstream pool exhausted: too many clients hold a dedicated upstream connection \
-         (MULTI, WATCH, blocking commands, pub/sub, MONITOR): max_pinned = {0}"
-    )]
-    TooManyPinned(usize),
-}
-
-impl UpstreamError {
-    /// The metrics class of this error.
-    pub fn class(&self) -> crate::metrics::ErrorClass {
-        use crate::metrics::ErrorClass;
-        match self {
-            UpstreamError::Unavailable(_) | UpstreamError::Tls(_) | UpstreamError::Stale(_) => {
-                ErrorClass::UpstreamUnavailable
-            }
-            UpstreamError::AuthFailed(_) => ErrorClass::UpstreamAuth,
-            UpstreamError::PoolExhausted(_) | UpstreamError::TooManyPinned(_) => {
-                ErrorClass::PoolExhausted
-            }
-            UpstreamError::Timeout(_) => ErrorClass::Timeout,
-            UpstreamError::Lost(_) => ErrorClass::UpstreamLost,
-            UpstreamError::BadReply(_) => ErrorClass::BadReply,
-            UpstreamError::ClientOutputLimit(_) => ErrorClass::OutputLimit,
-        }
-    }
-
-    /// Whether the error means the server could not be reached or let in (as opposed to a
-    /// problem with one request).
-    fn is_connect_failure(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Unavailable(_) | UpstreamError::Tls(_) | UpstreamError::AuthFailed(_)
-        )
-    }
-}
 
 /// What the proxy learned about the upstream server at connect time.
 #[derive(Debug, Clone, Default)]
@@ -154,9 +96,7 @@ impl Health {
     /// Records a failed connect: logged when the upstream goes down or its error changes
     /// (not at every retry), counted, and published to waiting checkouts.
     fn connect_failed(&self, error: UpstreamError) {
-        let repeated = self
-            .last()
-            .is_some_and(|last| last.to_string() == error.to_string());
+        let repeated = self.last().as_ref() == Some(&error);
         if repeated {
             tracing::debug!(%error, "upstream connect failed again");
         } else {
@@ -241,6 +181,34 @@ pub enum Target {
 }
 
 impl Target {
+    /// `address` (a cluster node), or where `config` says; in sentinel mode this starts
+    /// the task that follows the Sentinels.
+    fn new(config: &Config, secrets: &Secrets, address: Option<&str>) -> Target {
+        if let Some(address) = address {
+            return Target::Address(address.into());
+        }
+        match config.upstream.mode {
+            Mode::Sentinel => {
+                let dialer = conn::Dialer {
+                    tls: secrets.upstream_tls.clone(),
+                    username: config.upstream.sentinel_username.clone(),
+                    connect_timeout: config.upstream.connect_timeout(),
+                    max_reply_depth: config.limits.max_reply_depth,
+                    readonly: false,
+                };
+                let sentinels = Arc::new(sentinel::Sentinels::new(
+                    config.upstream.seeds().map(str::to_owned).collect(),
+                    config.upstream.master_name.clone().unwrap_or_default(),
+                    dialer,
+                    secrets.sentinel_password.clone(),
+                ));
+                tokio::spawn(sentinels.clone().watch());
+                Target::Sentinel(sentinels)
+            }
+            Mode::Standalone | Mode::Cluster => Target::Address(config.upstream.endpoint().into()),
+        }
+    }
+
     /// Changes when the address connections should go to changes: a connection made in
     /// another generation is replaced before its next use.
     pub fn generation(&self) -> u64 {
@@ -261,19 +229,15 @@ impl Target {
 /// The bb8 manager: knows how to open and check one upstream connection.
 pub struct Manager {
     target: Target,
-    tls: Option<crate::tls::UpstreamTls>,
-    username: Option<String>,
+    /// TLS, the user, the handshake's limits, and (a cluster replica serving reads) the
+    /// `READONLY` every connection says, lanes and pooled connections alike.
+    dialer: conn::Dialer,
     password: Option<Arc<RotatingSecret>>,
     /// The last password the upstream accepted: tried when the current one is refused.
     last_good: Arc<Mutex<Option<Secret>>>,
     /// Connections are being opened with `last_good` because the current password is
     /// refused (logged as a warning once per episode).
     on_fallback: Arc<AtomicBool>,
-    connect_timeout: Duration,
-    max_reply_depth: usize,
-    /// Every connection says `READONLY` after authenticating (a cluster replica serving
-    /// reads): lanes and pooled connections alike, reconnects included.
-    readonly: bool,
     health: Arc<Health>,
     info: Arc<Mutex<Option<ServerInfo>>>,
 }
@@ -281,23 +245,11 @@ pub struct Manager {
 impl Manager {
     /// One attempt with one password.
     async fn connect_with(&self, password: Option<&Secret>) -> Result<UpstreamConn, UpstreamError> {
-        let credentials = conn::Credentials {
-            username: self.username.as_deref(),
-            password,
-            readonly: self.readonly,
-        };
         let (address, generation) = match &self.target {
             Target::Address(address) => (address.to_string(), 0),
             Target::Sentinel(sentinels) => sentinels.master().await?,
         };
-        let connected = UpstreamConn::connect(
-            &address,
-            self.tls.as_ref(),
-            credentials,
-            self.connect_timeout,
-            self.max_reply_depth,
-        )
-        .await;
+        let connected = UpstreamConn::connect(&self.dialer, &address, password).await;
         let (mut conn, info) = match (connected, &self.target) {
             (Ok(pair), _) => pair,
             (Err(error), Target::Sentinel(sentinels)) => {
@@ -312,11 +264,12 @@ impl Manager {
             // A demoted master that came back is a replica now: never write to it.
             if &info.role[..] != b"master" {
                 sentinels.forget(&address);
-                return Err(UpstreamError::Unavailable(format!(
-                    "{address} is a {}, not the master of `{}`; asking the Sentinels again",
-                    String::from_utf8_lossy(&info.role),
-                    sentinels.master_name()
-                )));
+                return Err(UnavailableReason::NotMaster {
+                    address,
+                    role: String::from_utf8_lossy(&info.role).into_owned(),
+                    master: sentinels.master_name().to_owned(),
+                }
+                .into());
             }
         }
         conn.target = generation;
@@ -497,43 +450,24 @@ impl Upstream {
         readonly: bool,
     ) -> Upstream {
         let password = secrets.upstream_password.clone();
-        let tls = secrets.upstream_tls.clone();
-        let target = match (address, config.upstream.mode) {
-            (Some(address), _) => Target::Address(address.into()),
-            (None, mode) => match mode {
-                Mode::Sentinel => {
-                    let sentinels = Arc::new(sentinel::Sentinels::new(
-                        config.upstream.seeds().map(str::to_owned).collect(),
-                        config.upstream.master_name.clone().unwrap_or_default(),
-                        config.upstream.sentinel_username.clone(),
-                        secrets.sentinel_password.clone(),
-                        tls.clone(),
-                        config.upstream.connect_timeout(),
-                        config.limits.max_reply_depth,
-                    ));
-                    tokio::spawn(sentinels.clone().watch());
-                    Target::Sentinel(sentinels)
-                }
-                Mode::Standalone | Mode::Cluster => {
-                    Target::Address(config.upstream.endpoint().into())
-                }
-            },
-        };
+        let target = Target::new(config, secrets, address);
         let health = Arc::new(Health::new(
             config.upstream.reconnect_backoff(),
             config.upstream.reconnect_backoff_max(),
         ));
         let info = Arc::new(Mutex::new(None));
-        let manager = || Manager {
+        let manager = Manager {
             target: target.clone(),
-            tls: tls.clone(),
-            username: config.upstream.username.clone(),
+            dialer: conn::Dialer {
+                tls: secrets.upstream_tls.clone(),
+                username: config.upstream.username.clone(),
+                connect_timeout: config.upstream.connect_timeout(),
+                max_reply_depth: config.limits.max_reply_depth,
+                readonly,
+            },
             password: password.clone(),
             last_good: Arc::new(Mutex::new(None)),
             on_fallback: Arc::new(AtomicBool::new(false)),
-            connect_timeout: config.upstream.connect_timeout(),
-            max_reply_depth: config.limits.max_reply_depth,
-            readonly,
             health: health.clone(),
             info: info.clone(),
         };
@@ -547,7 +481,7 @@ impl Upstream {
             .retry_connection(false)
             .test_on_check_out(true)
             .error_sink(Box::new(HealthSink(health.clone())))
-            .build_unchecked(manager());
+            .build_unchecked(manager);
         let mux = mux::Mux::new(
             config.upstream.pool_size as usize,
             mux::LaneContext {
@@ -556,7 +490,6 @@ impl Upstream {
                 health: health.clone(),
                 target: target.clone(),
                 command_timeout: config.upstream.command_timeout(),
-                max_reply_depth: config.limits.max_reply_depth,
                 output_limit: config.limits.client_output_hard_limit,
             },
         );
@@ -608,7 +541,7 @@ impl Upstream {
                     pending.fetch_sub(reply.0.len(), Ordering::AcqRel);
                     out.push(reply);
                 }
-                None => return Err(UpstreamError::Lost("lane stopped".to_owned())),
+                None => return Err(LostReason::LaneStopped.into()),
             }
         }
         Ok(out)
@@ -624,25 +557,16 @@ impl Upstream {
     ) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
         let mut pinned = self.pin().await?;
         let conn: &mut UpstreamConn = &mut pinned;
-        let mut prelude = BytesMut::new();
-        let swallow = conn::transition(&mut prelude, conn.state, state);
         let mut all = Vec::with_capacity(chunks.len() + 1);
-        if swallow > 0 {
-            all.push(prelude.freeze());
-        }
+        let swallow = conn::push_transition(&mut all, conn.state, state);
         all.extend(chunks);
         // Armed until every reply is read.
         conn.broken = true;
         conn.write_all(&all, None).await?;
-        for _ in 0..swallow {
-            let (reply, frame) = conn.read_reply(None).await?;
-            if frame.error {
-                return Err(UpstreamError::Unavailable(format!(
-                    "state change refused: {}",
-                    conn::error_text(&reply)
-                )));
-            }
-        }
+        conn.read_state_changes(swallow, None, |reply| {
+            UnavailableReason::StateChangeRefused { reply }.into()
+        })
+        .await?;
         let mut out = Vec::with_capacity(replies);
         for _ in 0..replies {
             out.push(conn.read_reply(None).await?);
@@ -674,28 +598,38 @@ impl Upstream {
     /// probe, server information). Fails at once with the connect error when the upstream
     /// cannot be reached or refuses the credentials.
     pub async fn get(&self) -> Result<PooledConn<'_>, UpstreamError> {
-        if let Some(error) = self.health.backing_off() {
-            return Err(error);
-        }
-        let mut failures = self.health.failures.subscribe();
-        failures.borrow_and_update();
         let started = Instant::now();
-        let result = tokio::select! {
-            biased;
-                        conn = self.pinned_pool.get() => conn.map_err(|e| match e {
-                RunError::User(e) => e,
-                RunError::TimedOut => self.health.last().unwrap_or(
-                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
-            }),
-            _ = failures.changed() => Err(self.health.last().unwrap_or_else(||
-                UpstreamError::Unavailable("connect failed".to_owned()))),
-        };
+        let result = self.checkout(self.pinned_pool.get()).await;
         let global = crate::metrics::global();
         global.pool_wait.record(started.elapsed().as_secs_f64());
         if matches!(result, Err(UpstreamError::PoolExhausted(_))) {
             global.pool_exhausted.increment(1);
         }
         result
+    }
+
+    /// Waits for `checkout` (a `get` from the dedicated pool, borrowed or owned), failing at
+    /// once with the connect error while the reconnect backoff runs, or as soon as a connect
+    /// fails meanwhile (bb8 alone would wait out the pool timeout: see the module's notes).
+    async fn checkout<C>(
+        &self,
+        checkout: impl Future<Output = Result<C, RunError<UpstreamError>>>,
+    ) -> Result<C, UpstreamError> {
+        if let Some(error) = self.health.backing_off() {
+            return Err(error);
+        }
+        let mut failures = self.health.failures.subscribe();
+        failures.borrow_and_update();
+        tokio::select! {
+            biased;
+            conn = checkout => conn.map_err(|e| match e {
+                RunError::User(e) => e,
+                RunError::TimedOut => self.health.last().unwrap_or(
+                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
+            }),
+            _ = failures.changed() => Err(self.health.last()
+                .unwrap_or_else(|| UnavailableReason::ConnectFailed.into())),
+        }
     }
 
     /// Sets the upstream-connection gauges (called at scrape time): `in_use` counts the
@@ -728,21 +662,7 @@ impl Upstream {
             .clone()
             .try_acquire_owned()
             .map_err(|_| UpstreamError::TooManyPinned(self.max_pinned))?;
-        if let Some(error) = self.health.backing_off() {
-            return Err(error);
-        }
-        let mut failures = self.health.failures.subscribe();
-        failures.borrow_and_update();
-        let conn = tokio::select! {
-            biased;
-            conn = self.pinned_pool.get_owned() => conn.map_err(|e| match e {
-                RunError::User(e) => e,
-                RunError::TimedOut => self.health.last().unwrap_or(
-                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
-            })?,
-            _ = failures.changed() => return Err(self.health.last().unwrap_or_else(||
-                UpstreamError::Unavailable("connect failed".to_owned()))),
-        };
+        let conn = self.checkout(self.pinned_pool.get_owned()).await?;
         Ok(Pinned {
             conn,
             _permit: permit,
@@ -757,7 +677,7 @@ impl Upstream {
         }
         drop(self.get().await?);
         self.cached_info()
-            .ok_or_else(|| UpstreamError::Unavailable("no server information".to_owned()))
+            .ok_or_else(|| UnavailableReason::NoServerInfo.into())
     }
 
     fn cached_info(&self) -> Option<ServerInfo> {
@@ -781,7 +701,11 @@ mod tests {
     use super::*;
 
     fn refused() -> UpstreamError {
-        UpstreamError::Unavailable("connection refused".to_owned())
+        UnavailableReason::Connect {
+            address: "h:1".to_owned(),
+            error: IoFailure::from(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        }
+        .into()
     }
 
     #[test]
