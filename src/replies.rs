@@ -149,10 +149,8 @@ pub fn subscribed_pong(out: &mut BytesMut, argument: Option<&[u8]>) {
 }
 
 /// An error the proxy makes (`ERR <text>`): upstream trouble and the like.
-pub fn proxy_error(out: &mut BytesMut, text: &str) {
-    let mut line = b"ERR ".to_vec();
-    line.extend_from_slice(text.as_bytes());
-    encode::error(out, &line);
+pub fn proxy_error(out: &mut BytesMut, error: &impl std::fmt::Display) {
+    encode::error(out, format!("ERR {error}").as_bytes());
 }
 
 /// `%s` formatting of an sds stops at the first NUL.
@@ -178,6 +176,12 @@ mod tests {
             &b"-ERR wrong number of arguments for 'client|setname' command\r\n\
                -ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n\
                -ERR Syntax error in HELLO option 'AUTH'\r\n"[..]
+        );
+        let mut out = BytesMut::new();
+        proxy_error(&mut out, &"upstream timed out: no reply within 5 ms");
+        assert_eq!(
+            &out[..],
+            b"-ERR upstream timed out: no reply within 5 ms\r\n"
         );
         let mut out = BytesMut::new();
         unknown_subcommand(&mut out, b"client", b"a\r\nb");

@@ -18,7 +18,7 @@ use super::slot::slot;
 use crate::command;
 use crate::protocol::Request;
 use crate::replies;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{UnavailableReason, Upstream, UpstreamError};
 
 /// Where a request goes.
 pub enum Target {
@@ -55,9 +55,12 @@ impl Cluster {
             if matches!(spread, Some(command::Spread::EveryMaster(_))) {
                 return Ok(Target::Scatter);
             }
-            let node = self.masters().await?.into_iter().next().ok_or_else(|| {
-                UpstreamError::Unavailable("the cluster has no master".to_owned())
-            })?;
+            let node = self
+                .masters()
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| UpstreamError::from(UnavailableReason::NoClusterMaster))?;
             return Ok(Target::Node {
                 node,
                 fallback: None,

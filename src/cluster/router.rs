@@ -31,7 +31,7 @@ use super::topology::Topology;
 use crate::config::Config;
 use crate::credentials::Secrets;
 use crate::protocol::{ReplyFrame, encode};
-use crate::upstream::{ConnState, Upstream, UpstreamError};
+use crate::upstream::{ConnState, LostReason, UnavailableReason, Upstream, UpstreamError};
 
 /// How often the slot map is read again without being asked to.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -185,9 +185,8 @@ impl Cluster {
             return Ok(topology);
         }
         self.refresh(false).await?;
-        self.topology().ok_or_else(|| {
-            UpstreamError::Unavailable("the cluster's slot map is not known yet".to_owned())
-        })
+        self.topology()
+            .ok_or_else(|| UnavailableReason::SlotMapUnknown.into())
     }
 
     /// The master serving `slot`.
@@ -198,9 +197,7 @@ impl Cluster {
         let topology = self.ready().await?;
         match topology.master_of(slot) {
             Some(master) => Ok(self.node(&master.address)),
-            None => Err(UpstreamError::Unavailable(format!(
-                "no cluster node serves slot {slot} (CLUSTERDOWN?)"
-            ))),
+            None => Err(UnavailableReason::SlotUnserved { slot }.into()),
         }
     }
 
@@ -243,11 +240,8 @@ impl Cluster {
         state: ConnState,
     ) -> Result<(Bytes, ReplyFrame), UpstreamError> {
         let sent = node.call(state, vec![request.clone()], 1).await;
-        let sent = sent.and_then(|mut replies| {
-            replies
-                .pop()
-                .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))
-        });
+        let sent =
+            sent.and_then(|mut replies| replies.pop().ok_or_else(|| LostReason::NoReply.into()));
         let (node, reply) = match (sent, fallback) {
             (Ok(reply), Some(master)) if reply.1.error && replica_cannot_serve(&reply.0) => {
                 let reply = crate::upstream::conn::error_text(&reply.0);
@@ -320,8 +314,7 @@ impl Cluster {
         crate::metrics::global()
             .cluster_refresh_failures
             .increment(1);
-        Err(last_error
-            .unwrap_or_else(|| UpstreamError::Unavailable("no cluster address".to_owned())))
+        Err(last_error.unwrap_or_else(|| UnavailableReason::NoClusterAddress.into()))
     }
 
     async fn read_map(
@@ -345,15 +338,17 @@ impl Cluster {
             None
         };
         let topology = Topology::from_cluster_slots(&slots).ok_or_else(|| {
-            UpstreamError::Unavailable(format!(
-                "{address} did not answer CLUSTER SLOTS with a slot map: {}",
-                String::from_utf8_lossy(slots.strip_suffix(b"\r\n").unwrap_or(&slots))
-            ))
+            UpstreamError::from(UnavailableReason::NoSlotMap {
+                address: address.to_owned(),
+                reply: String::from_utf8_lossy(slots.strip_suffix(b"\r\n").unwrap_or(&slots))
+                    .into_owned(),
+            })
         })?;
         if topology.masters.is_empty() {
-            return Err(UpstreamError::Unavailable(format!(
-                "{address} knows no slot owners yet"
-            )));
+            return Err(UnavailableReason::NoSlotOwners {
+                address: address.to_owned(),
+            }
+            .into());
         }
         Ok((topology, keys))
     }
@@ -488,7 +483,7 @@ impl Cluster {
             };
             reply = match replies.pop() {
                 Some(last) => last,
-                None => return Err(UpstreamError::Lost("no reply".to_owned())),
+                None => return Err(LostReason::NoReply.into()),
             };
             from = address;
         }

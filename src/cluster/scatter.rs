@@ -25,7 +25,7 @@ use crate::command::{self, Merge, Spread};
 use crate::protocol::reply::split_array;
 use crate::protocol::{Request, encode};
 use crate::replies;
-use crate::upstream::{ConnState, Upstream, UpstreamError};
+use crate::upstream::{ConnState, LostReason, UnavailableReason, Upstream, UpstreamError};
 
 /// SCAN walks the masters one after the other: the client's cursor carries the master's
 /// index in its low `SCAN_NODE_BITS` bits and that master's own cursor above them. A
@@ -70,9 +70,7 @@ pub async fn scatter(
             (merge, parts, n)
         }
         None => {
-            return Err(UpstreamError::Unavailable(
-                "no rule to split this command".to_owned(),
-            ));
+            return Err(UnavailableReason::NoSplitRule.into());
         }
     };
     let replies = gather(cluster, &parts, state).await?;
@@ -80,9 +78,8 @@ pub async fn scatter(
     if let Some(error) = replies.iter().find(|r| r.first() == Some(&b'-')) {
         return Ok(error.to_vec());
     }
-    merge_replies(merge, &parts, &replies, keys).ok_or_else(|| {
-        UpstreamError::Unavailable("cluster nodes sent replies that cannot be merged".to_owned())
-    })
+    merge_replies(merge, &parts, &replies, keys)
+        .ok_or_else(|| UnavailableReason::Unmergeable.into())
 }
 
 /// The parts of a command split by slot (keys of one slot together, in their order), and
@@ -163,15 +160,14 @@ async fn gather(
     }
     let mut replies: Vec<Option<Bytes>> = vec![None; parts.len()];
     while let Some(done) = tasks.join_next().await {
-        let (index, reply) =
-            done.map_err(|e| UpstreamError::Lost(format!("a cluster sub-request failed: {e}")))??;
+        let (index, reply) = done.map_err(|e| LostReason::SubRequestFailed {
+            detail: e.to_string().into(),
+        })??;
         replies[index] = Some(reply);
     }
     let replies: Vec<Bytes> = replies.into_iter().flatten().collect();
     if replies.len() != parts.len() {
-        return Err(UpstreamError::Lost(
-            "a cluster sub-request went unanswered".to_owned(),
-        ));
+        return Err(LostReason::SubRequestUnanswered.into());
     }
     Ok(replies)
 }
@@ -200,26 +196,24 @@ async fn scan(
     let mut replies = node.call(state, vec![encode::command(&args)], 1).await?;
     let reply = replies
         .pop()
-        .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))?
+        .ok_or_else(|| UpstreamError::from(LostReason::NoReply))?
         .0;
     if reply.first() == Some(&b'-') {
         return Ok(reply.to_vec());
     }
     let parts = split_array(&reply)
         .filter(|p| p.len() == 2)
-        .ok_or_else(|| UpstreamError::Unavailable("SCAN reply not understood".to_owned()))?;
+        .ok_or_else(|| UpstreamError::from(UnavailableReason::ScanReplyNotUnderstood))?;
     let next: u64 = std::str::from_utf8(&parts[0])
         .ok()
         .and_then(|line| line.lines().nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| UpstreamError::Unavailable("SCAN cursor not understood".to_owned()))?;
+        .ok_or_else(|| UpstreamError::from(UnavailableReason::ScanCursorNotUnderstood))?;
     let next = match (next, index + 1 < masters.len()) {
         (0, true) => (index + 1) as u64,
         (0, false) => 0,
         (n, _) if n >> (64 - SCAN_NODE_BITS) != 0 => {
-            return Err(UpstreamError::Unavailable(
-                "a node's SCAN cursor is too large to carry".to_owned(),
-            ));
+            return Err(UnavailableReason::ScanCursorTooLarge.into());
         }
         (n, _) => (n << SCAN_NODE_BITS) | index as u64,
     };

@@ -37,7 +37,7 @@ use crate::command::{self, Spread};
 use crate::protocol::{Proto, Request, encode};
 use crate::replies;
 use crate::upstream::conn::transition;
-use crate::upstream::{ConnState, Pinned, UpstreamError};
+use crate::upstream::{ConnState, LostReason, Pinned, UnavailableReason, UpstreamError};
 
 /// Tries to subscribe a channel again before the client is told it was unsubscribed.
 const RESUBSCRIBE_ATTEMPTS: u32 = 20;
@@ -609,7 +609,7 @@ impl Shards {
             if pending.client {
                 if let Some(op) = &mut self.op {
                     if pending.kind != Kind::Unsub && pending.kind != Kind::Swallow {
-                        let error = UpstreamError::Lost("connection closed".to_owned());
+                        let error = UpstreamError::from(LostReason::ConnectionClosed);
                         op.error.get_or_insert_with(|| proxy_error(&error));
                     }
                     op.parts = op.parts.saturating_sub(1);
@@ -788,10 +788,10 @@ impl Shards {
             for _ in 0..replies {
                 let (reply, frame) = conn.read_reply(Some(self.timeout)).await?;
                 if frame.error {
-                    return Err(UpstreamError::Unavailable(format!(
-                        "HELLO refused: {}",
-                        crate::upstream::conn::error_text(&reply)
-                    )));
+                    return Err(UnavailableReason::HelloRefused {
+                        reply: crate::upstream::conn::error_text(&reply),
+                    }
+                    .into());
                 }
             }
             conn.state = ConnState {
@@ -872,7 +872,7 @@ fn group(groups: &mut Vec<(String, Vec<Bytes>)>, address: String, channel: Bytes
 
 fn proxy_error(error: &UpstreamError) -> Bytes {
     let mut out = BytesMut::new();
-    replies::proxy_error(&mut out, &error.to_string());
+    replies::proxy_error(&mut out, &error);
     out.freeze()
 }
 
@@ -920,7 +920,7 @@ pub async fn routed(
     blocking: bool,
 ) -> Bytes {
     let result = match slots {
-        [] => Err(UpstreamError::Unavailable("no key to route by".to_owned())),
+        [] => Err(UnavailableReason::NoRoutingKey.into()),
         [one] => single(cluster, request, *one, state, blocking).await,
         _ if matches!(command::spread(&request.args), Some(Spread::BySlot { .. })) => {
             scatter(cluster, request, state).await.map(Bytes::from)
@@ -950,7 +950,7 @@ async fn single(
     };
     let reply = replies
         .pop()
-        .ok_or_else(|| UpstreamError::Lost("no reply".to_owned()))?;
+        .ok_or_else(|| UpstreamError::from(LostReason::NoReply))?;
     let (reply, _) = cluster
         .follow(reply, &bytes, state, &node.address(), blocking)
         .await?;

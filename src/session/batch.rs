@@ -20,7 +20,9 @@ use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
-use crate::upstream::{ConnState, Pinned, Upstream, UpstreamConn, UpstreamError, mux};
+use crate::upstream::{
+    ConnState, LostReason, Pinned, UnavailableReason, Upstream, UpstreamConn, UpstreamError, mux,
+};
 
 /// Replies buffered for a client beyond this are written out before reading more from
 /// the upstream, so a pipeline of large replies does not pile up in memory.
@@ -430,9 +432,7 @@ impl Batch {
                 node.count_requests(self.routed.len());
                 node.mux.submit(job).await.err()
             }
-            None => Some(UpstreamError::Unavailable(
-                "no node for this batch".to_owned(),
-            )),
+            None => Some(UnavailableReason::NoNodeForBatch.into()),
         };
         Submitted {
             emitting: Emitting::new(self.fallback.is_some(), failure),
@@ -760,7 +760,7 @@ impl Batch {
 
     /// A forwarded request answered with `error`.
     fn fail(&self, command: CommandId, error: &UpstreamError, out: &mut BytesMut) {
-        replies::proxy_error(out, &error.to_string());
+        replies::proxy_error(out, &error);
         self.record(command, Some(error.class()));
     }
 
@@ -824,7 +824,7 @@ impl Source<'_> {
                     Ok(reply)
                 }
                 Some(Err(error)) => Err(error),
-                None => Err(UpstreamError::Lost("connection closed".to_owned())),
+                None => Err(LostReason::ConnectionClosed.into()),
             },
         }
     }
@@ -832,5 +832,5 @@ impl Source<'_> {
 
 fn state_change_failed(reply: &[u8]) -> UpstreamError {
     tracing::error!(reply = %error_text(reply), "upstream refused a connection-state change");
-    UpstreamError::StateChangeRefused(error_text(reply))
+    UpstreamError::StateChangeRefused(error_text(reply).into())
 }

@@ -145,7 +145,7 @@ impl Session {
         let info = match self.shared.upstream.info().await {
             Ok(info) => info,
             Err(error) => {
-                replies::proxy_error(batch.local(), &error.to_string());
+                replies::proxy_error(batch.local(), &error);
                 return batch.end_local();
             }
         };
@@ -211,7 +211,7 @@ impl Session {
         let info = match self.shared.upstream.info().await {
             Ok(info) => info,
             Err(error) => {
-                replies::proxy_error(batch.local(), &error.to_string());
+                replies::proxy_error(batch.local(), &error);
                 return batch.end_local();
             }
         };

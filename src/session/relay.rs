@@ -194,7 +194,7 @@ impl Session {
                 Ok(conn) => conn,
                 Err(error) => {
                     let mut out = BytesMut::new();
-                    replies::proxy_error(&mut out, &error.to_string());
+                    replies::proxy_error(&mut out, &error);
                     metrics::record_command(
                         command::id(first.name()),
                         Some(error.class()),

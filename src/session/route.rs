@@ -20,7 +20,7 @@ use crate::command::{self, Kind, Local};
 use crate::metrics::{self, ErrorClass};
 use crate::protocol::Request;
 use crate::replies;
-use crate::upstream::{ConnState, Upstream, UpstreamError};
+use crate::upstream::{ConnState, UnavailableReason, Upstream};
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 
@@ -142,7 +142,7 @@ impl Session {
             return Flow::Continue;
         }
         if let Err(error) = cluster.ready().await {
-            replies::proxy_error(batch.local(), &error.to_string());
+            replies::proxy_error(batch.local(), &error);
             batch.end_local_as(Some(error.class()));
             return Flow::Continue;
         }
@@ -165,7 +165,7 @@ impl Session {
                 Flow::Continue
             }
             Err(error) => {
-                replies::proxy_error(batch.local(), &error.to_string());
+                replies::proxy_error(batch.local(), &error);
                 batch.end_local_as(Some(error.class()));
                 Flow::Continue
             }
@@ -255,7 +255,7 @@ impl Session {
         let id = command::id(request.name());
         let result = match self.shared.cluster.clone() {
             Some(cluster) => scatter(&cluster, &request, self.conn_state()).await,
-            None => Err(UpstreamError::Unavailable("not in cluster mode".to_owned())),
+            None => Err(UnavailableReason::NotInClusterMode.into()),
         };
         let class = match result {
             Ok(reply) => {
@@ -264,7 +264,7 @@ impl Session {
                 class
             }
             Err(error) => {
-                replies::proxy_error(out, &error.to_string());
+                replies::proxy_error(out, &error);
                 Some(error.class())
             }
         };

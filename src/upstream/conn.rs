@@ -6,6 +6,9 @@
 //! session can correct it before use, and marks itself broken whenever its framing can no
 //! longer be trusted (I/O error, timeout, malformed reply) so the pool drops it instead of
 //! handing it to someone else.
+//!
+//! `ReplyBuffer` is the one reply-read loop: a whole connection reads through it, and so
+//! does a lane's read half (`mux`) once the connection is split.
 
 use std::io::IoSlice;
 use std::time::Duration;
@@ -13,15 +16,29 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::decode::decode as decode_resp2;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use super::{ServerInfo, UpstreamError};
+use super::error::UpstreamError;
+use super::error::{AuthFailure, IoFailure, IoOp, LostReason, TlsFailure, UnavailableReason};
 use crate::net::UpstreamStream;
 use crate::protocol::{Proto, ReplyFrame, ReplyScanner, encode};
 use crate::secret::Secret;
 use crate::tls::UpstreamTls;
+
+/// What the proxy learned about the upstream server at connect time.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub server: Bytes,
+    pub version: Bytes,
+    pub mode: Bytes,
+    pub role: Bytes,
+    /// From `CONFIG GET databases`; `None` when the server would not say.
+    pub databases: Option<u32>,
+    /// Whether the server speaks RESP3 (has HELLO).
+    pub resp3: bool,
+}
 
 /// The state of an upstream connection that the proxy controls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +77,26 @@ pub fn transition(out: &mut BytesMut, from: ConnState, to: ConnState) -> usize {
     replies
 }
 
-/// What the handshake needs to know.
-pub struct Credentials<'a> {
-    pub username: Option<&'a str>,
-    pub password: Option<&'a Secret>,
+/// Queues in `chunks`, in front of a batch, the commands that move a connection from
+/// `from` to `to` (none when it is there already); returns how many replies they produce.
+pub fn push_transition(chunks: &mut Vec<Bytes>, from: ConnState, to: ConnState) -> usize {
+    let mut prelude = BytesMut::new();
+    let replies = transition(&mut prelude, from, to);
+    if replies > 0 {
+        chunks.push(prelude.freeze());
+    }
+    replies
+}
+
+/// How connections are opened: TLS, the user to log in as, the handshake's limits. The
+/// pool's manager has one for the data servers, the Sentinels one of their own; the
+/// password is given at each connect (it may rotate).
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub tls: Option<UpstreamTls>,
+    pub username: Option<String>,
+    pub connect_timeout: Duration,
+    pub max_reply_depth: usize,
     /// Send `READONLY` after authenticating: a connection to a cluster replica that serves
     /// reads (without it the replica redirects every command to its master).
     pub readonly: bool,
@@ -71,11 +104,97 @@ pub struct Credentials<'a> {
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The replies read from one connection and not yet handed out, and the scanner that
+/// delimits them: the one read loop, for a whole connection (`UpstreamConn`) and for a
+/// lane's read half (`mux`) alike. It owns no socket: each read is given one.
+#[derive(Debug)]
+pub(super) struct ReplyBuffer {
+    /// Bytes read and not yet handed out.
+    pub(super) buf: BytesMut,
+    scanner: ReplyScanner,
+}
+
+impl ReplyBuffer {
+    fn new(max_reply_depth: usize) -> ReplyBuffer {
+        ReplyBuffer {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            scanner: ReplyScanner::new(max_reply_depth),
+        }
+    }
+
+    /// The next complete frame already buffered, push frames included, without reading.
+    #[inline]
+    fn next_frame(&mut self) -> Result<Option<(Bytes, ReplyFrame)>, UpstreamError> {
+        match self.scanner.scan(&self.buf) {
+            Ok(Some(frame)) => Ok(Some((
+                crate::net::take_frame(&mut self.buf, frame.len),
+                frame,
+            ))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(UpstreamError::BadReply(e)),
+        }
+    }
+
+    /// Reads whatever bytes `io` has into the buffer (cancel-safe). `Ok(0)` is EOF.
+    async fn fill(&mut self, io: &mut (impl AsyncRead + Unpin)) -> std::io::Result<usize> {
+        crate::net::shrink_if_empty(&mut self.buf);
+        self.buf.reserve(READ_CHUNK);
+        io.read_buf(&mut self.buf).await
+    }
+
+    /// Reads the next reply from `io`, skipping RESP3 push frames (out of band: no request
+    /// asked for them). Fails when no byte arrives for `timeout`.
+    pub(super) async fn read_reply(
+        &mut self,
+        io: &mut (impl AsyncRead + Unpin),
+        timeout: Option<Duration>,
+    ) -> Result<(Bytes, ReplyFrame), UpstreamError> {
+        loop {
+            if let Some((bytes, frame)) = self.next_frame()? {
+                if frame.push {
+                    tracing::debug!("dropping an unexpected push frame from upstream");
+                    continue;
+                }
+                return Ok((bytes, frame));
+            }
+            let read = self.fill(io);
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(limit.as_millis() as u64))?,
+                None => read.await,
+            };
+            match result {
+                Ok(0) => return Err(LostReason::ClosedByServer.into()),
+                Ok(_) => {}
+                Err(e) => return Err(io_failure(IoOp::Read, &e)),
+            }
+        }
+    }
+
+    /// Reads the replies to the `n` state changes (SELECT/HELLO, see [`transition`]) sent
+    /// in front of a batch; one that Redis refused fails with `refused(its error text)`.
+    pub(super) async fn read_state_changes(
+        &mut self,
+        io: &mut (impl AsyncRead + Unpin),
+        n: usize,
+        timeout: Option<Duration>,
+        refused: fn(String) -> UpstreamError,
+    ) -> Result<(), UpstreamError> {
+        for _ in 0..n {
+            let (reply, frame) = self.read_reply(io, timeout).await?;
+            if frame.error {
+                return Err(refused(error_text(&reply)));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct UpstreamConn {
     stream: UpstreamStream,
-    rbuf: BytesMut,
-    scanner: ReplyScanner,
+    replies: ReplyBuffer,
     pub state: ConnState,
     /// Set when the connection must not be reused.
     pub broken: bool,
@@ -88,81 +207,84 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Connects (and runs the TLS handshake when `tls` is set), authenticates and says
-    /// hello, all within `connect_timeout`. Returns what the server told about itself.
+    /// Connects to `address` as `dialer` says (running the TLS handshake when it has TLS
+    /// settings), authenticates with `password` and says hello, all within the dialer's
+    /// `connect_timeout`. Returns what the server told about itself.
     pub async fn connect(
+        dialer: &Dialer,
         address: &str,
-        tls: Option<&UpstreamTls>,
-        credentials: Credentials<'_>,
-        connect_timeout: Duration,
-        max_reply_depth: usize,
+        password: Option<&Secret>,
     ) -> Result<(UpstreamConn, ServerInfo), UpstreamError> {
-        let deadline = Instant::now() + connect_timeout;
+        let ms = dialer.connect_timeout.as_millis() as u64;
+        let deadline = Instant::now() + dialer.connect_timeout;
         let stream = match timeout_at(deadline, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "connect to {address}: {e}"
-                )));
+                let error = IoFailure::from(&e);
+                let address = address.to_owned();
+                return Err(UnavailableReason::Connect { address, error }.into());
             }
             Err(_) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "connect to {address}: timed out after {} ms",
-                    connect_timeout.as_millis()
-                )));
+                let address = address.to_owned();
+                return Err(UnavailableReason::ConnectTimeout { address, ms }.into());
             }
         };
         // Latency matters more than packet count for request/response traffic.
         let _ = stream.set_nodelay(true);
-        let stream = match tls {
+        let stream = match &dialer.tls {
             None => UpstreamStream::Plain(stream),
             Some(tls) => match timeout_at(deadline, tls.connect(stream)).await {
                 Ok(Ok(stream)) => UpstreamStream::Tls(Box::new(stream)),
                 Ok(Err(e)) => {
-                    return Err(UpstreamError::Tls(format!(
-                        "{} ({address})",
-                        crate::tls::describe(&e, &tls.server_name())
-                    )));
+                    let reason = crate::tls::describe(&e, &tls.server_name());
+                    let address = address.to_owned();
+                    return Err(TlsFailure::Handshake { address, reason }.into());
                 }
                 Err(_) => {
-                    return Err(UpstreamError::Tls(format!(
-                        "{address} did not complete the handshake within {} ms",
-                        connect_timeout.as_millis()
-                    )));
+                    let address = address.to_owned();
+                    return Err(TlsFailure::HandshakeTimeout { address, ms }.into());
                 }
             },
         };
         let mut conn = UpstreamConn {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            scanner: ReplyScanner::new(max_reply_depth),
+            replies: ReplyBuffer::new(dialer.max_reply_depth),
             state: ConnState::INITIAL,
             broken: false,
             credentials: 0,
             target: 0,
         };
-        let info = conn.handshake(credentials, deadline).await.map_err(|e| match e {
-            UpstreamError::Timeout(_) => UpstreamError::Unavailable(format!(
-                "{address} accepted the connection but did not answer the handshake within {} ms",
-                connect_timeout.as_millis()
-            )),
-            // TLS 1.3 reports a refused client certificate after the handshake: on the
-            // first read.
-            UpstreamError::Tls(reason) => UpstreamError::Tls(format!("{reason} ({address})")),
-            other => other,
-        })?;
+        let info = conn
+            .handshake(dialer, password, deadline)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::Timeout(_) => {
+                    let address = address.to_owned();
+                    UnavailableReason::HandshakeTimeout { address, ms }.into()
+                }
+                // TLS 1.3 reports a refused client certificate after the handshake: on the
+                // first read.
+                UpstreamError::Tls(failure) => match *failure {
+                    TlsFailure::Session { reason } => {
+                        let address = address.to_owned();
+                        TlsFailure::Handshake { address, reason }.into()
+                    }
+                    other => other.into(),
+                },
+                other => other,
+            })?;
         Ok((conn, info))
     }
 
     async fn handshake(
         &mut self,
-        credentials: Credentials<'_>,
+        dialer: &Dialer,
+        password: Option<&Secret>,
         deadline: Instant,
     ) -> Result<ServerInfo, UpstreamError> {
         let mut out = BytesMut::new();
-        let authenticating = credentials.password.is_some();
-        if let Some(password) = credentials.password {
-            match credentials.username {
+        if let Some(password) = password {
+            match &dialer.username {
                 Some(user) => encode::command_into(
                     &mut out,
                     &[&b"AUTH"[..], user.as_bytes(), password.expose()],
@@ -172,17 +294,17 @@ impl UpstreamConn {
         }
         encode::command_into(&mut out, &[&b"HELLO"[..], b"2"]);
         encode::command_into(&mut out, &[&b"CONFIG"[..], b"GET", b"databases"]);
-        if credentials.readonly {
+        if dialer.readonly {
             encode::command_into(&mut out, &[&b"READONLY"[..]]);
         }
         self.write_all(&[out.freeze()], Some(left(deadline)))
             .await?;
 
-        if authenticating {
+        if password.is_some() {
             let (reply, frame) = self.read_reply(Some(left(deadline))).await?;
             if frame.error {
                 // Redis's AUTH errors never echo the password.
-                return Err(UpstreamError::AuthFailed(error_text(&reply)));
+                return Err(AuthFailure::Refused(error_text(&reply).into()).into());
             }
         }
         let (hello, frame) = self.read_reply(Some(left(deadline))).await?;
@@ -190,12 +312,11 @@ impl UpstreamConn {
         if frame.error {
             let text = error_text(&hello);
             if text.starts_with("NOAUTH") || text.starts_with("WRONGPASS") {
-                let hint = if authenticating {
-                    ""
-                } else {
-                    " (no upstream password is configured)"
-                };
-                return Err(UpstreamError::AuthFailed(format!("{text}{hint}")));
+                return Err(match password {
+                    Some(_) => AuthFailure::Refused(text.into()),
+                    None => AuthFailure::NoPassword(text.into()),
+                }
+                .into());
             }
             // Redis < 6 has no HELLO: RESP2 only, version from INFO below.
             info.resp3 = false;
@@ -207,13 +328,11 @@ impl UpstreamConn {
         if !frame.error {
             info.databases = parse_config_databases(&databases);
         }
-        if credentials.readonly {
+        if dialer.readonly {
             let (reply, frame) = self.read_reply(Some(left(deadline))).await?;
             if frame.error {
-                return Err(UpstreamError::Unavailable(format!(
-                    "the server refused READONLY (is it a cluster replica?): {}",
-                    error_text(&reply)
-                )));
+                let reply = error_text(&reply);
+                return Err(UnavailableReason::ReadonlyRefused { reply }.into());
             }
         }
         if info.version.is_empty() {
@@ -230,7 +349,7 @@ impl UpstreamConn {
         Ok(info)
     }
 
-    /// Writes all `chunks` (vectored), failing at `deadline`.
+    /// Writes all `chunks` (vectored), failing after `timeout`.
     pub async fn write_all(
         &mut self,
         chunks: &[Bytes],
@@ -249,31 +368,21 @@ impl UpstreamConn {
         };
         result.map_err(|e| {
             self.broken = true;
-            io_failure("write", &e)
+            io_failure(IoOp::Write, &e)
         })
     }
 
     /// The next complete frame already buffered, push frames included, without reading.
     /// For the relay (pub/sub, MONITOR), where every frame goes to the client.
     pub fn next_frame(&mut self) -> Result<Option<(Bytes, ReplyFrame)>, UpstreamError> {
-        match self.scanner.scan(&self.rbuf) {
-            Ok(Some(frame)) => Ok(Some((
-                crate::net::take_frame(&mut self.rbuf, frame.len),
-                frame,
-            ))),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                self.broken = true;
-                Err(UpstreamError::BadReply(e))
-            }
-        }
+        self.replies
+            .next_frame()
+            .inspect_err(|_| self.broken = true)
     }
 
     /// Reads whatever bytes are available into the buffer (cancel-safe). `Ok(0)` is EOF.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        crate::net::shrink_if_empty(&mut self.rbuf);
-        self.rbuf.reserve(READ_CHUNK);
-        let result = self.stream.read_buf(&mut self.rbuf).await;
+        let result = self.replies.fill(&mut self.stream).await;
         if !matches!(result, Ok(n) if n > 0) {
             self.broken = true;
         }
@@ -287,52 +396,30 @@ impl UpstreamConn {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<(Bytes, ReplyFrame), UpstreamError> {
-        loop {
-            match self.scanner.scan(&self.rbuf) {
-                Ok(Some(frame)) => {
-                    let bytes = crate::net::take_frame(&mut self.rbuf, frame.len);
-                    if frame.push {
-                        tracing::debug!("dropping an unexpected push frame from upstream");
-                        continue;
-                    }
-                    return Ok((bytes, frame));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.broken = true;
-                    return Err(UpstreamError::BadReply(e));
-                }
-            }
-            crate::net::shrink_if_empty(&mut self.rbuf);
-            self.rbuf.reserve(READ_CHUNK);
-            let read = self.stream.read_buf(&mut self.rbuf);
-            let result = match timeout {
-                Some(limit) => match tokio::time::timeout(limit, read).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.broken = true;
-                        return Err(UpstreamError::Timeout(limit.as_millis() as u64));
-                    }
-                },
-                None => read.await,
-            };
-            match result {
-                Ok(0) => {
-                    self.broken = true;
-                    return Err(UpstreamError::Lost("closed by the server".to_owned()));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.broken = true;
-                    return Err(io_failure("read", &e));
-                }
-            }
-        }
+        let result = self.replies.read_reply(&mut self.stream, timeout).await;
+        self.broken |= result.is_err();
+        result
     }
 
-    /// The socket and any bytes already read, for a lane that splits it in two.
-    pub(super) fn into_parts(self) -> (UpstreamStream, BytesMut) {
-        (self.stream, self.rbuf)
+    /// Reads the replies to the `n` state changes (SELECT/HELLO, see [`transition`]) sent
+    /// in front of a batch; one that Redis refused fails with `refused(its error text)`.
+    /// Any failure marks the connection broken.
+    pub async fn read_state_changes(
+        &mut self,
+        n: usize,
+        timeout: Option<Duration>,
+        refused: fn(String) -> UpstreamError,
+    ) -> Result<(), UpstreamError> {
+        let result = (self.replies)
+            .read_state_changes(&mut self.stream, n, timeout, refused)
+            .await;
+        self.broken |= result.is_err();
+        result
+    }
+
+    /// The socket and any replies already read, for a lane that splits it in two.
+    pub(super) fn into_parts(self) -> (UpstreamStream, ReplyBuffer) {
+        (self.stream, self.replies)
     }
 
     /// Checks, without waiting, that an idle connection is still usable: not broken, no
@@ -342,7 +429,7 @@ impl UpstreamConn {
         if self.broken {
             return Err("marked broken");
         }
-        if !self.rbuf.is_empty() {
+        if !self.replies.buf.is_empty() {
             return Err("unread bytes pending");
         }
         self.stream.probe()
@@ -350,10 +437,17 @@ impl UpstreamConn {
 }
 
 /// A failed read or write. A TLS failure says what went wrong in TLS terms.
-pub(super) fn io_failure(what: &str, error: &std::io::Error) -> UpstreamError {
+pub(super) fn io_failure(op: IoOp, error: &std::io::Error) -> UpstreamError {
     match crate::tls::rustls_error(error) {
-        Some(_) => UpstreamError::Tls(crate::tls::describe(error, "?")),
-        None => UpstreamError::Lost(format!("{what}: {error}")),
+        Some(_) => TlsFailure::Session {
+            reason: crate::tls::describe(error, "?"),
+        }
+        .into(),
+        None => LostReason::Io {
+            op,
+            error: error.into(),
+        }
+        .into(),
     }
 }
 

@@ -19,8 +19,13 @@
 //! With `[upstream] tls` every connection, shared lanes and pinned ones alike, runs the TLS
 //! handshake inside `connect_timeout_ms` (see `tls` for the settings and `net` for the
 //! streams); a TLS failure is `UpstreamError::Tls`, one line saying what to check.
+//!
+//! Every failure is an `UpstreamError` (see `error`): typed, with the side that failed and
+//! whether the command may have run; its text is rendered for the client in `replies`.
 
 pub mod conn;
+mod error;
+mod manager;
 pub mod mux;
 pub mod sentinel;
 
@@ -28,407 +33,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
-use bytes::{Bytes, BytesMut};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use bb8::{Pool, PooledConnection, RunError};
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-pub use conn::{ConnState, UpstreamConn};
+pub use conn::{ConnState, ServerInfo, UpstreamConn};
+pub use error::{
+    AuthFailure, IoFailure, IoOp, LostReason, Side, TlsFailure, UnavailableReason, UpstreamError,
+};
+use manager::{Health, HealthSink};
+pub use manager::{Manager, PooledConn, Target};
 
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::credentials::Secrets;
-use crate::protocol::ReplyError;
-use crate::secret::{Reload, RotatingSecret, Secret};
-
-/// Why a command could not be served by the upstream. The `Display` text is what the
-/// client sees after `-ERR `; none of them can contain a secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
-    /// TLS failed: at the handshake (certificate, name, client certificate), or later.
-    #[error("upstream unavailable: TLS: {0}")]
-    Tls(String),
-    #[error("upstream authentication failed: {0}")]
-    AuthFailed(String),
-    #[error("upstream pool exhausted: no connection became free within {0} ms")]
-    PoolExhausted(u64),
-    #[error("upstream timed out: no reply within {0} ms")]
-    Timeout(u64),
-    #[error("upstream connection lost: {0}")]
-    Lost(String),
-    #[error("upstream sent a malformed reply: {0}")]
-    BadReply(ReplyError),
-    /// The upstream answered a state change the proxy wove in (SELECT, HELLO) with an
-    /// error: the requests after it would run in the wrong database or protocol.
-    #[error("upstream refused a connection-state change (SELECT/HELLO): {0}")]
-    StateChangeRefused(String),
-    /// An idle pooled connection failed its probe. Not a failure of the upstream: bb8
-    /// replaces the connection and the checkout goes on.
-    #[error("stale pooled connection: {0}")]
-    Stale(&'static str),
-    /// A client let more than this many bytes of replies pile up unread: it is closed
-    /// (Redis's client-output-buffer-limit), so it cannot hold a shared lane.
-    #[error("client output buffer over {0} bytes")]
-    ClientOutputLimit(usize),
-    /// The cap on pinned (dedicated) connections is reached.
-    #[error(
-        "upstream pool exhausted: too many clients hold a dedicated upstream connection \
-         (MULTI, WATCH, blocking commands, pub/sub, MONITOR): max_pinned = {0}"
-    )]
-    TooManyPinned(usize),
-}
-
-impl UpstreamError {
-    /// The metrics class of this error.
-    pub fn class(&self) -> crate::metrics::ErrorClass {
-        use crate::metrics::ErrorClass;
-        match self {
-            UpstreamError::Unavailable(_) | UpstreamError::Tls(_) | UpstreamError::Stale(_) => {
-                ErrorClass::UpstreamUnavailable
-            }
-            UpstreamError::AuthFailed(_) => ErrorClass::UpstreamAuth,
-            UpstreamError::PoolExhausted(_) | UpstreamError::TooManyPinned(_) => {
-                ErrorClass::PoolExhausted
-            }
-            UpstreamError::Timeout(_) => ErrorClass::Timeout,
-            UpstreamError::Lost(_) => ErrorClass::UpstreamLost,
-            UpstreamError::BadReply(_) | UpstreamError::StateChangeRefused(_) => {
-                ErrorClass::BadReply
-            }
-            UpstreamError::ClientOutputLimit(_) => ErrorClass::OutputLimit,
-        }
-    }
-
-    /// Whether the error means the server could not be reached or let in (as opposed to a
-    /// problem with one request).
-    fn is_connect_failure(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Unavailable(_) | UpstreamError::Tls(_) | UpstreamError::AuthFailed(_)
-        )
-    }
-}
-
-/// What the proxy learned about the upstream server at connect time.
-#[derive(Debug, Clone, Default)]
-pub struct ServerInfo {
-    pub server: Bytes,
-    pub version: Bytes,
-    pub mode: Bytes,
-    pub role: Bytes,
-    /// From `CONFIG GET databases`; `None` when the server would not say.
-    pub databases: Option<u32>,
-    /// Whether the server speaks RESP3 (has HELLO).
-    pub resp3: bool,
-}
-
-/// Connect failures, published for checkouts that are waiting, and the reconnect backoff.
-///
-/// After a failed connect every checkout fails fast with that error until `retry_at`; the
-/// wait doubles with each failed round (from `reconnect_backoff_ms` up to
-/// `reconnect_backoff_max_ms`) and is jittered down to half, so that many proxies in front of
-/// one Redis that restarts do not all dial it again at the same instant.
-#[derive(Debug)]
-struct Health {
-    state: Mutex<HealthState>,
-    failures: watch::Sender<u64>,
-    backoff: Duration,
-    backoff_max: Duration,
-}
-
-#[derive(Debug, Default)]
-struct HealthState {
-    /// The last connect failure; cleared by a successful connect.
-    last_failure: Option<UpstreamError>,
-    /// Until when checkouts fail fast instead of dialling.
-    retry_at: Option<Instant>,
-    /// Failed rounds since the last success (failures that end while a backoff is already
-    /// running belong to the round that started it).
-    rounds: u32,
-}
-
-impl Health {
-    fn new(backoff: Duration, backoff_max: Duration) -> Health {
-        Health {
-            state: Mutex::new(HealthState::default()),
-            failures: watch::Sender::new(0),
-            backoff,
-            backoff_max: backoff_max.max(backoff),
-        }
-    }
-
-    /// Records a failed connect: logged when the upstream goes down or its error changes
-    /// (not at every retry), counted, and published to waiting checkouts.
-    fn connect_failed(&self, error: UpstreamError) {
-        let repeated = self
-            .last()
-            .is_some_and(|last| last.to_string() == error.to_string());
-        if repeated {
-            tracing::debug!(%error, "upstream connect failed again");
-        } else {
-            tracing::warn!(%error, "upstream connect failed");
-        }
-        let global = crate::metrics::global();
-        match error {
-            UpstreamError::AuthFailed(_) => global.upstream_connect_failures_auth.increment(1),
-            _ => global.upstream_connect_failures_unavailable.increment(1),
-        }
-        self.failed(error);
-    }
-
-    fn failed(&self, error: UpstreamError) {
-        if let Ok(mut state) = self.state.lock() {
-            let now = Instant::now();
-            let in_backoff = state.retry_at.is_some_and(|at| now < at);
-            if !in_backoff {
-                state.rounds = state.rounds.saturating_add(1);
-                state.retry_at = Some(now + self.delay(state.rounds));
-            }
-            state.last_failure = Some(error);
-        }
-        self.failures.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// The wait after `rounds` failed rounds: `backoff · 2^(rounds-1)`, capped, then a
-    /// uniformly random point in its upper half.
-    fn delay(&self, rounds: u32) -> Duration {
-        let doubling = 1u32 << rounds.saturating_sub(1).min(16);
-        let full = self.backoff.saturating_mul(doubling).min(self.backoff_max);
-        full / 2 + full.mul_f64(fastrand::f64() / 2.0)
-    }
-
-    fn succeeded(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            *state = HealthState::default();
-        }
-    }
-
-    /// The last failure while its backoff runs: checkouts fail fast with it.
-    fn backing_off(&self) -> Option<UpstreamError> {
-        let state = self.state.lock().ok()?;
-        match (&state.last_failure, state.retry_at) {
-            (Some(error), Some(at)) if Instant::now() < at => Some(error.clone()),
-            _ => None,
-        }
-    }
-
-    fn last(&self) -> Option<UpstreamError> {
-        self.state.lock().ok()?.last_failure.clone()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct HealthSink(Arc<Health>);
-
-impl ErrorSink<UpstreamError> for HealthSink {
-    fn sink(&self, error: UpstreamError) {
-        if error.is_connect_failure() {
-            self.0.connect_failed(error);
-        } else {
-            if matches!(error, UpstreamError::Stale(_)) {
-                crate::metrics::global().stale_connections.increment(1);
-            }
-            tracing::debug!(%error, "pooled upstream connection dropped");
-        }
-    }
-
-    fn boxed_clone(&self) -> Box<dyn ErrorSink<UpstreamError>> {
-        Box::new(self.clone())
-    }
-}
-
-/// Where connections go.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// One server (`[upstream] mode = "standalone"`).
-    Address(Arc<str>),
-    /// The master the Sentinels name (`mode = "sentinel"`).
-    Sentinel(Arc<sentinel::Sentinels>),
-}
-
-impl Target {
-    /// Changes when the address connections should go to changes: a connection made in
-    /// another generation is replaced before its next use.
-    pub fn generation(&self) -> u64 {
-        match self {
-            Target::Address(_) => 0,
-            Target::Sentinel(sentinels) => sentinels.generation(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Target::Address(address) => address.to_string(),
-            Target::Sentinel(sentinels) => format!("master `{}`", sentinels.master_name()),
-        }
-    }
-}
-
-/// The bb8 manager: knows how to open and check one upstream connection.
-pub struct Manager {
-    target: Target,
-    tls: Option<crate::tls::UpstreamTls>,
-    username: Option<String>,
-    password: Option<Arc<RotatingSecret>>,
-    /// The last password the upstream accepted: tried when the current one is refused.
-    last_good: Arc<Mutex<Option<Secret>>>,
-    /// Connections are being opened with `last_good` because the current password is
-    /// refused (logged as a warning once per episode).
-    on_fallback: Arc<AtomicBool>,
-    connect_timeout: Duration,
-    max_reply_depth: usize,
-    /// Every connection says `READONLY` after authenticating (a cluster replica serving
-    /// reads): lanes and pooled connections alike, reconnects included.
-    readonly: bool,
-    health: Arc<Health>,
-    info: Arc<Mutex<Option<ServerInfo>>>,
-}
-
-impl Manager {
-    /// One attempt with one password.
-    async fn connect_with(&self, password: Option<&Secret>) -> Result<UpstreamConn, UpstreamError> {
-        let credentials = conn::Credentials {
-            username: self.username.as_deref(),
-            password,
-            readonly: self.readonly,
-        };
-        let (address, generation) = match &self.target {
-            Target::Address(address) => (address.to_string(), 0),
-            Target::Sentinel(sentinels) => sentinels.master().await?,
-        };
-        let connected = UpstreamConn::connect(
-            &address,
-            self.tls.as_ref(),
-            credentials,
-            self.connect_timeout,
-            self.max_reply_depth,
-        )
-        .await;
-        let (mut conn, info) = match (connected, &self.target) {
-            (Ok(pair), _) => pair,
-            (Err(error), Target::Sentinel(sentinels)) => {
-                if !matches!(error, UpstreamError::AuthFailed(_)) {
-                    sentinels.forget(&address);
-                }
-                return Err(error);
-            }
-            (Err(error), Target::Address(_)) => return Err(error),
-        };
-        if let Target::Sentinel(sentinels) = &self.target {
-            // A demoted master that came back is a replica now: never write to it.
-            if &info.role[..] != b"master" {
-                sentinels.forget(&address);
-                return Err(UpstreamError::Unavailable(format!(
-                    "{address} is a {}, not the master of `{}`; asking the Sentinels again",
-                    String::from_utf8_lossy(&info.role),
-                    sentinels.master_name()
-                )));
-            }
-        }
-        conn.target = generation;
-        if let Ok(mut slot) = self.info.lock() {
-            *slot = Some(info);
-        }
-        Ok(conn)
-    }
-
-    /// Connects with the current password; when the server refuses it, re-reads the
-    /// secret (and tries the new value if it changed), then tries the last password that
-    /// worked. Returns the first error if nothing gets in.
-    async fn connect_rotating(
-        &self,
-        secret: &RotatingSecret,
-    ) -> Result<UpstreamConn, UpstreamError> {
-        let current = secret.current();
-        let error = match self.connect_with(Some(&current)).await {
-            Ok(conn) => {
-                self.accepted(current, false);
-                return Ok(conn);
-            }
-            Err(error @ UpstreamError::AuthFailed(_)) => error,
-            Err(other) => return Err(other),
-        };
-        let mut tried = vec![current];
-        // The secret may have rotated since it was last read: do not wait for the watcher.
-        if secret.reload() == Reload::Changed {
-            let new = secret.current();
-            tracing::info!("upstream refused the password; retrying with the rotated one");
-            match self.connect_with(Some(&new)).await {
-                Ok(conn) => {
-                    self.accepted(new, false);
-                    return Ok(conn);
-                }
-                Err(UpstreamError::AuthFailed(_)) => tried.push(new),
-                Err(other) => return Err(other),
-            }
-        }
-        let last_good = self.last_good.lock().ok().and_then(|g| g.clone());
-        if let Some(good) = last_good.filter(|g| !tried.contains(g)) {
-            if let Ok(conn) = self.connect_with(Some(&good)).await {
-                self.accepted(good, true);
-                return Ok(conn);
-            }
-        }
-        Err(error)
-    }
-
-    /// Records the password a connect succeeded with.
-    fn accepted(&self, password: Secret, fallback: bool) {
-        let was = self.on_fallback.swap(fallback, Ordering::Relaxed);
-        if fallback && !was {
-            tracing::warn!(
-                "upstream refuses the current password but still accepts the previous one; \
-                 using the previous one for new connections until the current one works"
-            );
-        } else if !fallback && was {
-            tracing::info!("upstream accepts the current password again");
-        }
-        if !fallback && let Ok(mut good) = self.last_good.lock() {
-            *good = Some(password);
-        }
-    }
-}
-
-impl ManageConnection for Manager {
-    type Connection = UpstreamConn;
-    type Error = UpstreamError;
-
-    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
-        // Read first: a rotation during the connect makes this connection an old one.
-        let generation = self.password.as_ref().map_or(0, |s| s.generation());
-        let mut conn = match &self.password {
-            Some(secret) => self.connect_rotating(secret).await?,
-            None => self.connect_with(None).await?,
-        };
-        conn.credentials = generation;
-        self.health.succeeded();
-        tracing::debug!(target = %self.target.describe(), "upstream connection established");
-        Ok(conn)
-    }
-
-    async fn is_valid(&self, conn: &mut UpstreamConn) -> Result<(), UpstreamError> {
-        if self
-            .password
-            .as_ref()
-            .is_some_and(|s| s.generation() != conn.credentials)
-        {
-            // The password rotated since this connection logged in: replace it now, while
-            // nobody uses it (Redis would keep it working, but the old password may go).
-            return Err(UpstreamError::Stale("the upstream password rotated"));
-        }
-        if conn.target != self.target.generation() {
-            return Err(UpstreamError::Stale("the master changed"));
-        }
-        conn.probe().map_err(UpstreamError::Stale)
-    }
-
-    fn has_broken(&self, conn: &mut UpstreamConn) -> bool {
-        conn.broken
-    }
-}
-
-pub type PooledConn<'a> = PooledConnection<'a, Manager>;
 
 /// A dedicated upstream connection held by one client for as long as its connection-bound
 /// state lasts (MULTI, WATCH, a blocking command, pub/sub, MONITOR, tracking). Dropping it
@@ -504,43 +122,24 @@ impl Upstream {
         readonly: bool,
     ) -> Upstream {
         let password = secrets.upstream_password.clone();
-        let tls = secrets.upstream_tls.clone();
-        let target = match (address, config.upstream.mode) {
-            (Some(address), _) => Target::Address(address.into()),
-            (None, mode) => match mode {
-                Mode::Sentinel => {
-                    let sentinels = Arc::new(sentinel::Sentinels::new(
-                        config.upstream.seeds().map(str::to_owned).collect(),
-                        config.upstream.master_name.clone().unwrap_or_default(),
-                        config.upstream.sentinel_username.clone(),
-                        secrets.sentinel_password.clone(),
-                        tls.clone(),
-                        config.upstream.connect_timeout(),
-                        config.limits.max_reply_depth,
-                    ));
-                    tokio::spawn(sentinels.clone().watch());
-                    Target::Sentinel(sentinels)
-                }
-                Mode::Standalone | Mode::Cluster => {
-                    Target::Address(config.upstream.endpoint().into())
-                }
-            },
-        };
+        let target = Target::new(config, secrets, address);
         let health = Arc::new(Health::new(
             config.upstream.reconnect_backoff(),
             config.upstream.reconnect_backoff_max(),
         ));
         let info = Arc::new(Mutex::new(None));
-        let manager = || Manager {
+        let manager = Manager {
             target: target.clone(),
-            tls: tls.clone(),
-            username: config.upstream.username.clone(),
+            dialer: conn::Dialer {
+                tls: secrets.upstream_tls.clone(),
+                username: config.upstream.username.clone(),
+                connect_timeout: config.upstream.connect_timeout(),
+                max_reply_depth: config.limits.max_reply_depth,
+                readonly,
+            },
             password: password.clone(),
             last_good: Arc::new(Mutex::new(None)),
             on_fallback: Arc::new(AtomicBool::new(false)),
-            connect_timeout: config.upstream.connect_timeout(),
-            max_reply_depth: config.limits.max_reply_depth,
-            readonly,
             health: health.clone(),
             info: info.clone(),
         };
@@ -554,7 +153,7 @@ impl Upstream {
             .retry_connection(false)
             .test_on_check_out(true)
             .error_sink(Box::new(HealthSink(health.clone())))
-            .build_unchecked(manager());
+            .build_unchecked(manager);
         let mux = mux::Mux::new(
             config.upstream.pool_size as usize,
             mux::LaneContext {
@@ -563,7 +162,6 @@ impl Upstream {
                 health: health.clone(),
                 target: target.clone(),
                 command_timeout: config.upstream.command_timeout(),
-                max_reply_depth: config.limits.max_reply_depth,
                 output_limit: config.limits.client_output_hard_limit,
             },
         );
@@ -615,7 +213,7 @@ impl Upstream {
                     pending.fetch_sub(reply.0.len(), Ordering::AcqRel);
                     out.push(reply);
                 }
-                None => return Err(UpstreamError::Lost("lane stopped".to_owned())),
+                None => return Err(LostReason::LaneStopped.into()),
             }
         }
         Ok(out)
@@ -631,25 +229,16 @@ impl Upstream {
     ) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
         let mut pinned = self.pin().await?;
         let conn: &mut UpstreamConn = &mut pinned;
-        let mut prelude = BytesMut::new();
-        let swallow = conn::transition(&mut prelude, conn.state, state);
         let mut all = Vec::with_capacity(chunks.len() + 1);
-        if swallow > 0 {
-            all.push(prelude.freeze());
-        }
+        let swallow = conn::push_transition(&mut all, conn.state, state);
         all.extend(chunks);
         // Armed until every reply is read.
         conn.broken = true;
         conn.write_all(&all, None).await?;
-        for _ in 0..swallow {
-            let (reply, frame) = conn.read_reply(None).await?;
-            if frame.error {
-                return Err(UpstreamError::Unavailable(format!(
-                    "state change refused: {}",
-                    conn::error_text(&reply)
-                )));
-            }
-        }
+        conn.read_state_changes(swallow, None, |reply| {
+            UnavailableReason::StateChangeRefused { reply }.into()
+        })
+        .await?;
         let mut out = Vec::with_capacity(replies);
         for _ in 0..replies {
             out.push(conn.read_reply(None).await?);
@@ -681,28 +270,38 @@ impl Upstream {
     /// probe, server information). Fails at once with the connect error when the upstream
     /// cannot be reached or refuses the credentials.
     pub async fn get(&self) -> Result<PooledConn<'_>, UpstreamError> {
-        if let Some(error) = self.health.backing_off() {
-            return Err(error);
-        }
-        let mut failures = self.health.failures.subscribe();
-        failures.borrow_and_update();
         let started = Instant::now();
-        let result = tokio::select! {
-            biased;
-                        conn = self.pinned_pool.get() => conn.map_err(|e| match e {
-                RunError::User(e) => e,
-                RunError::TimedOut => self.health.last().unwrap_or(
-                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
-            }),
-            _ = failures.changed() => Err(self.health.last().unwrap_or_else(||
-                UpstreamError::Unavailable("connect failed".to_owned()))),
-        };
+        let result = self.checkout(self.pinned_pool.get()).await;
         let global = crate::metrics::global();
         global.pool_wait.record(started.elapsed().as_secs_f64());
         if matches!(result, Err(UpstreamError::PoolExhausted(_))) {
             global.pool_exhausted.increment(1);
         }
         result
+    }
+
+    /// Waits for `checkout` (a `get` from the dedicated pool, borrowed or owned), failing at
+    /// once with the connect error while the reconnect backoff runs, or as soon as a connect
+    /// fails meanwhile (bb8 alone would wait out the pool timeout: see the module's notes).
+    async fn checkout<C>(
+        &self,
+        checkout: impl Future<Output = Result<C, RunError<UpstreamError>>>,
+    ) -> Result<C, UpstreamError> {
+        if let Some(error) = self.health.backing_off() {
+            return Err(error);
+        }
+        let mut failures = self.health.failures.subscribe();
+        failures.borrow_and_update();
+        tokio::select! {
+            biased;
+            conn = checkout => conn.map_err(|e| match e {
+                RunError::User(e) => e,
+                RunError::TimedOut => self.health.last().unwrap_or(
+                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
+            }),
+            _ = failures.changed() => Err(self.health.last()
+                .unwrap_or_else(|| UnavailableReason::ConnectFailed.into())),
+        }
     }
 
     /// Sets the upstream-connection gauges (called at scrape time): `in_use` counts the
@@ -735,21 +334,7 @@ impl Upstream {
             .clone()
             .try_acquire_owned()
             .map_err(|_| UpstreamError::TooManyPinned(self.max_pinned))?;
-        if let Some(error) = self.health.backing_off() {
-            return Err(error);
-        }
-        let mut failures = self.health.failures.subscribe();
-        failures.borrow_and_update();
-        let conn = tokio::select! {
-            biased;
-            conn = self.pinned_pool.get_owned() => conn.map_err(|e| match e {
-                RunError::User(e) => e,
-                RunError::TimedOut => self.health.last().unwrap_or(
-                    UpstreamError::PoolExhausted(self.pool_wait_timeout.as_millis() as u64)),
-            })?,
-            _ = failures.changed() => return Err(self.health.last().unwrap_or_else(||
-                UpstreamError::Unavailable("connect failed".to_owned()))),
-        };
+        let conn = self.checkout(self.pinned_pool.get_owned()).await?;
         Ok(Pinned {
             conn,
             _permit: permit,
@@ -764,7 +349,7 @@ impl Upstream {
         }
         drop(self.get().await?);
         self.cached_info()
-            .ok_or_else(|| UpstreamError::Unavailable("no server information".to_owned()))
+            .ok_or_else(|| UnavailableReason::NoServerInfo.into())
     }
 
     fn cached_info(&self) -> Option<ServerInfo> {
@@ -780,65 +365,5 @@ impl Upstream {
                 tracing::warn!(%error, "upstream not reachable at start-up; will retry on demand")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused() -> UpstreamError {
-        UpstreamError::Unavailable("connection refused".to_owned())
-    }
-
-    #[test]
-    fn backoff_doubles_per_round_with_jitter_and_a_cap() {
-        let health = Health::new(Duration::from_millis(100), Duration::from_millis(1000));
-        for (rounds, full_ms) in [
-            (1, 100),
-            (2, 200),
-            (3, 400),
-            (4, 800),
-            (5, 1000),
-            (40, 1000),
-        ] {
-            let full = Duration::from_millis(full_ms);
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..200 {
-                let delay = health.delay(rounds);
-                assert!(delay >= full / 2 && delay <= full, "{rounds}: {delay:?}");
-                seen.insert(delay);
-            }
-            assert!(seen.len() > 1, "no jitter after {rounds} rounds");
-        }
-    }
-
-    #[test]
-    fn failures_during_a_backoff_belong_to_its_round() {
-        let health = Health::new(Duration::from_secs(60), Duration::from_secs(600));
-        assert!(health.backing_off().is_none());
-        // Four lanes failing together are one round, not four doublings.
-        for _ in 0..4 {
-            health.failed(refused());
-        }
-        let state = health.state.lock().map(|s| s.rounds).ok();
-        assert_eq!(state, Some(1));
-        assert!(health.backing_off().is_some());
-        health.succeeded();
-        assert!(health.backing_off().is_none());
-        assert!(health.last().is_none());
-    }
-
-    #[test]
-    fn a_backoff_ends() {
-        let health = Health::new(Duration::from_millis(2), Duration::from_millis(2));
-        health.failed(refused());
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(health.backing_off().is_none());
-        // Still unhealthy until a connect succeeds.
-        assert!(health.last().is_some());
-        health.failed(refused());
-        let rounds = health.state.lock().map(|s| s.rounds).ok();
-        assert_eq!(rounds, Some(2));
     }
 }

@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bb8::Pool;
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::conn::{error_text, io_failure, transition, write_chunks};
-use super::{ConnState, Health, Manager, UpstreamError};
+use super::conn::ConnState;
+use super::conn::{ReplyBuffer, push_transition, write_chunks};
+use super::error::{LostReason, UnavailableReason, UpstreamError};
+use super::manager::{Health, Manager, Target};
 use crate::net::{UpstreamRead, UpstreamWrite};
-use crate::protocol::{ReplyFrame, ReplyScanner};
+use crate::protocol::ReplyFrame;
 use crate::secret::RotatingSecret;
 
 /// One client batch for a lane.
@@ -43,7 +44,7 @@ pub struct Job {
     pub replies: usize,
     /// Where the replies go, in order; an error ends the stream. Unbounded, so a client
     /// that reads slowly never makes its lane wait: `pending` bounds it instead.
-    pub reply_tx: mpsc::UnboundedSender<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    pub reply_tx: ReplySender,
     /// Reply bytes handed over and not yet taken by the session: over the client output
     /// limit, the lane stops delivering to this batch and tells it to close the client.
     pub pending: Arc<AtomicUsize>,
@@ -52,7 +53,9 @@ pub struct Job {
 }
 /// Batches written together at most.
 const MAX_JOBS_PER_WRITE: usize = 256;
-const READ_CHUNK: usize = 16 * 1024;
+
+/// Where a batch's replies go, in order; an error ends the stream.
+type ReplySender = mpsc::UnboundedSender<Result<(Bytes, ReplyFrame), UpstreamError>>;
 
 struct Lane {
     tx: mpsc::Sender<Job>,
@@ -73,9 +76,8 @@ pub(super) struct LaneContext {
     pub health: Arc<Health>,
     /// Where connections go: a lane whose connection belongs to an older generation
     /// (a master the Sentinels have replaced) reconnects before its next write.
-    pub target: super::Target,
+    pub target: Target,
     pub command_timeout: Option<Duration>,
-    pub max_reply_depth: usize,
     /// `[limits] client_output_hard_limit`.
     pub output_limit: usize,
 }
@@ -100,13 +102,11 @@ impl Mux {
             .lanes
             .iter()
             .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
-            .ok_or_else(|| UpstreamError::Unavailable("no upstream lanes".to_owned()))?;
+            .ok_or(UnavailableReason::NoLanes)?;
         lane.load.fetch_add(1, Ordering::Relaxed);
         if lane.tx.send(job).await.is_err() {
             lane.load.fetch_sub(1, Ordering::Relaxed);
-            return Err(UpstreamError::Unavailable(
-                "upstream lane stopped".to_owned(),
-            ));
+            return Err(UnavailableReason::LaneStopped.into());
         }
         Ok(())
     }
@@ -124,7 +124,7 @@ impl Mux {
 struct InFlight {
     swallow: usize,
     replies: usize,
-    reply_tx: mpsc::UnboundedSender<Result<(Bytes, ReplyFrame), UpstreamError>>,
+    reply_tx: ReplySender,
     pending: Arc<AtomicUsize>,
     overflow: Arc<tokio::sync::Notify>,
 }
@@ -145,20 +145,7 @@ struct Writer {
 async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: Arc<AtomicUsize>) {
     let mut writer: Option<Writer> = None;
     while let Some(first) = rx.recv().await {
-        // Let the other clients that are ready right now hand in their batches too, so
-        // they travel in this write: this one yield is what turns many clients' single
-        // commands into one pipeline for Redis.
-        // Alone on the lane, it goes at once: the yield would only add latency.
-        if load.load(Ordering::Relaxed) > 1 {
-            tokio::task::yield_now().await;
-        }
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_JOBS_PER_WRITE {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+        let jobs = gather(first, &mut rx, &load).await;
         if writer.as_ref().is_some_and(|w| {
             w.dead.load(Ordering::Acquire) || w.target != context.target.generation()
         }) {
@@ -179,52 +166,10 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
                 }
             },
         };
-        // After a password rotation, move to a connection made with the new credentials
-        // at the first moment nothing is in flight on this one (gradual: one lane at a time,
-        // as traffic allows). If the new connection fails, keep the old one.
-        let rotated = context.password.as_ref().map(|p| p.generation());
-        if let Some(generation) = rotated.filter(|g| *g != live.credentials) {
-            if load.load(Ordering::Relaxed) == jobs.len() {
-                match connect(&context, load.clone()).await {
-                    Ok(fresh) => {
-                        tracing::debug!("lane recycled after a password rotation");
-                        *live = fresh;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "lane kept its connection after a rotation");
-                        live.credentials = generation;
-                    }
-                }
-            }
+        if load.load(Ordering::Relaxed) == jobs.len() {
+            live.recycle_if_rotated(&context, &load).await;
         }
-        let mut chunks = Vec::with_capacity(jobs.len() * 2);
-        for job in jobs {
-            let mut prelude = BytesMut::new();
-            let swallow = transition(&mut prelude, live.state, job.first);
-            if swallow > 0 {
-                chunks.push(prelude.freeze());
-            }
-            chunks.extend(job.chunks);
-            live.state = job.last;
-            if job.db_unknown {
-                live.state.db = ConnState::UNKNOWN_DB;
-            }
-            let in_flight = InFlight {
-                swallow,
-                replies: job.replies,
-                reply_tx: job.reply_tx,
-                pending: job.pending,
-                overflow: job.overflow,
-            };
-            if let Err(unsent) = live.in_flight.send(in_flight) {
-                // The reader is gone: this batch was not written.
-                let _ = unsent
-                    .0
-                    .reply_tx
-                    .send(Err(UpstreamError::Lost("connection closed".to_owned())));
-                load.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        let chunks = live.register(jobs, &load);
         let write = write_chunks(&mut live.half, &chunks);
         let result = match context.command_timeout {
             Some(limit) => tokio::time::timeout(limit, write)
@@ -238,6 +183,73 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
             live.dead.store(true, Ordering::Release);
             writer = None;
         }
+    }
+}
+
+/// `first` and the batches that other clients hand in meanwhile, so they travel in one
+/// write: this one yield is what turns many clients' single commands into one pipeline
+/// for Redis. Alone on the lane, a batch goes at once: the yield would only add latency.
+async fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, load: &AtomicUsize) -> Vec<Job> {
+    if load.load(Ordering::Relaxed) > 1 {
+        tokio::task::yield_now().await;
+    }
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_JOBS_PER_WRITE {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
+impl Writer {
+    /// After a password rotation, moves to a connection made with the new credentials
+    /// (called when nothing is in flight on this one: gradual, one lane at a time, as
+    /// traffic allows). If the new connection fails, keeps the old one.
+    async fn recycle_if_rotated(&mut self, context: &LaneContext, load: &Arc<AtomicUsize>) {
+        let rotated = context.password.as_ref().map(|p| p.generation());
+        let Some(generation) = rotated.filter(|g| *g != self.credentials) else {
+            return;
+        };
+        match connect(context, load.clone()).await {
+            Ok(fresh) => {
+                tracing::debug!("lane recycled after a password rotation");
+                *self = fresh;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "lane kept its connection after a rotation");
+                self.credentials = generation;
+            }
+        }
+    }
+
+    /// Tells the reader about each batch, in order, and returns the bytes to write: each
+    /// batch behind the SELECT/HELLO it needs.
+    fn register(&mut self, jobs: Vec<Job>, load: &AtomicUsize) -> Vec<Bytes> {
+        let mut chunks = Vec::with_capacity(jobs.len() * 2);
+        for job in jobs {
+            let swallow = push_transition(&mut chunks, self.state, job.first);
+            chunks.extend(job.chunks);
+            self.state = job.last;
+            if job.db_unknown {
+                self.state.db = ConnState::UNKNOWN_DB;
+            }
+            let in_flight = InFlight {
+                swallow,
+                replies: job.replies,
+                reply_tx: job.reply_tx,
+                pending: job.pending,
+                overflow: job.overflow,
+            };
+            if let Err(unsent) = self.in_flight.send(in_flight) {
+                // The reader is gone: this batch was not written.
+                let error = LostReason::ClosedBeforeSent.into();
+                let _ = unsent.0.reply_tx.send(Err(error));
+                load.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        chunks
     }
 }
 
@@ -258,19 +270,21 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
     let state = conn.state;
     let credentials = conn.credentials;
     let target = conn.target;
-    let (stream, rbuf) = conn.into_parts();
+    let (stream, replies) = conn.into_parts();
     let (read_half, write_half) = stream.into_split();
     let (in_flight_tx, in_flight_rx) = mpsc::unbounded_channel();
     let dead = Arc::new(AtomicBool::new(false));
-    tokio::spawn(run_reader(
-        read_half,
-        rbuf,
-        ReplyScanner::new(context.max_reply_depth),
-        in_flight_rx,
-        dead.clone(),
+    let reader = Reader {
+        half: read_half,
+        replies,
+        in_flight: in_flight_rx,
+        dead: dead.clone(),
         load,
-        (context.command_timeout, context.output_limit),
-    ));
+        timeout: context.command_timeout,
+        output_limit: context.output_limit,
+        failure: None,
+    };
+    tokio::spawn(reader.run());
     Ok(Writer {
         half: write_half,
         state,
@@ -281,141 +295,101 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
     })
 }
 
+/// The reader's side of a live connection: matches replies to batches in order.
 struct Reader {
     half: UpstreamRead,
-    rbuf: BytesMut,
-    scanner: ReplyScanner,
+    replies: ReplyBuffer,
+    in_flight: mpsc::UnboundedReceiver<InFlight>,
+    /// Set here when the connection can no longer be used.
+    dead: Arc<AtomicBool>,
+    load: Arc<AtomicUsize>,
+    /// The command timeout, while a batch waits.
     timeout: Option<Duration>,
+    /// `[limits] client_output_hard_limit`.
+    output_limit: usize,
+    /// Once the connection failed: the error every later batch gets.
+    failure: Option<UpstreamError>,
 }
 
 impl Reader {
-    /// The next reply, skipping RESP3 push frames (none are expected on a shared lane).
-    async fn next(&mut self) -> Result<(Bytes, ReplyFrame), UpstreamError> {
-        loop {
-            match self.scanner.scan(&self.rbuf) {
-                Ok(Some(frame)) => {
-                    let bytes = crate::net::take_frame(&mut self.rbuf, frame.len);
-                    if frame.push {
-                        continue;
-                    }
-                    return Ok((bytes, frame));
-                }
-                Ok(None) => {}
-                Err(error) => return Err(UpstreamError::BadReply(error)),
-            }
-            crate::net::shrink_if_empty(&mut self.rbuf);
-            self.rbuf.reserve(READ_CHUNK);
-            let read = self.half.read_buf(&mut self.rbuf);
-            let result = match self.timeout {
-                Some(limit) => tokio::time::timeout(limit, read)
-                    .await
-                    .map_err(|_| UpstreamError::Timeout(limit.as_millis() as u64))?,
-                None => read.await,
+    async fn run(mut self) {
+        // `None`: the writer moved on to a new connection.
+        while let Some(item) = self.next_batch().await {
+            let result = match &self.failure {
+                Some(error) => Err(error.clone()),
+                None => self.answer(&item).await,
             };
-            match result {
-                Ok(0) => return Err(UpstreamError::Lost("closed by the server".to_owned())),
-                Ok(_) => {}
-                Err(error) => return Err(io_failure("read", &error)),
+            if let Err(error) = result {
+                if self.failure.is_none() {
+                    tracing::debug!(%error, "upstream lane failed");
+                    self.dead.store(true, Ordering::Release);
+                    self.failure = Some(error.clone());
+                }
+                let _ = item.reply_tx.send(Err(error));
             }
+            self.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
 
-async fn run_reader(
-    half: UpstreamRead,
-    rbuf: BytesMut,
-    scanner: ReplyScanner,
-    mut in_flight: mpsc::UnboundedReceiver<InFlight>,
-    dead: Arc<AtomicBool>,
-    load: Arc<AtomicUsize>,
-    (timeout, output_limit): (Option<Duration>, usize),
-) {
-    let mut reader = Reader {
-        half,
-        rbuf,
-        scanner,
-        timeout,
-    };
-    let mut failure: Option<UpstreamError> = None;
-    loop {
-        let item = if failure.is_some() {
-            in_flight.recv().await
-        } else {
+    /// The next batch written. While none is in flight, anything from Redis (its close,
+    /// above all) ends the connection.
+    async fn next_batch(&mut self) -> Option<InFlight> {
+        if self.failure.is_some() {
+            return self.in_flight.recv().await;
+        }
+        loop {
             tokio::select! {
                 // The writer registers a batch before writing it, so reply bytes never
                 // arrive before their batch is here: polling it first keeps them apart.
                 biased;
-                item = in_flight.recv() => item,
-                // Idle: anything from Redis now (its close, above all) ends the connection.
+                item = self.in_flight.recv() => return item,
                 // A reply may land between the two polls of this select (its batch then
                 // arrives next): bytes are kept for it.
-                closed = reader.half.idle_read(&mut reader.rbuf) => {
+                closed = self.half.idle_read(&mut self.replies.buf) => {
                     if closed {
                         tracing::debug!("idle upstream connection closed");
-                        dead.store(true, Ordering::Release);
-                        failure = Some(UpstreamError::Lost("closed by the server".to_owned()));
+                        self.dead.store(true, Ordering::Release);
+                        self.failure = Some(LostReason::ClosedByServer.into());
+                        return self.in_flight.recv().await;
                     }
-                    continue;
-                }
-            }
-        };
-        let Some(item) = item else {
-            return; // The writer moved on to a new connection.
-        };
-        if let Some(error) = &failure {
-            let _ = item.reply_tx.send(Err(error.clone()));
-            load.fetch_sub(1, Ordering::Relaxed);
-            continue;
-        }
-        let mut error = None;
-        for _ in 0..item.swallow {
-            match reader.next().await {
-                Ok((reply, frame)) if frame.error => {
-                    error = Some(UpstreamError::Lost(format!(
-                        "upstream refused a connection-state change (SELECT/HELLO): {}",
-                        error_text(&reply)
-                    )));
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    error = Some(e);
-                    break;
                 }
             }
         }
+    }
+
+    /// Reads one batch's replies: swallows those of its state changes, hands the rest
+    /// over. Fails when the connection does (the batch is then told by the caller).
+    async fn answer(&mut self, item: &InFlight) -> Result<(), UpstreamError> {
+        (self.replies)
+            .read_state_changes(&mut self.half, item.swallow, self.timeout, |reply| {
+                LostReason::StateChangeRefused {
+                    reply: reply.into(),
+                }
+                .into()
+            })
+            .await?;
         let mut client_gone = false;
-        if error.is_none() {
-            for _ in 0..item.replies {
-                match reader.next().await {
-                    Ok(reply) if !client_gone => {
-                        let size = reply.0.len();
-                        if item.pending.fetch_add(size, Ordering::AcqRel) + size > output_limit {
-                            // The client is not reading: never wait for it (that would hold
-                            // the lane), tell its session to close it, drop the rest.
-                            let limit = UpstreamError::ClientOutputLimit(output_limit);
-                            let _ = item.reply_tx.send(Err(limit));
-                            item.overflow.notify_one();
-                            client_gone = true;
-                        } else if item.reply_tx.send(Ok(reply)).is_err() {
-                            // The client left: its replies are read and dropped.
-                            client_gone = true;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                }
+        for _ in 0..item.replies {
+            let reply = self
+                .replies
+                .read_reply(&mut self.half, self.timeout)
+                .await?;
+            if client_gone {
+                continue;
+            }
+            let size = reply.0.len();
+            if item.pending.fetch_add(size, Ordering::AcqRel) + size > self.output_limit {
+                // The client is not reading: never wait for it (that would hold the lane),
+                // tell its session to close it, drop the rest.
+                let limit = UpstreamError::ClientOutputLimit(self.output_limit);
+                let _ = item.reply_tx.send(Err(limit));
+                item.overflow.notify_one();
+                client_gone = true;
+            } else if item.reply_tx.send(Ok(reply)).is_err() {
+                // The client left: its replies are read and dropped.
+                client_gone = true;
             }
         }
-        if let Some(error) = error {
-            tracing::debug!(%error, "upstream lane failed");
-            let _ = item.reply_tx.send(Err(error.clone()));
-            dead.store(true, Ordering::Release);
-            failure = Some(error);
-        }
-        load.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -22,11 +22,10 @@ use bytes::Bytes;
 use redis_protocol::resp2::decode::decode as decode_resp2;
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::UpstreamError;
-use super::conn::{Credentials, UpstreamConn};
+use super::conn::{Dialer, UpstreamConn};
+use super::error::{AuthFailure, UnavailableReason, UpstreamError};
 use crate::protocol::encode;
 use crate::secret::RotatingSecret;
-use crate::tls::UpstreamTls;
 
 /// How long the watcher waits before trying the next Sentinel after losing one.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
@@ -38,11 +37,9 @@ const WATCH_IDLE: Duration = Duration::from_secs(10);
 pub struct Sentinels {
     addresses: Vec<String>,
     master_name: String,
-    username: Option<String>,
+    /// How Sentinels are dialled: their own user, the upstream's TLS settings.
+    dialer: Dialer,
     password: Option<std::sync::Arc<RotatingSecret>>,
-    tls: Option<UpstreamTls>,
-    connect_timeout: Duration,
-    max_reply_depth: usize,
     master: Mutex<Known>,
     generation: AtomicU64,
     /// The Sentinel to ask first (the last that answered).
@@ -71,20 +68,14 @@ impl Sentinels {
     pub fn new(
         addresses: Vec<String>,
         master_name: String,
-        username: Option<String>,
+        dialer: Dialer,
         password: Option<std::sync::Arc<RotatingSecret>>,
-        tls: Option<UpstreamTls>,
-        connect_timeout: Duration,
-        max_reply_depth: usize,
     ) -> Sentinels {
         Sentinels {
             addresses,
             master_name,
-            username,
+            dialer,
             password,
-            tls,
-            connect_timeout,
-            max_reply_depth,
             master: Mutex::new(Known::default()),
             generation: AtomicU64::new(0),
             preferred: AtomicUsize::new(0),
@@ -169,32 +160,21 @@ impl Sentinels {
             .or(errors.first())
             .cloned();
         Err(match error {
-            Some(UpstreamError::AuthFailed(text)) => {
-                UpstreamError::AuthFailed(format!("Sentinel: {text}"))
+            Some(UpstreamError::AuthFailed(failure)) => {
+                AuthFailure::Sentinel(Box::new(failure)).into()
             }
-            Some(other) => UpstreamError::Unavailable(format!(
-                "no Sentinel gave the address of master `{}` (last: {})",
-                self.master_name, other
-            )),
-            None => UpstreamError::Unavailable("no Sentinel configured".to_owned()),
+            Some(last) => UnavailableReason::NoSentinelAnswered {
+                master: self.master_name.clone(),
+                last,
+            }
+            .into(),
+            None => UnavailableReason::NoSentinel.into(),
         })
     }
 
     async fn connect(&self, sentinel: &str) -> Result<UpstreamConn, UpstreamError> {
         let password = self.password.as_ref().map(|p| p.current());
-        let credentials = Credentials {
-            username: self.username.as_deref(),
-            password: password.as_ref(),
-            readonly: false,
-        };
-        let (conn, _) = UpstreamConn::connect(
-            sentinel,
-            self.tls.as_ref(),
-            credentials,
-            self.connect_timeout,
-            self.max_reply_depth,
-        )
-        .await?;
+        let (conn, _) = UpstreamConn::connect(&self.dialer, sentinel, password.as_ref()).await?;
         Ok(conn)
     }
 
@@ -205,15 +185,17 @@ impl Sentinels {
             b"GET-MASTER-ADDR-BY-NAME",
             self.master_name.as_bytes(),
         ]);
-        conn.write_all(&[request], Some(self.connect_timeout))
+        conn.write_all(&[request], Some(self.dialer.connect_timeout))
             .await?;
-        let (reply, _) = conn.read_reply(Some(self.connect_timeout)).await?;
+        let (reply, _) = conn.read_reply(Some(self.dialer.connect_timeout)).await?;
         parse_master_address(&reply).ok_or_else(|| {
-            UpstreamError::Unavailable(format!(
-                "Sentinel {sentinel} does not know master `{}`: {}",
-                self.master_name,
-                String::from_utf8_lossy(reply.strip_suffix(b"\r\n").unwrap_or(&reply))
-            ))
+            UnavailableReason::UnknownMaster {
+                sentinel: sentinel.to_owned(),
+                master: self.master_name.clone(),
+                reply: String::from_utf8_lossy(reply.strip_suffix(b"\r\n").unwrap_or(&reply))
+                    .into_owned(),
+            }
+            .into()
         })
     }
 
@@ -240,11 +222,11 @@ impl Sentinels {
         let mut conn = self.connect(sentinel).await?;
         conn.write_all(
             &[encode::command(&[&b"SUBSCRIBE"[..], b"+switch-master"])],
-            Some(self.connect_timeout),
+            Some(self.dialer.connect_timeout),
         )
         .await?;
         // The subscription's confirmation.
-        conn.read_reply(Some(self.connect_timeout)).await?;
+        conn.read_reply(Some(self.dialer.connect_timeout)).await?;
         tracing::debug!(%sentinel, "following +switch-master");
         // A switch may have happened while no Sentinel was followed.
         if let Ok(address) = self.ask_one(sentinel).await {
@@ -262,7 +244,7 @@ impl Sentinels {
                 Err(UpstreamError::Timeout(_)) if !ping_sent => {
                     conn.write_all(
                         &[encode::command(&[&b"PING"[..]])],
-                        Some(self.connect_timeout),
+                        Some(self.dialer.connect_timeout),
                     )
                     .await?;
                     ping_sent = true;
