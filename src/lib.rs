@@ -6,31 +6,33 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML config's schema, strict, with defaults, settings and validation;
-//!   it names where secrets and TLS files are, and reads none of them.
-//! - [`credentials`]: reads what the config names — passwords (files or environment
-//!   variables), TLS certificates and keys — at start-up, into `Secrets`.
-//! - [`secret`]: the redacted `Secret` type, how a secret is read, and the
-//!   `RotatingSecret` holder whose value can change while the proxy runs.
-//! - [`rotation`]: watches (and polls) secret files and installs rotated values.
-//! - [`auth`]: the users clients may authenticate as, checked in constant time.
-//! - [`protocol`]: RESP — the client request scanner, the upstream reply scanner, encoders.
-//! - [`command`]: the command table (what is local, refused, or forwarded).
-//! - [`session`]: one client's state machine and its read–plan–execute loop.
-//! - [`upstream`]: the shared multiplexed lanes, and the bb8 pool of dedicated (pinned)
-//!   connections for transactions, blocking commands and pub/sub; in sentinel mode, where
-//!   the master is (`upstream::sentinel`).
-//! - [`cluster`]: Redis Cluster's building blocks (slots, key positions, the slot map);
-//!   not routed through yet.
-//! - [`metrics`]: metric names and the handles the hot path records through.
-//! - [`replies`]: every reply the proxy writes itself, with Redis's wording.
-//! - [`server`]: the listener, `max_clients`, and the TLS handshake with clients.
-//! - [`tls`]: TLS settings (certificates, keys, names) read at start, and handshake
-//!   failures explained.
-//! - [`net`]: the byte streams, plain TCP or TLS, upstream and downstream, and their halves.
-//! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) and the
-//!   readiness prober.
-//! - [`shutdown`]: signals, and the drain that ends the process.
+//! A request's path, top to bottom; each layer imports only from the layers below it
+//! (`scripts/layers` checks that the import graph has no circle and no upward edge):
+//!
+//! - app — [`server`]: the listener, `max_clients`, the TLS handshake with clients, one
+//!   session per client; [`admin`]: `/metrics`, `/healthz`, `/readyz` and the readiness
+//!   prober; [`shutdown`]: signals and the drain; [`rotation`]: watches secret files.
+//! - [`session`]: one client, as a short loop over named steps: `io` (read, write),
+//!   `plan` (classify once, then `local` answers, `transaction` queues, `route` to a
+//!   cluster node), `execute` (run the batch upstream, replies in order), `relay` (pub/sub,
+//!   MONITOR, tracking); `state` holds what the session knows.
+//! - [`cluster`]: Redis Cluster — slots, key positions, the slot map, where a request goes
+//!   (`route`), commands answered by several nodes (`scatter`), `-MOVED`/`-ASK` settled
+//!   (`router`), shard-channel links (`shards`).
+//! - [`upstream`]: connections to Redis — the shared multiplexed lanes (`mux`), the bb8
+//!   pool of dedicated connections (`manager`, `mod`), Sentinel (`sentinel`), and the
+//!   layer's typed error (`UpstreamError`: side, may it have run, retry safety).
+//! - [`credentials`] reads what the config names (passwords, TLS certificates and keys)
+//!   into `Secrets`; [`auth`]: the users clients may authenticate as, in constant time.
+//! - [`tls`]: TLS settings and handshake failures explained; [`secret`]: the redacted
+//!   `Secret`, how a secret is read, the `RotatingSecret` holder.
+//! - [`config`]: the TOML schema, strict, with defaults, settings and validation; it names
+//!   where secrets and TLS files are, and reads none of them.
+//! - [`metrics`]: metric names and the handles the hot path records through; [`replies`]:
+//!   every reply the proxy writes itself, with Redis's wording; [`command`]: the command
+//!   table (local, blocking, subscribing, spread over cluster nodes, refused, forwarded).
+//! - [`protocol`]: RESP — the request scanner, the reply scanner, encoders; [`net`]: the
+//!   byte streams, plain TCP or TLS, and their halves.
 //!
 //! [`run`] ties them together.
 

@@ -368,7 +368,7 @@ const SPREAD: &[(&str, Option<&str>, Spread)] = &[
 ];
 
 /// Cluster mode: whether (and how) a command is answered by several nodes (see
-/// [`SPREAD`]); `args` is the whole request, name first.
+/// `SPREAD`); `args` is the whole request, name first.
 pub fn spread(args: &[bytes::Bytes]) -> Option<Spread> {
     let name = args.first()?;
     let sub = args.get(1);
