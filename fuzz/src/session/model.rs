@@ -295,7 +295,7 @@ impl State {
             return error();
         }
         if self.multi.is_some() {
-            return self.in_multi(cmd.kind, cmd.name, args);
+            return self.in_multi(cmd.kind, args);
         }
         match cmd.kind {
             Kind::Local(local) => self.local(local, args),
@@ -309,7 +309,8 @@ impl State {
                 self.watching = true;
                 self.forward(args)
             }
-            Kind::Blocking => {
+            // WAIT's fence (see the session's plan) is answered upstream and not shown.
+            Kind::Blocking | Kind::WaitReplicas => {
                 self.blocking = true;
                 self.forward(args)
             }
@@ -317,7 +318,7 @@ impl State {
                 self.blocking |= command::stream_read_blocks(args);
                 self.forward(args)
             }
-            Kind::Relay => Outcome::Stop,
+            Kind::Subscribe(_) | Kind::Monitor => Outcome::Stop,
             Kind::Refused => error(),
         }
     }
@@ -499,7 +500,7 @@ impl State {
     }
 
     /// A command while MULTI is open, as Redis's processCommand treats it.
-    fn in_multi(&mut self, kind: Kind, name: &str, args: &[Bytes]) -> Outcome {
+    fn in_multi(&mut self, kind: Kind, args: &[Bytes]) -> Outcome {
         let queue = |state: &mut State, q: Queued| {
             if let Some(multi) = state.multi.as_mut() {
                 multi.queue.push(q);
@@ -540,7 +541,7 @@ impl State {
                 },
             },
             Kind::Local(Local::Auth | Local::Hello) => queue(self, Queued::Local(args.to_vec())),
-            Kind::Relay if name.ends_with("subscribe") => {
+            Kind::Subscribe(_) => {
                 self.flag_multi();
                 error()
             }
