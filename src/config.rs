@@ -398,7 +398,7 @@ impl Default for Limits {
             max_bulk_len: request.max_bulk_len,
             query_buffer_limit: request.query_buffer_limit,
             unauthenticated_query_buffer_limit: request.unauthenticated_query_buffer_limit,
-            max_reply_depth: 128,
+            max_reply_depth: 1_000_000,
             pubsub_output_hard_limit: 32 * 1024 * 1024,
             pubsub_output_soft_limit: 8 * 1024 * 1024,
             pubsub_output_soft_seconds: 60,

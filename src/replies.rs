@@ -83,7 +83,10 @@ pub fn setinfo_bad_value(out: &mut BytesMut, attribute: &[u8]) {
 /// The reasons the ambassador gives for a refusal (the `<reason>` of [`unsupported`]),
 /// the last resort where it cannot do what Redis would.
 pub mod refusal {
-    pub const REPLICATION: &str = "replication cannot go through a proxy";
+    pub const REPLICATION: &str =
+        "in cluster mode a replica must connect to the node it replicates";
+    pub const REPLICATION_IN_RELAY: &str =
+        "a connection in pub/sub, MONITOR or tracking mode cannot become a replica's";
     pub const IN_MULTI: &str = "not inside MULTI";
     pub const SHARED_FLAG: &str = "it would set a flag on a shared upstream connection";
     pub const TRACKING_REDIRECT: &str =

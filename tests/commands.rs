@@ -221,17 +221,13 @@ fn expect_refused(c: &mut RawConn, args: &[&str], name: &str) {
 }
 
 #[test]
-fn replication_and_connection_flag_commands_are_refused_and_the_connection_stays() {
+fn connection_flag_commands_are_refused_and_the_connection_stays() {
     let (_bare, up, proxy) = setup();
     let mut c = proxy.conn();
-    // Each must come back at once (SYNC would otherwise stream an RDB), so a short timeout.
     c.timeout = Duration::from_secs(3);
     c.call_expect(&["SET", "before", "1"], b"+OK\r\n");
     for (args, name) in [
-        (&["SYNC"][..], "sync"),
-        (&["sync"], "sync"),
-        (&["PSYNC", "?", "-1"], "psync"),
-        (&["CLIENT", "NO-EVICT", "on"], "client|no-evict"),
+        (&["CLIENT", "NO-EVICT", "on"][..], "client|no-evict"),
         (&["client", "no-evict", "off"], "client|no-evict"),
         (&["CLIENT", "NO-TOUCH", "on"], "client|no-touch"),
     ] {
@@ -241,7 +237,7 @@ fn replication_and_connection_flag_commands_are_refused_and_the_connection_stays
     c.send(
         &[
             resp(&["GET", "before"]),
-            resp(&["SYNC"]),
+            resp(&["CLIENT", "NO-EVICT", "on"]),
             resp(&["INCR", "n"]),
             resp(&["CLIENT", "NO-TOUCH", "on"]),
             resp(&["GET", "before"]),
@@ -251,8 +247,8 @@ fn replication_and_connection_flag_commands_are_refused_and_the_connection_stays
     c.expect(b"$1\r\n1\r\n");
     let r = c.read_reply();
     assert!(
-        r.starts_with(b"-ERR 'sync' is not supported by redis-ambassador: "),
-        "pipelined SYNC: \"{}\"",
+        r.starts_with(b"-ERR 'client|no-evict' is not supported by redis-ambassador: "),
+        "pipelined CLIENT NO-EVICT: \"{}\"",
         escape(&r)
     );
     c.expect(b":1\r\n");
@@ -268,7 +264,7 @@ fn replication_and_connection_flag_commands_are_refused_and_the_connection_stays
     c.call_expect(&["GET", "after"], b"$1\r\n1\r\n");
     c.call_expect(&["EXEC"], b"-ERR EXEC without MULTI\r\n");
     // Nothing refused reached the upstream.
-    for name in ["sync", "psync", "client|no-evict", "client|no-touch"] {
+    for name in ["client|no-evict", "client|no-touch"] {
         assert_eq!(up.command_calls(name), 0, "{name} was forwarded");
     }
     // Another client sharing the pool is unaffected.

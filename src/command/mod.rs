@@ -65,8 +65,14 @@ pub enum Kind {
     Subscribe(Channels),
     /// MONITOR: relayed like the SUBSCRIBE family, for as long as the client stays.
     Monitor,
-    /// Cannot work through a proxy (replication handshakes): refused with a clear error.
-    Refused,
+    /// SYNC / PSYNC: the client becomes a replica. Its connection is joined, byte for
+    /// byte, to an upstream connection of its own (authenticated by the proxy) for as long
+    /// as both stay open: the RDB payload and the replication stream are not RESP replies.
+    Replication,
+    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: what Redis runs while a script is busy. Sent
+    /// on a connection of their own, in no particular state (they need none), so they
+    /// never queue behind the busy script on a shared lane (see [`interrupts`]).
+    Interrupt,
     /// XREAD / XREADGROUP: stateful only with the BLOCK option.
     StreamRead,
     /// Redis closes the connection without a reply (`POST`, `Host:`): an HTTP request.
@@ -206,8 +212,11 @@ fn row_of(lower: &[u8]) -> Option<Command> {
         b"punsubscribe" => row("punsubscribe", Subscribe(Channels::Classic), -1),
         b"sunsubscribe" => row("sunsubscribe", Subscribe(Channels::Shard), -1),
         b"monitor" => row("monitor", Monitor, 1),
-        b"sync" => row("sync", Refused, 1),
-        b"psync" => row("psync", Refused, -3),
+        b"sync" => row("sync", Replication, 1),
+        b"psync" => row("psync", Replication, -3),
+        b"script" => row("script", Interrupt, -2),
+        b"function" => row("function", Interrupt, -2),
+        b"shutdown" => row("shutdown", Interrupt, -1),
         b"xread" => row("xread", StreamRead, -4),
         b"xreadgroup" => row("xreadgroup", StreamRead, -7),
         b"post" => row("post", HttpProbe, -1),
@@ -387,6 +396,17 @@ pub fn arity_ok(arity: i32, argc: usize) -> bool {
         argc == arity
     } else {
         argc >= -arity
+    }
+}
+
+/// Whether a command of [`Kind::Interrupt`]'s rows is one Redis runs while a script is
+/// busy (SCRIPT KILL, FUNCTION KILL, SHUTDOWN); the other SCRIPT and FUNCTION
+/// subcommands are forwarded as usual.
+pub fn interrupts(args: &[bytes::Bytes]) -> bool {
+    match (args.first(), args.get(1)) {
+        (Some(name), _) if name.eq_ignore_ascii_case(b"shutdown") => true,
+        (Some(_), Some(sub)) => args.len() == 2 && sub.eq_ignore_ascii_case(b"kill"),
+        _ => false,
     }
 }
 

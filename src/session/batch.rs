@@ -18,7 +18,6 @@ use crate::command::CommandId;
 use crate::metrics::{self, ErrorClass};
 use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
-use crate::replies;
 use crate::upstream::conn::{error_text, transition};
 use crate::upstream::{
     ConnState, LostReason, Pinned, UnavailableReason, Upstream, UpstreamConn, UpstreamError, mux,
@@ -472,11 +471,18 @@ impl Batch {
     /// The lane job for this batch's forwarded requests (in state `first`), and where its
     /// replies will come.
     fn lane_job(&mut self, first: ConnState) -> (mux::Job, LaneReplies) {
-        let expected = self
-            .steps
-            .iter()
-            .filter(|s| matches!(s, Step::Upstream { .. }))
-            .count();
+        let mut expected = 0;
+        // The state changes woven in, by their place among the replies (rare: none is
+        // the rule, and an empty Vec does not allocate).
+        let mut woven = Vec::new();
+        for step in &self.steps {
+            if let Step::Upstream { pass, .. } = step {
+                if *pass == Pass::Swallow {
+                    woven.push(expected);
+                }
+                expected += 1;
+            }
+        }
         let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
         let lane = LaneReplies {
             replies,
@@ -489,6 +495,7 @@ impl Batch {
             db_unknown: self.db_unknown,
             chunks: std::mem::take(&mut self.chunks),
             replies: expected,
+            woven,
             reply_tx,
             pending: lane.pending.clone(),
             overflow: lane.overflow.clone(),
@@ -544,7 +551,6 @@ impl Batch {
     /// No connection could be had: local replies as planned, the error for each forwarded
     /// request, nothing for the state changes.
     fn emit_without_upstream(&self, out: &mut BytesMut, error: &UpstreamError) {
-        let text = error.to_string();
         let class = Some(error.class());
         let mut start = 0;
         for step in &self.steps {
@@ -558,7 +564,7 @@ impl Batch {
                     ..
                 } => {}
                 Step::Upstream { command, .. } => {
-                    replies::proxy_error(out, &text);
+                    error.reply_to(out);
                     metrics::record_command(command, class, self.started.elapsed());
                 }
             }
@@ -760,7 +766,7 @@ impl Batch {
 
     /// A forwarded request answered with `error`.
     fn fail(&self, command: CommandId, error: &UpstreamError, out: &mut BytesMut) {
-        replies::proxy_error(out, &error);
+        error.reply_to(out);
         self.record(command, Some(error.class()));
     }
 

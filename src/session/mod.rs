@@ -22,6 +22,7 @@ mod io;
 mod local;
 mod plan;
 mod relay;
+mod replicate;
 mod route;
 mod spread;
 mod state;
@@ -276,6 +277,13 @@ impl Session {
             }
             // Boxed, like the other rare paths, so that an idle client's task stays small
             // (the task is as large as its largest state).
+            Flow::Replicate(request) => {
+                if Box::pin(self.replicate(request, io)).await {
+                    Next::Plan(None)
+                } else {
+                    Next::Stop
+                }
+            }
             Flow::Relay(request) => match Box::pin(self.relay(request, io)).await {
                 relay::Exit::Resume => Next::Plan(None),
                 relay::Exit::Close => {

@@ -51,7 +51,11 @@ impl Session {
         if let Some(cluster) = self.shared.cluster.clone() {
             if matches!(
                 command.kind,
-                Kind::Forward | Kind::Blocking | Kind::WaitReplicas | Kind::StreamRead
+                Kind::Forward
+                    | Kind::Blocking
+                    | Kind::WaitReplicas
+                    | Kind::StreamRead
+                    | Kind::Interrupt
             ) {
                 let may_block = command.kind.may_block(&request.args);
                 return self.route(cluster, request, batch, may_block).await;
@@ -110,10 +114,36 @@ impl Session {
                 self.forward(request, batch)
             }
             Kind::Subscribe(_) | Kind::Monitor => Flow::Relay(request),
-            Kind::Refused => {
+            Kind::Replication if self.shared.cluster.is_some() => {
                 replies::unsupported(batch.local(), command.name, refusal::REPLICATION);
                 batch.end_local_as(Some(ErrorClass::Unsupported));
                 Flow::Continue
+            }
+            Kind::Replication => Flow::Replicate(request),
+            Kind::Interrupt if !command::interrupts(&request.args) => {
+                self.forward(request, batch)
+            }
+            // What is planned runs first: the interrupt goes in a batch of its own.
+            Kind::Interrupt if batch.has_upstream() => Flow::Defer(request),
+            Kind::Interrupt => {
+                Box::pin(self.interrupt(request, batch)).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: sent at once on a connection of their own, in
+    /// whatever state it is in (they need none), never behind a busy script on a lane
+    /// (see [`Kind::Interrupt`]). The reply is the server's, in its place.
+    async fn interrupt(&mut self, request: Request, batch: &mut Batch) {
+        match self.shared.upstream.call_now(request_bytes(request)).await {
+            Ok(reply) => {
+                batch.local().extend_from_slice(&reply);
+                batch.end_local();
+            }
+            Err(error) => {
+                error.reply_to(batch.local());
+                batch.end_local_as(Some(error.class()));
             }
         }
     }

@@ -437,7 +437,13 @@ impl Session {
                 forward(conn, relay, request).await
             }
             Kind::Local(Local::Client) => self.relay_client(request, conn, relay).await,
-            Kind::Local(_) | Kind::Refused => self.local_in_relay(request, conn, relay).await,
+            Kind::Local(_) => self.local_in_relay(request, conn, relay).await,
+            // This connection carries replies the relay reads frame by frame: it cannot
+            // also become a replica's.
+            Kind::Replication if !relay.in_multi => {
+                let reply = unsupported(&request, refusal::REPLICATION_IN_RELAY);
+                barrier(conn, relay, After::Reply(reply)).await
+            }
             Kind::Multi | Kind::Watch => {
                 relay.modes.sticky = true;
                 if cmd.kind == Kind::Multi

@@ -83,6 +83,9 @@ pub(super) enum Flow {
     /// Run what is planned, then relay this request and what follows to a dedicated
     /// connection (SUBSCRIBE, MONITOR, CLIENT TRACKING ON, CLIENT REPLY OFF|SKIP).
     Relay(Request),
+    /// Run what is planned, then join the client to an upstream connection of its own,
+    /// byte for byte, for good (SYNC, PSYNC: the client is a replica).
+    Replicate(Request),
     /// Cluster mode: run what is planned (it goes to another node), then plan this request
     /// first in the next batch.
     Defer(Request),

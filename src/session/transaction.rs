@@ -71,7 +71,6 @@ impl Session {
             Kind::Local(Local::Client) => self.client_in_multi(request, batch),
             Kind::Local(Local::Auth | Local::Hello) => self.queue_local(request, batch),
             Kind::Subscribe(_) => self.refuse_in_multi(name, refusal::IN_MULTI, batch),
-            Kind::Refused => self.refuse_in_multi(name, refusal::REPLICATION, batch),
             // Redis answers these at once and queues nothing (nor aborts the transaction):
             // forwarded and queued, they would put EXEC's array out of step with the queue.
             Kind::Multi => {

@@ -417,6 +417,12 @@ impl UpstreamConn {
         result
     }
 
+    /// The socket and the bytes already read from it, for a connection relayed byte for
+    /// byte from now on (a replica's).
+    pub fn into_raw(self) -> (UpstreamStream, BytesMut) {
+        (self.stream, self.replies.buf)
+    }
+
     /// The socket and any replies already read, for a lane that splits it in two.
     pub(super) fn into_parts(self) -> (UpstreamStream, ReplyBuffer) {
         (self.stream, self.replies)

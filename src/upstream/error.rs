@@ -267,6 +267,30 @@ impl From<AuthFailure> for UpstreamError {
 }
 
 impl UpstreamError {
+    /// The server's own error, when this is Redis refusing a state change the ambassador
+    /// sent in front of a command (SELECT/HELLO while a script is busy: `BUSY …`). That
+    /// error is the command's reply, as Redis would have given it to the command itself.
+    pub fn server_reply(&self) -> Option<&str> {
+        match self {
+            UpstreamError::StateChangeRefused(reply) => Some(reply),
+            UpstreamError::Lost(LostReason::StateChangeRefused { reply }) => Some(reply),
+            UpstreamError::Unavailable(reason) => match &**reason {
+                UnavailableReason::StateChangeRefused { reply } => Some(reply),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Writes this error as the client's reply: the server's own error where there is one
+    /// (see [`server_reply`](UpstreamError::server_reply)), else `-ERR <text>`.
+    pub fn reply_to(&self, out: &mut bytes::BytesMut) {
+        match self.server_reply() {
+            Some(reply) => crate::protocol::encode::error(out, reply.as_bytes()),
+            None => crate::replies::proxy_error(out, self),
+        }
+    }
+
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {

@@ -200,6 +200,7 @@ impl Upstream {
                 db_unknown: false,
                 chunks,
                 replies,
+                woven: Vec::new(),
                 reply_tx,
                 pending: pending.clone(),
                 overflow: Arc::new(tokio::sync::Notify::new()),
@@ -246,6 +247,28 @@ impl Upstream {
         conn.state = state;
         conn.broken = false;
         Ok(out)
+    }
+
+    /// Sends one request on an idle dedicated connection, in whatever state that
+    /// connection is in, and returns its reply: for the commands Redis runs while a script
+    /// is busy (SCRIPT KILL, FUNCTION KILL, SHUTDOWN), which must not wait behind it.
+    pub async fn call_now(&self, request: Bytes) -> Result<Bytes, UpstreamError> {
+        let mut conn = self.get().await?;
+        // Armed until the reply is read.
+        conn.broken = true;
+        conn.write_all(&[request], self.command_timeout).await?;
+        let (reply, _) = conn.read_reply(self.command_timeout).await?;
+        conn.broken = false;
+        Ok(reply)
+    }
+
+    /// A new connection, authenticated, outside every pool: for a client that becomes a
+    /// replica (SYNC/PSYNC), whose connection is never used for anything else.
+    pub async fn dedicated(&self) -> Result<UpstreamConn, UpstreamError> {
+        if let Some(error) = self.health.backing_off() {
+            return Err(error);
+        }
+        self.pinned_pool.dedicated_connection().await
     }
 
     /// Counts `n` requests sent to this node (cluster mode; nothing otherwise).

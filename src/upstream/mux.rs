@@ -42,6 +42,10 @@ pub struct Job {
     pub chunks: Vec<Bytes>,
     /// Replies the batch expects, its own state changes included.
     pub replies: usize,
+    /// Which of those replies answer state changes woven into the batch (SELECT, HELLO
+    /// between two of its requests), in order: one Redis refuses leaves the connection in
+    /// another state than the writer thinks (see `Reader::poison`).
+    pub woven: Vec<usize>,
     /// Where the replies go, in order; an error ends the stream. Unbounded, so a client
     /// that reads slowly never makes its lane wait: `pending` bounds it instead.
     pub reply_tx: ReplySender,
@@ -124,6 +128,7 @@ impl Mux {
 struct InFlight {
     swallow: usize,
     replies: usize,
+    woven: Vec<usize>,
     reply_tx: ReplySender,
     pending: Arc<AtomicUsize>,
     overflow: Arc<tokio::sync::Notify>,
@@ -238,6 +243,7 @@ impl Writer {
             let in_flight = InFlight {
                 swallow,
                 replies: job.replies,
+                woven: job.woven,
                 reply_tx: job.reply_tx,
                 pending: job.pending,
                 overflow: job.overflow,
@@ -283,6 +289,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         timeout: context.command_timeout,
         output_limit: context.output_limit,
         failure: None,
+        poison: None,
     };
     tokio::spawn(reader.run());
     Ok(Writer {
@@ -309,6 +316,11 @@ struct Reader {
     output_limit: usize,
     /// Once the connection failed: the error every later batch gets.
     failure: Option<UpstreamError>,
+    /// Redis refused a state change on this connection (`BUSY` while a script runs): its
+    /// database or protocol is not what the writer assumed for every batch written after
+    /// it, so each of their replies is that refusal instead (the command's reply, as Redis
+    /// gives it while busy), and the writer moves to a new connection.
+    poison: Option<(Bytes, ReplyFrame)>,
 }
 
 impl Reader {
@@ -360,20 +372,30 @@ impl Reader {
     /// Reads one batch's replies: swallows those of its state changes, hands the rest
     /// over. Fails when the connection does (the batch is then told by the caller).
     async fn answer(&mut self, item: &InFlight) -> Result<(), UpstreamError> {
-        (self.replies)
-            .read_state_changes(&mut self.half, item.swallow, self.timeout, |reply| {
-                LostReason::StateChangeRefused {
-                    reply: reply.into(),
-                }
-                .into()
-            })
-            .await?;
-        let mut client_gone = false;
-        for _ in 0..item.replies {
+        for _ in 0..item.swallow {
             let reply = self
                 .replies
                 .read_reply(&mut self.half, self.timeout)
                 .await?;
+            if reply.1.error {
+                self.poisoned_by(reply);
+            }
+        }
+        let mut woven = item.woven.iter().peekable();
+        let mut client_gone = false;
+        for index in 0..item.replies {
+            let reply = self
+                .replies
+                .read_reply(&mut self.half, self.timeout)
+                .await?;
+            let reply = match &self.poison {
+                Some(poison) => poison.clone(),
+                None => reply,
+            };
+            if woven.next_if(|&&at| at == index).is_some() && reply.1.error {
+                // Shown to the batch as it is: it answers the rest itself.
+                self.poisoned_by(reply.clone());
+            }
             if client_gone {
                 continue;
             }
@@ -391,5 +413,15 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// A state change was refused (see `poison`): the first refusal answers from now on.
+    fn poisoned_by(&mut self, reply: (Bytes, ReplyFrame)) {
+        if self.poison.is_none() {
+            tracing::debug!(reply = %super::conn::error_text(&reply.0),
+                "upstream refused a state change; lane moves to a new connection");
+            self.dead.store(true, Ordering::Release);
+            self.poison = Some(reply);
+        }
     }
 }

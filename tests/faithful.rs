@@ -1,0 +1,183 @@
+//! Where Redis's behaviour hangs on one connection, through the ambassador as direct
+//! (issue 15, Redis's own test suite): a busy script killed from another client while a
+//! third gets Redis's `-BUSY`; a client that becomes a replica (`SYNC`, `redis-cli --rdb`);
+//! a reply nested as deep as Redis can make it.
+
+mod common;
+
+use common::cluster::redis_cli_bin;
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PW: &str = "faithful-upstream-pw";
+const BUSY: &[u8] =
+    b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n";
+
+/// A password-protected upstream whose scripts count as busy after 100 ms, and the
+/// ambassador in front of it.
+fn setup() -> (RedisServer, Ambassador) {
+    let upstream =
+        RedisServer::start_with(ServerAuth::Password(PW.into()), &["busy-reply-threshold 100"]);
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .upstream_password(PW.as_bytes())
+        .start();
+    (upstream, proxy)
+}
+
+/// Sends `args` on `c` until the reply is `expected`, for at most 10 s.
+#[track_caller]
+fn until_reply(c: &mut RawConn, args: &[&str], expected: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = c.call(args);
+        if reply == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?}: still \"{}\" after 10 s, expected \"{}\"",
+            escape(&reply),
+            escape(expected)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn script_kill_reaches_a_busy_server_and_others_get_busy() {
+    let (upstream, proxy) = setup();
+    // The suite's clients all work in database 9: every shared lane must SELECT first,
+    // and that SELECT is what Redis refuses while the script runs.
+    let mut runner = proxy.conn();
+    let mut other = proxy.conn();
+    let mut killer = proxy.conn();
+    for c in [&mut runner, &mut other, &mut killer] {
+        c.call_expect(&["SELECT", "9"], b"+OK\r\n");
+    }
+    other.call_expect(&["SET", "k", "v"], b"+OK\r\n");
+    runner.send(&resp(&["EVAL", "while true do end", "0"]));
+    // Another client's commands get Redis's own -BUSY: no lost connection, no stall.
+    until_reply(&mut other, &["GET", "k"], BUSY);
+    other.call_expect(&["INCR", "n"], BUSY);
+    killer.call_expect(&["SCRIPT", "KILL"], b"+OK\r\n");
+    let killed = runner.read_reply();
+    assert!(
+        killed.starts_with(b"-ERR Script killed by user with SCRIPT KILL") && killed.ends_with(b"\r\n"),
+        "the killed script's reply: \"{}\"",
+        escape(&killed)
+    );
+    // Every client goes on, in its own database.
+    until_reply(&mut other, &["GET", "k"], b"$1\r\nv\r\n");
+    runner.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
+    killer.call_expect(&["SCRIPT", "KILL"], b"-NOTBUSY No scripts in execution right now.\r\n");
+    let mut direct = upstream.conn();
+    direct.call_expect(&["AUTH", PW], b"+OK\r\n");
+    direct.call_expect(&["EXISTS", "k"], b":0\r\n");
+    direct.call_expect(&["EXISTS", "n"], b":0\r\n");
+
+    // The same for a function.
+    let library = "#!lua name=spin\nredis.register_function('spin', function() while true do end end)";
+    runner.call_expect(&["FUNCTION", "LOAD", library], b"$4\r\nspin\r\n");
+    runner.send(&resp(&["FCALL", "spin", "0"]));
+    until_reply(
+        &mut other,
+        &["GET", "k"],
+        b"-BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE.\r\n",
+    );
+    killer.call_expect(&["FUNCTION", "KILL"], b"+OK\r\n");
+    let killed = runner.read_reply();
+    assert!(
+        killed.starts_with(b"-ERR ") && killed.ends_with(b"\r\n"),
+        "the killed function's reply: \"{}\"",
+        escape(&killed)
+    );
+    until_reply(&mut other, &["GET", "k"], b"$1\r\nv\r\n");
+}
+
+#[test]
+fn a_client_becomes_a_replica_and_reads_the_replication_stream() {
+    let (_upstream, proxy) = setup();
+    let mut writer = proxy.conn();
+    writer.call_expect(&["SET", "before", "1"], b"+OK\r\n");
+    // Inline, as Redis's test helper sends it.
+    let mut replica = proxy.conn();
+    replica.timeout = Duration::from_secs(10);
+    replica.send(b"SYNC\r\n");
+    // Newlines may come first (keep-alives while the RDB is made), then `$<len>`.
+    let mut header = Vec::new();
+    loop {
+        let byte = replica.read_exact_bytes(1)[0];
+        if byte == b'\n' && header.ends_with(b"\r") && header.starts_with(b"$") {
+            header.pop();
+            break;
+        }
+        if byte != b'\n' {
+            header.push(byte);
+        }
+    }
+    let len: usize = std::str::from_utf8(&header[1..]).unwrap().parse().unwrap();
+    let rdb = replica.read_exact_bytes(len);
+    assert!(rdb.starts_with(b"REDIS"), "not an RDB: {}", escape(&rdb[..16.min(len)]));
+    assert!(
+        rdb.windows(6).any(|w| w == b"before"),
+        "the RDB does not hold the key written before SYNC"
+    );
+    // What other clients write now streams to the replica.
+    writer.call_expect(&["SET", "after-sync", "2"], b"+OK\r\n");
+    let stream = replica.read_until_idle(Duration::from_millis(500), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&stream);
+    assert!(
+        text.contains("after-sync"),
+        "the replication stream: \"{}\"",
+        escape(&stream)
+    );
+}
+
+#[test]
+fn redis_cli_rdb_through_the_ambassador_is_loadable() {
+    let (_upstream, proxy) = setup();
+    let mut c = proxy.conn();
+    c.call_expect(&["SET", "saved", "value"], b"+OK\r\n");
+    c.call_expect(&["RPUSH", "list", "a", "b"], b":2\r\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dump.rdb");
+    let out = Command::new(redis_cli_bin())
+        .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string(), "--rdb"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-cli --rdb failed: {}{}\nambassador log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+    // A fresh server loads it.
+    let dir_line = format!("dir {}", dir.path().display());
+    let loaded = RedisServer::start_with(ServerAuth::None, &[&dir_line, "dbfilename dump.rdb"]);
+    let mut r = loaded.conn();
+    r.call_expect(&["GET", "saved"], b"$5\r\nvalue\r\n");
+    r.call_expect(&["LRANGE", "list", "0", "-1"], b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+}
+
+#[test]
+fn a_reply_as_deep_as_a_script_can_make_it_passes_unchanged() {
+    let (upstream, proxy) = setup();
+    let script = "local a = {}; local b = {a}; a[1] = b; return a";
+    let mut direct = upstream.conn();
+    direct.call_expect(&["AUTH", PW], b"+OK\r\n");
+    direct.send(&resp(&["EVAL", script, "0"]));
+    let expected = direct.read_reply();
+    assert!(
+        expected.len() > 1000 && expected.ends_with(b"-ERR reached lua stack limit\r\n"),
+        "Redis's own reply: {} bytes",
+        expected.len()
+    );
+    let mut c = proxy.conn();
+    c.send(&resp(&["EVAL", script, "0"]));
+    let got = c.read_reply();
+    assert_bytes_eq("recursive table", &expected, &got);
+    c.call_expect(&["PING"], b"+PONG\r\n");
+}
