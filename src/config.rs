@@ -53,12 +53,19 @@ pub struct Config {
 }
 
 /// The async runtime.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
-    /// Threads serving clients and upstream connections. 1 runs everything on one thread
-    /// (tokio's current-thread scheduler); 0 means one per CPU the process may use.
+    /// Threads serving clients and upstream connections. 1 (the default) runs everything
+    /// on one thread (tokio's current-thread scheduler), as Redis does: what clients send
+    /// reaches Redis in the order it arrived; 0 means one per CPU the process may use.
     pub worker_threads: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Runtime {
+        Runtime { worker_threads: 1 }
+    }
 }
 
 impl Runtime {

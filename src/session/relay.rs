@@ -87,6 +87,11 @@ struct Modes {
     /// MULTI or WATCH went through the relay: the connection holds state the session does
     /// not track, so it stays relayed until RESET, QUIT or the client leaves.
     sticky: bool,
+    /// Confirmations still to come for SUBSCRIBE/PSUBSCRIBE channels forwarded: the mode
+    /// is active from the moment they are sent, so no barrier follows them (it would hold
+    /// the client's next command back by a round trip, and show up upstream as the
+    /// connection's last command). An error reply instead ends the assumption.
+    confirming: usize,
     /// Cluster mode: a shard-channel command is in progress on the links.
     shard_busy: bool,
 }
@@ -101,6 +106,7 @@ impl Modes {
             || self.skip_armed
             || self.sticky
             || self.shard_busy
+            || self.confirming > 0
     }
 
     fn subscribed(&self) -> bool {
@@ -457,6 +463,10 @@ impl Session {
                 relay.modes.monitor = true;
                 forward(conn, relay, request).await
             }
+            Kind::Subscribe(Channels::Classic) if adds_subscriptions(&request) => {
+                relay.modes.confirming += request.args.len() - 1;
+                forward(conn, relay, request).await
+            }
             _ => forward(conn, relay, request).await,
         }
     }
@@ -769,6 +779,14 @@ impl Session {
             self.reset();
             relay.drop_conn = true;
             return Step::Exit(Exit::Resume);
+        }
+        if relay.modes.confirming > 0 {
+            if confirms_subscription(&bytes) {
+                relay.modes.confirming -= 1;
+            } else if bytes.starts_with(b"-") {
+                // Perhaps the SUBSCRIBE itself refused: the barrier decides.
+                relay.modes.confirming = 0;
+            }
         }
         if let Some((shard, count)) = subscription_count(&bytes) {
             if shard {
@@ -1113,6 +1131,23 @@ fn is_barrier_reply(frame: &[u8], token: &[u8]) -> bool {
             && frame.len() == 14 + bulk.len())
 }
 
+/// Whether a request is SUBSCRIBE or PSUBSCRIBE (one confirmation per channel).
+fn adds_subscriptions(request: &Request) -> bool {
+    let name = request.name();
+    name.eq_ignore_ascii_case(b"subscribe") || name.eq_ignore_ascii_case(b"psubscribe")
+}
+
+/// Whether a frame confirms a SUBSCRIBE or PSUBSCRIBE channel.
+fn confirms_subscription(frame: &[u8]) -> bool {
+    let Some(rest) = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))
+    else {
+        return false;
+    };
+    rest.starts_with(b"$9\r\nsubscribe\r\n") || rest.starts_with(b"$10\r\npsubscribe\r\n")
+}
+
 /// For a (p|s)(un)subscribe confirmation, whether it counts shard channels and the count.
 fn subscription_count(frame: &[u8]) -> Option<(bool, i64)> {
     let rest = frame
@@ -1205,6 +1240,14 @@ mod tests {
             None
         );
         assert_eq!(subscription_count(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn subscription_confirmations() {
+        assert!(confirms_subscription(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"));
+        assert!(confirms_subscription(b">3\r\n$10\r\npsubscribe\r\n$1\r\na\r\n:2\r\n"));
+        assert!(!confirms_subscription(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"));
+        assert!(!confirms_subscription(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"));
     }
 
     #[test]
