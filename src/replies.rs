@@ -151,6 +151,15 @@ pub fn subscribed_pong(out: &mut BytesMut, argument: Option<&[u8]>) {
     encode::bulk(out, argument.unwrap_or(b""));
 }
 
+/// EXEC of a transaction the ambassador had to keep to itself (no dedicated upstream
+/// connection could be had when it began): Redis's EXECABORT, with the reason.
+pub fn execabort_because(out: &mut BytesMut, reason: &impl std::fmt::Display) {
+    encode::error(
+        out,
+        format!("EXECABORT Transaction discarded because of previous errors: {reason}").as_bytes(),
+    );
+}
+
 /// An error the proxy makes (`ERR <text>`): upstream trouble and the like.
 pub fn proxy_error(out: &mut BytesMut, error: &impl std::fmt::Display) {
     encode::error(out, format!("ERR {error}").as_bytes());

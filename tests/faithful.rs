@@ -17,8 +17,10 @@ const BUSY: &[u8] =
 /// A password-protected upstream whose scripts count as busy after 100 ms, and the
 /// ambassador in front of it.
 fn setup() -> (RedisServer, Ambassador) {
-    let upstream =
-        RedisServer::start_with(ServerAuth::Password(PW.into()), &["busy-reply-threshold 100"]);
+    let upstream = RedisServer::start_with(
+        ServerAuth::Password(PW.into()),
+        &["busy-reply-threshold 100"],
+    );
     let proxy = AmbassadorBuilder::for_server(&upstream)
         .upstream_password(PW.as_bytes())
         .start();
@@ -63,21 +65,26 @@ fn script_kill_reaches_a_busy_server_and_others_get_busy() {
     killer.call_expect(&["SCRIPT", "KILL"], b"+OK\r\n");
     let killed = runner.read_reply();
     assert!(
-        killed.starts_with(b"-ERR Script killed by user with SCRIPT KILL") && killed.ends_with(b"\r\n"),
+        killed.starts_with(b"-ERR Script killed by user with SCRIPT KILL")
+            && killed.ends_with(b"\r\n"),
         "the killed script's reply: \"{}\"",
         escape(&killed)
     );
     // Every client goes on, in its own database.
     until_reply(&mut other, &["GET", "k"], b"$1\r\nv\r\n");
     runner.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
-    killer.call_expect(&["SCRIPT", "KILL"], b"-NOTBUSY No scripts in execution right now.\r\n");
+    killer.call_expect(
+        &["SCRIPT", "KILL"],
+        b"-NOTBUSY No scripts in execution right now.\r\n",
+    );
     let mut direct = upstream.conn();
     direct.call_expect(&["AUTH", PW], b"+OK\r\n");
     direct.call_expect(&["EXISTS", "k"], b":0\r\n");
     direct.call_expect(&["EXISTS", "n"], b":0\r\n");
 
     // The same for a function.
-    let library = "#!lua name=spin\nredis.register_function('spin', function() while true do end end)";
+    let library =
+        "#!lua name=spin\nredis.register_function('spin', function() while true do end end)";
     runner.call_expect(&["FUNCTION", "LOAD", library], b"$4\r\nspin\r\n");
     runner.send(&resp(&["FCALL", "spin", "0"]));
     until_reply(
@@ -118,7 +125,11 @@ fn a_client_becomes_a_replica_and_reads_the_replication_stream() {
     }
     let len: usize = std::str::from_utf8(&header[1..]).unwrap().parse().unwrap();
     let rdb = replica.read_exact_bytes(len);
-    assert!(rdb.starts_with(b"REDIS"), "not an RDB: {}", escape(&rdb[..16.min(len)]));
+    assert!(
+        rdb.starts_with(b"REDIS"),
+        "not an RDB: {}",
+        escape(&rdb[..16.min(len)])
+    );
     assert!(
         rdb.windows(6).any(|w| w == b"before"),
         "the RDB does not hold the key written before SYNC"
@@ -159,7 +170,10 @@ fn redis_cli_rdb_through_the_ambassador_is_loadable() {
     let loaded = RedisServer::start_with(ServerAuth::None, &[&dir_line, "dbfilename dump.rdb"]);
     let mut r = loaded.conn();
     r.call_expect(&["GET", "saved"], b"$5\r\nvalue\r\n");
-    r.call_expect(&["LRANGE", "list", "0", "-1"], b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+    r.call_expect(
+        &["LRANGE", "list", "0", "-1"],
+        b"*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+    );
 }
 
 #[test]
@@ -180,4 +194,117 @@ fn a_reply_as_deep_as_a_script_can_make_it_passes_unchanged() {
     let got = c.read_reply();
     assert_bytes_eq("recursive table", &expected, &got);
     c.call_expect(&["PING"], b"+PONG\r\n");
+}
+
+#[test]
+fn a_transaction_begun_while_a_script_is_busy_aborts_whole() {
+    let (upstream, proxy) = setup();
+    let mut runner = proxy.conn();
+    let mut r2 = proxy.conn();
+    let mut killer = proxy.conn();
+    for c in [&mut runner, &mut r2, &mut killer] {
+        c.call_expect(&["SELECT", "9"], b"+OK\r\n");
+    }
+    killer.call_expect(&["SET", "xx", "1"], b"+OK\r\n");
+    runner.send(&resp(&["EVAL", "while true do end", "0"]));
+    until_reply(&mut killer, &["GET", "xx"], BUSY);
+    // Redis takes MULTI while busy (it may run then) and refuses what follows.
+    r2.call_expect(&["MULTI"], b"+OK\r\n");
+    let queued = r2.call(&["INCR", "xx"]);
+    assert!(
+        queued == b"+QUEUED\r\n" || queued == BUSY,
+        "INCR inside the transaction: \"{}\"",
+        escape(&queued)
+    );
+    killer.call_expect(&["SCRIPT", "KILL"], b"+OK\r\n");
+    runner.read_reply();
+    r2.call_expect(&["INCR", "xx"], b"+QUEUED\r\n");
+    let exec = r2.call(&["EXEC"]);
+    assert!(
+        exec.starts_with(b"-EXECABORT Transaction discarded because of previous errors"),
+        "EXEC: \"{}\"",
+        escape(&exec)
+    );
+    // None of it ran, and the client is out of the transaction.
+    killer.call_expect(&["GET", "xx"], b"$1\r\n1\r\n");
+    r2.call_expect(&["PING", "asdf"], b"$4\r\nasdf\r\n");
+    drop(upstream);
+}
+
+#[test]
+fn auth_as_a_redis_user_runs_the_clients_commands_as_that_user() {
+    let (_upstream, proxy) = setup();
+    let mut admin = proxy.conn();
+    admin.call_expect(
+        &[
+            "ACL",
+            "SETUSER",
+            "bob",
+            "on",
+            ">123",
+            "+get",
+            "+acl|whoami",
+            "~x*",
+        ],
+        b"+OK\r\n",
+    );
+    admin.call_expect(&["SET", "xa", "1"], b"+OK\r\n");
+    let mut bob = proxy.conn();
+    bob.call_expect(
+        &["AUTH", "bob", "wrong"],
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    bob.call_expect(&["AUTH", "bob", "123"], b"+OK\r\n");
+    bob.call_expect(&["ACL", "WHOAMI"], b"$3\r\nbob\r\n");
+    bob.call_expect(&["GET", "xa"], b"$1\r\n1\r\n");
+    let refused = bob.call(&["SET", "xa", "2"]);
+    assert!(
+        refused.starts_with(b"-NOPERM"),
+        "SET as bob: \"{}\"",
+        escape(&refused)
+    );
+    let refused = bob.call(&["GET", "other"]);
+    assert!(
+        refused.starts_with(b"-NOPERM"),
+        "GET of a key bob may not read: \"{}\"",
+        escape(&refused)
+    );
+    // A failed AUTH keeps the identity it had.
+    bob.call_expect(
+        &["AUTH", "nobody", "x"],
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    bob.call_expect(&["ACL", "WHOAMI"], b"$3\r\nbob\r\n");
+    // HELLO AUTH too; and back to the ambassador's own identity with AUTH default.
+    let mut carol = proxy.conn();
+    let hello = carol.call(&["HELLO", "2", "AUTH", "bob", "123"]);
+    assert!(
+        hello.starts_with(b"*14\r\n"),
+        "HELLO AUTH: \"{}\"",
+        escape(&hello)
+    );
+    carol.call_expect(&["ACL", "WHOAMI"], b"$3\r\nbob\r\n");
+    carol.call_expect(&["AUTH", "default", "anything"], b"+OK\r\n");
+    carol.call_expect(&["SET", "xa", "3"], b"+OK\r\n");
+    admin.call_expect(&["GET", "xa"], b"$1\r\n3\r\n");
+}
+
+#[test]
+fn ping_and_echo_are_answered_by_redis() {
+    let (mut upstream, proxy) = setup();
+    let mut c = proxy.conn();
+    c.call_expect(&["PING"], b"+PONG\r\n");
+    c.call_expect(&["ECHO", "hi"], b"$2\r\nhi\r\n");
+    c.call_expect(
+        &["PING", "a", "b"],
+        b"-ERR wrong number of arguments for 'ping' command\r\n",
+    );
+    upstream.kill();
+    // Redis is gone: PING must not say PONG.
+    let reply = c.call(&["PING"]);
+    assert!(
+        reply.starts_with(b"-ERR upstream"),
+        "PING with Redis down: \"{}\"",
+        escape(&reply)
+    );
 }

@@ -783,7 +783,6 @@ fn pinned_cap_refuses_at_once_and_recovers() {
     // Refused at once, for every state that needs a pin; the connection stays usable.
     let refusals = [
         ("third BLPOP", c.call(&["BLPOP", "y", "0"])),
-        ("MULTI", c.call(&["MULTI"])),
         ("WATCH", c.call(&["WATCH", "k"])),
         ("SUBSCRIBE", c.call(&["SUBSCRIBE", "ch"])),
     ];
@@ -798,6 +797,19 @@ fn pinned_cap_refuses_at_once_and_recovers() {
             escape(r)
         );
     }
+    c.call_expect(&["EXEC"], b"-ERR EXEC without MULTI\r\n");
+    // Redis never refuses MULTI: the transaction is kept in the ambassador, nothing of it
+    // runs, and EXEC aborts with the reason.
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["SET", "k", "in-multi"], b"+QUEUED\r\n");
+    c.call_expect(&["MULTI"], b"-ERR MULTI calls can not be nested\r\n");
+    let abort = c.call(&["EXEC"]);
+    assert!(
+        abort.starts_with(b"-EXECABORT Transaction discarded because of previous errors: ")
+            && String::from_utf8_lossy(&abort).contains("max_pinned = 2"),
+        "EXEC of a transaction with no connection: \"{}\"",
+        escape(&abort)
+    );
     c.call_expect(&["EXEC"], b"-ERR EXEC without MULTI\r\n");
     c.call_expect(&["GET", "k"], b"$-1\r\n");
     c.call_expect(&["SET", "k", "v"], b"+OK\r\n");

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::cluster::Cluster;
-use crate::command::CommandId;
+use crate::command::{self, CommandId};
 use crate::metrics::{self, ErrorClass};
 use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
+use crate::replies;
 use crate::upstream::conn::{error_text, transition};
 use crate::upstream::{
     ConnState, LostReason, Pinned, UnavailableReason, Upstream, UpstreamConn, UpstreamError, mux,
@@ -139,6 +140,10 @@ pub struct Outcome {
     pub failed: bool,
     /// The client must be closed now, without the rest of its replies (output limit).
     pub close: bool,
+    /// No dedicated connection could be had and the batch ends inside the transaction it
+    /// opened: the transaction goes on in the ambassador alone, its EXEC aborted with
+    /// this error (Redis never refuses MULTI).
+    pub detached: Option<UpstreamError>,
 }
 
 impl Outcome {
@@ -394,8 +399,11 @@ impl Batch {
                     Ok(conn) => *pinned = Some(conn),
                     Err(error) => {
                         tracing::debug!(%error, "no dedicated upstream connection");
-                        self.emit_without_upstream(out, &error);
-                        return Ok(Outcome::failed());
+                        let open = self.emit_without_upstream(out, &error);
+                        return Ok(Outcome {
+                            detached: open.then_some(error),
+                            ..Outcome::failed()
+                        });
                     }
                 }
             }
@@ -530,7 +538,18 @@ impl Batch {
                 break;
             }
             match conn.read_reply(timeout).await {
-                Ok((reply, frame)) if frame.error => failure = Some(state_change_failed(&reply)),
+                Ok((reply, frame)) if frame.error => {
+                    // Redis refused to move the connection to the client's state (`BUSY`
+                    // while a script runs): nothing after it may be trusted, and the
+                    // connection (armed) is dropped, taking anything it queued with it.
+                    // The client sees what Redis would have said to its own commands.
+                    let error = state_change_failed(&reply);
+                    let open = self.emit_without_upstream(out, &error);
+                    return Ok(Outcome {
+                        detached: open.then_some(error),
+                        ..Outcome::failed()
+                    });
+                }
                 Ok(_) => {}
                 Err(error) => failure = Some(error),
             }
@@ -549,9 +568,18 @@ impl Batch {
     }
 
     /// No connection could be had: local replies as planned, the error for each forwarded
-    /// request, nothing for the state changes.
-    fn emit_without_upstream(&self, out: &mut BytesMut, error: &UpstreamError) {
+    /// request, nothing for the state changes. A transaction the batch opens is answered
+    /// as Redis would answer one that is bound to fail: `+OK`, `+QUEUED` for each command,
+    /// and `-EXECABORT` (with the reason) for its EXEC — no command of a transaction ever
+    /// runs outside it. Returns whether the batch ends inside such a transaction.
+    fn emit_without_upstream(&self, out: &mut BytesMut, error: &UpstreamError) -> bool {
         let class = Some(error.class());
+        let (multi, exec, discard) = (
+            command::id(b"multi"),
+            command::id(b"exec"),
+            command::id(b"discard"),
+        );
+        let mut in_transaction = false;
         let mut start = 0;
         for step in &self.steps {
             match *step {
@@ -563,12 +591,33 @@ impl Batch {
                     pass: Pass::Swallow | Pass::Ignore,
                     ..
                 } => {}
+                Step::Upstream { command, .. } if in_transaction && command == exec => {
+                    in_transaction = false;
+                    replies::execabort_because(out, error);
+                    metrics::record_command(command, class, self.started.elapsed());
+                }
+                Step::Upstream { command, .. } if in_transaction => {
+                    in_transaction = command != discard;
+                    let reply = if in_transaction {
+                        replies::QUEUED
+                    } else {
+                        replies::OK
+                    };
+                    out.extend_from_slice(reply);
+                    metrics::record_command(command, None, self.started.elapsed());
+                }
+                Step::Upstream { command, .. } if command == multi => {
+                    in_transaction = true;
+                    out.extend_from_slice(replies::OK);
+                    metrics::record_command(command, None, self.started.elapsed());
+                }
                 Step::Upstream { command, .. } => {
                     error.reply_to(out);
                     metrics::record_command(command, class, self.started.elapsed());
                 }
             }
         }
+        in_transaction
     }
 
     /// Writes every reply in request order: local ones from the plan, upstream ones as

@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 
 use super::batch::{Batch, Outcome};
 use super::io::{ClientIo, READ_CHUNK};
-use super::state::Session;
+use super::state::{Multi, Session};
 use crate::metrics;
 
 impl Session {
@@ -33,7 +33,10 @@ impl Session {
         if self.pinned.is_none() {
             self.pinned_on = node.clone();
         }
-        let upstream = node.as_deref().unwrap_or(&self.shared.upstream);
+        let upstream = node
+            .as_deref()
+            .or(self.identity.as_deref())
+            .unwrap_or(&self.shared.upstream);
         let ClientIo {
             reader,
             writer,
@@ -105,8 +108,13 @@ impl Session {
             if let Some(cluster) = &self.shared.cluster {
                 cluster.refresh_soon();
             }
-            // The connection (and any transaction or watch on it) is gone.
-            self.multi = None;
+            // The connection (and any transaction or watch on it) is gone; a transaction
+            // that could not get one goes on here, bound to abort.
+            self.multi = outcome.detached.map(|error| Multi {
+                error: true,
+                detached: Some(error),
+                ..Multi::default()
+            });
             self.watching = false;
             self.exec_queue = None;
             self.drop_pin = true;

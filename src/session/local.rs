@@ -13,7 +13,9 @@ use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, encode};
 use crate::replies::{self, refusal};
-use crate::upstream::ServerInfo;
+use crate::secret::Secret;
+use crate::upstream::{AuthFailure, ServerInfo, UpstreamError};
+use std::sync::Arc;
 
 impl Session {
     pub(super) async fn local(
@@ -24,7 +26,7 @@ impl Session {
     ) -> Flow {
         let args = &request.args;
         match local {
-            Local::Auth => self.auth(args, batch),
+            Local::Auth => Box::pin(self.auth(args, batch)).await,
             Local::Hello => Box::pin(self.hello(args, batch)).await,
             Local::Quit => {
                 if self.needs_pin() {
@@ -46,22 +48,9 @@ impl Session {
             Local::Client => return self.client(request, batch),
             _ if self.requires_auth() => batch.reply(replies::NOAUTH),
             Local::Select => Box::pin(self.select(&args[1], batch)).await,
-            // PING's own check, made after authentication, as in Redis's pingCommand.
-            Local::Ping if args.len() > 2 => {
-                replies::wrong_arity(batch.local(), "ping");
-                batch.end_local();
-            }
-            Local::Ping => match args.get(1) {
-                None => batch.reply(replies::PONG),
-                Some(message) => {
-                    encode::bulk(batch.local(), message);
-                    batch.end_local();
-                }
-            },
-            Local::Echo => {
-                encode::bulk(batch.local(), &args[1]);
-                batch.end_local();
-            }
+            // Redis answers them: a PING that says PONG while Redis is down (or busy) would
+            // hide the outage from health checks, and MONITOR would not show them.
+            Local::Ping | Local::Echo => return self.forward(request.clone(), batch),
             Local::Exec => batch.reply(replies::EXEC_WITHOUT_MULTI),
             Local::Discard => batch.reply(replies::DISCARD_WITHOUT_MULTI),
             Local::Unwatch if self.watching => {
@@ -74,7 +63,7 @@ impl Session {
         Flow::Continue
     }
 
-    fn auth(&mut self, args: &[Bytes], batch: &mut Batch) {
+    async fn auth(&mut self, args: &[Bytes], batch: &mut Batch) {
         if args.len() > 3 {
             return batch.reply(replies::SYNTAX_ERROR);
         }
@@ -86,15 +75,58 @@ impl Session {
         } else {
             (&args[1][..], &args[2][..])
         };
-        if let Some(user) = self.shared.authenticate(username, password) {
-            self.authenticated = true;
-            self.user = user;
-            batch.reply(replies::OK);
-        } else {
+        if let Err(reply) = self.log_in(username, password).await {
             // A failed AUTH does not undo an earlier success (Redis 6+).
             tracing::debug!(peer = %self.peer, "client authentication failed");
             metrics::global().client_auth_failures.increment(1);
-            batch.reply(replies::WRONGPASS);
+            batch.local().extend_from_slice(&reply);
+            return batch.end_local();
+        }
+        batch.reply(replies::OK);
+    }
+
+    /// Authenticates the client: as one of the ambassador's users, or — when the
+    /// ambassador has none of its own (no `[client]` section) and the name is not
+    /// `default` — as a Redis user, checked by the server itself, whose commands then go
+    /// to the server as that user (its ACLs apply). `Err`: the reply to give.
+    async fn log_in(&mut self, username: &[u8], password: &[u8]) -> Result<(), Bytes> {
+        if let Some(user) = self.shared.authenticate(username, password) {
+            self.authenticated = true;
+            self.user = user;
+            self.identity = None;
+            return Ok(());
+        }
+        let as_redis_user = !self.shared.client_auth.required()
+            && self.shared.cluster.is_none()
+            && !username.eq_ignore_ascii_case(crate::auth::DEFAULT_USER.as_bytes());
+        let name = match std::str::from_utf8(username) {
+            Ok(name) if as_redis_user => name,
+            _ => return Err(Bytes::from_static(replies::WRONGPASS)),
+        };
+        let upstream = Arc::new(
+            self.shared
+                .upstream
+                .as_user(name, Secret::new(password.to_vec())),
+        );
+        // A connection made with the credentials is the server's own check.
+        let checked = upstream.get().await.map(drop);
+        match checked {
+            Ok(()) => {
+                self.authenticated = true;
+                self.user = Arc::from(name);
+                self.identity = Some(upstream);
+                Ok(())
+            }
+            Err(UpstreamError::AuthFailed(AuthFailure::Refused(text))) => {
+                let mut reply = BytesMut::new();
+                encode::error(&mut reply, text.as_bytes());
+                Err(reply.freeze())
+            }
+            Err(error) => {
+                let mut reply = BytesMut::new();
+                error.reply_to(&mut reply);
+                Err(reply.freeze())
+            }
         }
     }
 
@@ -131,13 +163,12 @@ impl Session {
             }
         }
         if let Some((username, password)) = credentials {
-            let Some(user) = self.shared.authenticate(username, password) else {
+            if let Err(reply) = self.log_in(username, password).await {
                 tracing::debug!(peer = %self.peer, "client authentication failed (HELLO)");
                 metrics::global().client_auth_failures.increment(1);
-                return batch.reply(replies::WRONGPASS);
-            };
-            self.authenticated = true;
-            self.user = user;
+                batch.local().extend_from_slice(&reply);
+                return batch.end_local();
+            }
         }
         if self.requires_auth() {
             return batch.reply(replies::HELLO_NOAUTH);

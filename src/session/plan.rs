@@ -120,9 +120,7 @@ impl Session {
                 Flow::Continue
             }
             Kind::Replication => Flow::Replicate(request),
-            Kind::Interrupt if !command::interrupts(&request.args) => {
-                self.forward(request, batch)
-            }
+            Kind::Interrupt if !command::interrupts(&request.args) => self.forward(request, batch),
             // What is planned runs first: the interrupt goes in a batch of its own.
             Kind::Interrupt if batch.has_upstream() => Flow::Defer(request),
             Kind::Interrupt => {
@@ -136,7 +134,7 @@ impl Session {
     /// whatever state it is in (they need none), never behind a busy script on a lane
     /// (see [`Kind::Interrupt`]). The reply is the server's, in its place.
     async fn interrupt(&mut self, request: Request, batch: &mut Batch) {
-        match self.shared.upstream.call_now(request_bytes(request)).await {
+        match self.upstream().call_now(request_bytes(request)).await {
             Ok(reply) => {
                 batch.local().extend_from_slice(&reply);
                 batch.end_local();

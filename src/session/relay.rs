@@ -193,7 +193,10 @@ impl Session {
             },
             None => None,
         };
-        let upstream = node.as_deref().unwrap_or(&self.shared.upstream);
+        let upstream = node
+            .as_deref()
+            .or(self.identity.as_deref())
+            .unwrap_or(&self.shared.upstream);
         let mut conn = match self.pinned.take() {
             Some(conn) => conn,
             None => match upstream.pin().await {
@@ -1244,10 +1247,18 @@ mod tests {
 
     #[test]
     fn subscription_confirmations() {
-        assert!(confirms_subscription(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"));
-        assert!(confirms_subscription(b">3\r\n$10\r\npsubscribe\r\n$1\r\na\r\n:2\r\n"));
-        assert!(!confirms_subscription(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"));
-        assert!(!confirms_subscription(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"));
+        assert!(confirms_subscription(
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"
+        ));
+        assert!(confirms_subscription(
+            b">3\r\n$10\r\npsubscribe\r\n$1\r\na\r\n:2\r\n"
+        ));
+        assert!(!confirms_subscription(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(!confirms_subscription(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"
+        ));
     }
 
     #[test]

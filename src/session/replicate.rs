@@ -21,7 +21,7 @@ impl Session {
     /// client is done (always, once the join was made); `true` when no connection could be
     /// had, the error was answered, and the session goes on.
     pub(super) async fn replicate(&mut self, request: Request, io: &mut ClientIo) -> bool {
-        let conn = match self.shared.upstream.dedicated().await {
+        let conn = match self.upstream().dedicated().await {
             Ok(conn) => conn,
             Err(error) => {
                 replies::proxy_error(&mut io.out, &error);

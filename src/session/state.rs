@@ -112,6 +112,9 @@ pub(super) struct Multi {
     pub queue: Vec<Queued>,
     /// A command was refused while queuing: EXEC must abort, as Redis's does.
     pub error: bool,
+    /// No dedicated connection could be had when the transaction began: it lives in the
+    /// ambassador alone, every command is answered `+QUEUED`, and EXEC aborts with this.
+    pub detached: Option<crate::upstream::UpstreamError>,
 }
 
 impl Multi {
@@ -154,6 +157,9 @@ pub struct Session {
     pub(super) drop_pin: bool,
     /// Cluster mode: the node the connection-bound state is on.
     pub(super) binding: Binding,
+    /// The client authenticated as a Redis user the ambassador does not know: its commands
+    /// go to the server as that user, over an upstream of its own (see `Upstream::as_user`).
+    pub(super) identity: Option<Arc<Upstream>>,
 }
 
 impl Session {
@@ -183,7 +189,14 @@ impl Session {
             pinned_on: None,
             drop_pin: false,
             binding: Binding::default(),
+            identity: None,
         }
+    }
+
+    /// Where this client's commands go: the server as the client's own Redis user, or as
+    /// the ambassador's.
+    pub(super) fn upstream(&self) -> &Upstream {
+        self.identity.as_deref().unwrap_or(&self.shared.upstream)
     }
 
     pub(super) fn requires_auth(&self) -> bool {
@@ -215,6 +228,7 @@ impl Session {
         self.name = None;
         self.authenticated = !self.shared.client_auth.required();
         self.user = Arc::from(crate::auth::DEFAULT_USER);
+        self.identity = None;
     }
 
     /// Marks the open transaction as failed (a command was refused while queuing).

@@ -29,6 +29,9 @@ impl Session {
         request: Request,
         batch: &mut Batch,
     ) -> Flow {
+        if let Some(error) = self.multi.as_ref().and_then(|m| m.detached.clone()) {
+            return self.handle_detached(kind, error, batch);
+        }
         match kind {
             Kind::Local(Local::Exec) => self.plan_exec(request, batch),
             Kind::Local(Local::Discard) => {
@@ -85,6 +88,39 @@ impl Session {
             // Redis.
             _ => self.queue_forward(request, batch),
         }
+    }
+
+    /// A command inside a transaction that has no upstream connection (see
+    /// `Multi::detached`): nothing is sent; EXEC aborts with the reason.
+    fn handle_detached(
+        &mut self,
+        kind: Kind,
+        error: crate::upstream::UpstreamError,
+        batch: &mut Batch,
+    ) -> Flow {
+        match kind {
+            Kind::Local(Local::Exec) => {
+                self.multi = None;
+                replies::execabort_because(batch.local(), &error);
+                batch.end_local();
+            }
+            Kind::Local(Local::Discard) => {
+                self.multi = None;
+                batch.reply(replies::OK);
+            }
+            Kind::Local(Local::Quit) => {
+                batch.reply(replies::OK);
+                return Flow::Close;
+            }
+            Kind::Local(Local::Reset) => {
+                self.reset();
+                batch.reply(replies::RESET);
+            }
+            Kind::Multi => batch.reply(replies::MULTI_NESTED),
+            Kind::Watch => batch.reply(replies::WATCH_IN_MULTI),
+            _ => batch.reply(replies::QUEUED),
+        }
+        Flow::Continue
     }
 
     /// EXEC: the transaction ends. An aborted one is discarded upstream and answered
@@ -156,6 +192,11 @@ impl Session {
 
     /// Queues a command upstream.
     pub(super) fn queue_forward(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        if self.multi.as_ref().is_some_and(|m| m.detached.is_some()) {
+            // No upstream transaction to queue it in (see `Multi::detached`).
+            batch.reply(replies::QUEUED);
+            return Flow::Continue;
+        }
         if let Some(multi) = self.multi.as_mut() {
             multi.queue.push(Queued::Forwarded);
         }

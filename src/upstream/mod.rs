@@ -47,6 +47,7 @@ pub use manager::{Manager, PooledConn, Target};
 
 use crate::config::Config;
 use crate::credentials::Secrets;
+use crate::secret::{RotatingSecret, Secret};
 
 /// A dedicated upstream connection held by one client for as long as its connection-bound
 /// state lasts (MULTI, WATCH, a blocking command, pub/sub, MONITOR, tracking). Dropping it
@@ -87,6 +88,17 @@ pub struct Upstream {
     pool_wait_timeout: Duration,
     /// `None` when disabled.
     pub command_timeout: Option<Duration>,
+    /// What this upstream was built from, for [`as_user`](Upstream::as_user).
+    template: Arc<Template>,
+}
+
+/// The settings an upstream is built from, kept for building the same server's upstream
+/// for another Redis user.
+struct Template {
+    config: Config,
+    tls: Option<crate::tls::UpstreamTls>,
+    target: Target,
+    readonly: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -121,8 +133,43 @@ impl Upstream {
         address: Option<&str>,
         readonly: bool,
     ) -> Upstream {
-        let password = secrets.upstream_password.clone();
-        let target = Target::new(config, secrets, address);
+        let template = Arc::new(Template {
+            config: config.clone(),
+            tls: secrets.upstream_tls.clone(),
+            target: Target::new(config, secrets, address),
+            readonly,
+        });
+        let requests = address.map(|address| {
+            metrics::counter!(crate::metrics::CLUSTER_NODE_REQUESTS_TOTAL, "node" => address.to_owned())
+        });
+        Upstream::assemble(
+            template,
+            config.upstream.username.clone(),
+            secrets.upstream_password.clone(),
+            requests,
+        )
+    }
+
+    /// The same server, reached as another Redis user: for a client that authenticated
+    /// as a user the ambassador does not know, so that Redis's ACLs apply to it (its own
+    /// lanes and dedicated connections; nothing shared with the ambassador's identity).
+    pub fn as_user(&self, username: &str, password: Secret) -> Upstream {
+        Upstream::assemble(
+            self.template.clone(),
+            Some(username.to_owned()),
+            Some(Arc::new(RotatingSecret::fixed(password))),
+            None,
+        )
+    }
+
+    fn assemble(
+        template: Arc<Template>,
+        username: Option<String>,
+        password: Option<Arc<RotatingSecret>>,
+        requests: Option<metrics::Counter>,
+    ) -> Upstream {
+        let config = &template.config;
+        let target = template.target.clone();
         let health = Arc::new(Health::new(
             config.upstream.reconnect_backoff(),
             config.upstream.reconnect_backoff_max(),
@@ -131,11 +178,11 @@ impl Upstream {
         let manager = Manager {
             target: target.clone(),
             dialer: conn::Dialer {
-                tls: secrets.upstream_tls.clone(),
-                username: config.upstream.username.clone(),
+                tls: template.tls.clone(),
+                username,
                 connect_timeout: config.upstream.connect_timeout(),
                 max_reply_depth: config.limits.max_reply_depth,
-                readonly,
+                readonly: template.readonly,
             },
             password: password.clone(),
             last_good: Arc::new(Mutex::new(None)),
@@ -165,9 +212,6 @@ impl Upstream {
                 output_limit: config.limits.client_output_hard_limit,
             },
         );
-        let requests = address.map(|address| {
-            metrics::counter!(crate::metrics::CLUSTER_NODE_REQUESTS_TOTAL, "node" => address.to_owned())
-        });
         Upstream {
             mux,
             target,
@@ -180,6 +224,7 @@ impl Upstream {
             info,
             pool_wait_timeout: config.upstream.pool_wait_timeout(),
             command_timeout: config.upstream.command_timeout(),
+            template,
         }
     }
 
