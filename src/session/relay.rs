@@ -791,6 +791,11 @@ impl Session {
                 relay.modes.confirming = 0;
             }
         }
+        if relay.modes.monitor && is_ambassadors_own(&bytes) {
+            // The ambassador's own commands (a lane's SELECT, a handshake, a barrier) are
+            // not the application's: MONITOR direct would not show them.
+            return Step::Continue;
+        }
         if let Some((shard, count)) = subscription_count(&bytes) {
             if shard {
                 relay.modes.shard_subscriptions = count;
@@ -1134,6 +1139,30 @@ fn is_barrier_reply(frame: &[u8], token: &[u8]) -> bool {
             && frame.len() == 14 + bulk.len())
 }
 
+/// Whether a MONITOR line (`+<time> [<db> <addr>] "<command>" …`) shows a command the
+/// ambassador sent itself: the state changes woven in front of batches (SELECT, HELLO),
+/// a connection's handshake (AUTH, HELLO, `CONFIG GET databases`), a relay's barrier
+/// PING and the WAIT fence. Clients' own SELECT, HELLO and AUTH are answered by the
+/// ambassador and never reach Redis (but a SELECT queued in a transaction: hidden too).
+fn is_ambassadors_own(line: &[u8]) -> bool {
+    if !line.starts_with(b"+") {
+        return false;
+    }
+    let Some(start) = memchr::memmem::find(line, b"] \"") else {
+        return false;
+    };
+    let command = &line[start + 2..];
+    const OWN: [&[u8]; 6] = [
+        b"\"select\" ",
+        b"\"hello\" ",
+        b"\"auth\" ",
+        b"\"config\" \"get\" \"databases\"\r\n",
+        b"\"ping\" \"redis-ambassador-barrier-",
+        b"\"spublish\" \"redis-ambassador:wait\" ",
+    ];
+    OWN.iter().any(|own| command.starts_with(own))
+}
+
 /// Whether a request is SUBSCRIBE or PSUBSCRIBE (one confirmation per channel).
 fn adds_subscriptions(request: &Request) -> bool {
     let name = request.name();
@@ -1243,6 +1272,20 @@ mod tests {
             None
         );
         assert_eq!(subscription_count(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn the_ambassadors_own_monitor_lines() {
+        assert!(is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"select\" \"9\"\r\n"));
+        assert!(is_ambassadors_own(
+            b"+1.2 [0 127.0.0.1:5] \"config\" \"get\" \"databases\"\r\n"
+        ));
+        assert!(is_ambassadors_own(
+            b"+1.2 [0 127.0.0.1:5] \"ping\" \"redis-ambassador-barrier-0123\"\r\n"
+        ));
+        assert!(!is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"set\" \"select\"\r\n"));
+        assert!(!is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"ping\"\r\n"));
+        assert!(!is_ambassadors_own(b"+OK\r\n"));
     }
 
     #[test]
