@@ -1,6 +1,6 @@
 //! The commands a session answers itself, with Redis's exact replies: AUTH (as the
-//! ambassador's users, or handed to Redis for its own users), HELLO, SELECT, QUIT, RESET, EXEC/DISCARD/UNWATCH outside
-//! a transaction, and the CLIENT subcommands that concern the connection (SETNAME,
+//! ambassador's users, or handed to Redis for its own users), HELLO, SELECT, QUIT, RESET,
+//! EXEC/DISCARD/UNWATCH outside a transaction, and the CLIENT subcommands that concern the connection (SETNAME,
 //! GETNAME, ID, INFO, SETINFO; TRACKING and REPLY, which switch to relay mode). The
 //! order of checks is Redis's: unknown subcommand, arity, then authentication.
 
