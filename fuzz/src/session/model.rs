@@ -263,7 +263,9 @@ fn null(proto: u8) -> Vec<u8> {
 impl State {
     fn credentials_ok(&self, user: &[u8], password: &[u8]) -> bool {
         if !self.auth_required {
-            return user == b"default";
+            // Any other user is checked by the upstream itself (the fake accepts all).
+            return user == b"default"
+                || (!user.eq_ignore_ascii_case(b"default") && std::str::from_utf8(user).is_ok());
         }
         USERS
             .iter()
@@ -318,8 +320,9 @@ impl State {
                 self.blocking |= command::stream_read_blocks(args);
                 self.forward(args)
             }
-            Kind::Subscribe(_) | Kind::Monitor => Outcome::Stop,
-            Kind::Refused => error(),
+            // SYNC/PSYNC: the client becomes a replica, relayed byte for byte.
+            Kind::Subscribe(_) | Kind::Monitor | Kind::Replication => Outcome::Stop,
+            Kind::Interrupt => self.forward(args),
         }
     }
 
@@ -359,12 +362,8 @@ impl State {
                 }
                 Some(_) => exact(replies::DB_OUT_OF_RANGE),
             },
-            Local::Ping if args.len() > 2 => error(),
-            Local::Ping => match args.get(1) {
-                None => exact(replies::PONG),
-                Some(message) => Outcome::Reply(Expect::Exact(bulk(message))),
-            },
-            Local::Echo => Outcome::Reply(Expect::Exact(bulk(&args[1]))),
+            // Forwarded: Redis answers them.
+            Local::Ping | Local::Echo => self.forward(args),
             Local::Exec => exact(replies::EXEC_WITHOUT_MULTI),
             Local::Discard => exact(replies::DISCARD_WITHOUT_MULTI),
             Local::Unwatch => {
@@ -542,10 +541,6 @@ impl State {
             },
             Kind::Local(Local::Auth | Local::Hello) => queue(self, Queued::Local(args.to_vec())),
             Kind::Subscribe(_) => {
-                self.flag_multi();
-                error()
-            }
-            Kind::Refused => {
                 self.flag_multi();
                 error()
             }
