@@ -235,6 +235,9 @@ fn a_transaction_begun_while_a_script_is_busy_aborts_whole() {
 fn auth_as_a_redis_user_runs_the_clients_commands_as_that_user() {
     let (_upstream, proxy) = setup();
     let mut admin = proxy.conn();
+    // In database 9, as Redis's own suite works: bob may not SELECT, and needs not, since
+    // his connection chose its database before his AUTH.
+    admin.call_expect(&["SELECT", "9"], b"+OK\r\n");
     admin.call_expect(
         &[
             "ACL",
@@ -250,6 +253,7 @@ fn auth_as_a_redis_user_runs_the_clients_commands_as_that_user() {
     );
     admin.call_expect(&["SET", "xa", "1"], b"+OK\r\n");
     let mut bob = proxy.conn();
+    bob.call_expect(&["SELECT", "9"], b"+OK\r\n");
     bob.call_expect(
         &["AUTH", "bob", "wrong"],
         b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
@@ -277,6 +281,7 @@ fn auth_as_a_redis_user_runs_the_clients_commands_as_that_user() {
     bob.call_expect(&["ACL", "WHOAMI"], b"$3\r\nbob\r\n");
     // HELLO AUTH too; and back to the ambassador's own identity with AUTH default.
     let mut carol = proxy.conn();
+    carol.call_expect(&["SELECT", "9"], b"+OK\r\n");
     let hello = carol.call(&["HELLO", "2", "AUTH", "bob", "123"]);
     assert!(
         hello.starts_with(b"*14\r\n"),

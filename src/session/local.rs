@@ -106,7 +106,7 @@ impl Session {
         let upstream = Arc::new(
             self.shared
                 .upstream
-                .as_user(name, Secret::new(password.to_vec())),
+                .as_user(name, Secret::new(password.to_vec()), self.db),
         );
         // A connection made with the credentials is the server's own check.
         let checked = upstream.get().await.map(drop);

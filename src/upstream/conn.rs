@@ -100,6 +100,20 @@ pub struct Dialer {
     /// Send `READONLY` after authenticating: a connection to a cluster replica that serves
     /// reads (without it the replica redirects every command to its master).
     pub readonly: bool,
+    /// A connection for a client logged in as a Redis user of its own (see
+    /// `Upstream::as_user`): first log in as the ambassador and select this database, then
+    /// as the user — as the client's own connection would be, having selected its database
+    /// before its `AUTH` (the user may not be allowed `SELECT`).
+    pub enter_as: Option<EnterAs>,
+}
+
+/// The ambassador's own login and the database to select before logging in as a client's
+/// Redis user (see [`Dialer::enter_as`]).
+#[derive(Debug, Clone)]
+pub struct EnterAs {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub db: u32,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -283,6 +297,25 @@ impl UpstreamConn {
         deadline: Instant,
     ) -> Result<ServerInfo, UpstreamError> {
         let mut out = BytesMut::new();
+        let mut entering = 0;
+        if let Some(enter) = &dialer.enter_as {
+            if let Some(own) = &enter.password {
+                match &enter.username {
+                    Some(user) => encode::command_into(
+                        &mut out,
+                        &[&b"AUTH"[..], user.as_bytes(), own.expose()],
+                    ),
+                    None => encode::command_into(&mut out, &[&b"AUTH"[..], own.expose()]),
+                }
+                entering += 1;
+            }
+            if enter.db != 0 {
+                let db = itoa::Buffer::new().format(enter.db).as_bytes().to_vec();
+                encode::command_into(&mut out, &[&b"SELECT"[..], &db]);
+                entering += 1;
+                self.state.db = enter.db;
+            }
+        }
         if let Some(password) = password {
             match &dialer.username {
                 Some(user) => encode::command_into(
@@ -300,6 +333,12 @@ impl UpstreamConn {
         self.write_all(&[out.freeze()], Some(left(deadline)))
             .await?;
 
+        for _ in 0..entering {
+            let (reply, frame) = self.read_reply(Some(left(deadline))).await?;
+            if frame.error {
+                return Err(AuthFailure::Refused(error_text(&reply).into()).into());
+            }
+        }
         if password.is_some() {
             let (reply, frame) = self.read_reply(Some(left(deadline))).await?;
             if frame.error {

@@ -156,6 +156,7 @@ impl Target {
                     connect_timeout: config.upstream.connect_timeout(),
                     max_reply_depth: config.limits.max_reply_depth,
                     readonly: false,
+                    enter_as: None,
                 };
                 let sentinels = Arc::new(sentinel::Sentinels::new(
                     config.upstream.seeds().map(str::to_owned).collect(),

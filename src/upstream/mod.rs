@@ -97,6 +97,8 @@ pub struct Upstream {
 struct Template {
     config: Config,
     tls: Option<crate::tls::UpstreamTls>,
+    /// The ambassador's own password (see `as_user`).
+    password: Option<Arc<RotatingSecret>>,
     target: Target,
     readonly: bool,
 }
@@ -136,6 +138,7 @@ impl Upstream {
         let template = Arc::new(Template {
             config: config.clone(),
             tls: secrets.upstream_tls.clone(),
+            password: secrets.upstream_password.clone(),
             target: Target::new(config, secrets, address),
             readonly,
         });
@@ -147,18 +150,28 @@ impl Upstream {
             config.upstream.username.clone(),
             secrets.upstream_password.clone(),
             requests,
+            None,
         )
     }
 
     /// The same server, reached as another Redis user: for a client that authenticated
     /// as a user the ambassador does not know, so that Redis's ACLs apply to it (its own
     /// lanes and dedicated connections; nothing shared with the ambassador's identity).
-    pub fn as_user(&self, username: &str, password: Secret) -> Upstream {
+    ///
+    /// Its connections select `db` as the ambassador before logging in as the user, as the
+    /// client's own connection, in that database when it sent `AUTH`, would be.
+    pub fn as_user(&self, username: &str, password: Secret, db: u32) -> Upstream {
+        let enter_as = conn::EnterAs {
+            username: self.template.config.upstream.username.clone(),
+            password: self.template.password.as_ref().map(|p| p.current()),
+            db,
+        };
         Upstream::assemble(
             self.template.clone(),
             Some(username.to_owned()),
             Some(Arc::new(RotatingSecret::fixed(password))),
             None,
+            Some(enter_as),
         )
     }
 
@@ -167,6 +180,7 @@ impl Upstream {
         username: Option<String>,
         password: Option<Arc<RotatingSecret>>,
         requests: Option<metrics::Counter>,
+        enter_as: Option<conn::EnterAs>,
     ) -> Upstream {
         let config = &template.config;
         let target = template.target.clone();
@@ -183,6 +197,7 @@ impl Upstream {
                 connect_timeout: config.upstream.connect_timeout(),
                 max_reply_depth: config.limits.max_reply_depth,
                 readonly: template.readonly,
+                enter_as,
             },
             password: password.clone(),
             last_good: Arc::new(Mutex::new(None)),
