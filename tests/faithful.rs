@@ -92,6 +92,13 @@ fn script_kill_reaches_a_busy_server_and_others_get_busy() {
         &["GET", "k"],
         b"-BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE.\r\n",
     );
+    // FUNCTION STATS is answered while busy, and shows the running function.
+    let stats = killer.call(&["FUNCTION", "STATS"]);
+    assert!(
+        stats.starts_with(b"*4\r\n$14\r\nrunning_script\r\n*6\r\n$4\r\nname\r\n$4\r\nspin\r\n"),
+        "FUNCTION STATS while busy: \"{}\"",
+        escape(&stats)
+    );
     killer.call_expect(&["FUNCTION", "KILL"], b"+OK\r\n");
     let killed = runner.read_reply();
     assert!(

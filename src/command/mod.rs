@@ -69,9 +69,10 @@ pub enum Kind {
     /// byte, to an upstream connection of its own (authenticated by the proxy) for as long
     /// as both stay open: the RDB payload and the replication stream are not RESP replies.
     Replication,
-    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: what Redis runs while a script is busy. Sent
-    /// on a connection of their own, in no particular state (they need none), so they
-    /// never queue behind the busy script on a shared lane (see [`interrupts`]).
+    /// SCRIPT KILL, FUNCTION KILL, FUNCTION STATS, SHUTDOWN: what Redis runs while a
+    /// script is busy. Sent on a connection of their own, in any database (they need
+    /// none), so they never queue behind the busy script on a shared lane (see
+    /// [`interrupts`]).
     Interrupt,
     /// XREAD / XREADGROUP: stateful only with the BLOCK option.
     StreamRead,
@@ -400,12 +401,17 @@ pub fn arity_ok(arity: i32, argc: usize) -> bool {
 }
 
 /// Whether a command of [`Kind::Interrupt`]'s rows is one Redis runs while a script is
-/// busy (SCRIPT KILL, FUNCTION KILL, SHUTDOWN); the other SCRIPT and FUNCTION
-/// subcommands are forwarded as usual.
+/// busy (SCRIPT KILL, FUNCTION KILL, FUNCTION STATS, SHUTDOWN); the other SCRIPT and
+/// FUNCTION subcommands are forwarded as usual.
 pub fn interrupts(args: &[bytes::Bytes]) -> bool {
     match (args.first(), args.get(1)) {
         (Some(name), _) if name.eq_ignore_ascii_case(b"shutdown") => true,
-        (Some(_), Some(sub)) => args.len() == 2 && sub.eq_ignore_ascii_case(b"kill"),
+        (Some(name), Some(sub)) => {
+            args.len() == 2
+                && (sub.eq_ignore_ascii_case(b"kill")
+                    || (name.eq_ignore_ascii_case(b"function")
+                        && sub.eq_ignore_ascii_case(b"stats")))
+        }
         _ => false,
     }
 }

@@ -103,11 +103,11 @@ impl Session {
             Ok(name) if as_redis_user => name,
             _ => return Err(Bytes::from_static(replies::WRONGPASS)),
         };
-        let upstream = Arc::new(
-            self.shared
-                .upstream
-                .as_user(name, Secret::new(password.to_vec()), self.db),
-        );
+        let upstream = Arc::new(self.shared.upstream.as_user(
+            name,
+            Secret::new(password.to_vec()),
+            self.db,
+        ));
         // A connection made with the credentials is the server's own check.
         let checked = upstream.get().await.map(drop);
         match checked {

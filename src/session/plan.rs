@@ -130,11 +130,15 @@ impl Session {
         }
     }
 
-    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: sent at once on a connection of their own, in
-    /// whatever state it is in (they need none), never behind a busy script on a lane
+    /// SCRIPT KILL, FUNCTION KILL, FUNCTION STATS, SHUTDOWN: sent at once on a connection
+    /// of their own, in whatever database it is in (they need none), never behind a busy script on a lane
     /// (see [`Kind::Interrupt`]). The reply is the server's, in its place.
     async fn interrupt(&mut self, request: Request, batch: &mut Batch) {
-        match self.upstream().call_now(request_bytes(request)).await {
+        match self
+            .upstream()
+            .call_now(request_bytes(request), self.proto)
+            .await
+        {
             Ok(reply) => {
                 batch.local().extend_from_slice(&reply);
                 batch.end_local();

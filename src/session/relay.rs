@@ -1276,14 +1276,18 @@ mod tests {
 
     #[test]
     fn the_ambassadors_own_monitor_lines() {
-        assert!(is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"select\" \"9\"\r\n"));
+        assert!(is_ambassadors_own(
+            b"+1.2 [9 127.0.0.1:5] \"select\" \"9\"\r\n"
+        ));
         assert!(is_ambassadors_own(
             b"+1.2 [0 127.0.0.1:5] \"config\" \"get\" \"databases\"\r\n"
         ));
         assert!(is_ambassadors_own(
             b"+1.2 [0 127.0.0.1:5] \"ping\" \"redis-ambassador-barrier-0123\"\r\n"
         ));
-        assert!(!is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"set\" \"select\"\r\n"));
+        assert!(!is_ambassadors_own(
+            b"+1.2 [9 127.0.0.1:5] \"set\" \"select\"\r\n"
+        ));
         assert!(!is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"ping\"\r\n"));
         assert!(!is_ambassadors_own(b"+OK\r\n"));
     }

@@ -47,6 +47,7 @@ pub use manager::{Manager, PooledConn, Target};
 
 use crate::config::Config;
 use crate::credentials::Secrets;
+use crate::protocol::Proto;
 use crate::secret::{RotatingSecret, Secret};
 
 /// A dedicated upstream connection held by one client for as long as its connection-bound
@@ -312,12 +313,26 @@ impl Upstream {
     /// Sends one request on an idle dedicated connection, in whatever state that
     /// connection is in, and returns its reply: for the commands Redis runs while a script
     /// is busy (SCRIPT KILL, FUNCTION KILL, SHUTDOWN), which must not wait behind it.
-    pub async fn call_now(&self, request: Bytes) -> Result<Bytes, UpstreamError> {
+    /// Only the protocol is changed to `proto` (with HELLO, which Redis also runs while
+    /// busy): the reply's shape depends on it, not on the database.
+    pub async fn call_now(&self, request: Bytes, proto: Proto) -> Result<Bytes, UpstreamError> {
         let mut conn = self.get().await?;
+        let target = ConnState {
+            db: conn.state.db,
+            proto,
+        };
+        let mut chunks = Vec::with_capacity(2);
+        let swallow = conn::push_transition(&mut chunks, conn.state, target);
+        chunks.push(request);
         // Armed until the reply is read.
         conn.broken = true;
-        conn.write_all(&[request], self.command_timeout).await?;
+        conn.write_all(&chunks, self.command_timeout).await?;
+        conn.read_state_changes(swallow, self.command_timeout, |reply| {
+            UnavailableReason::StateChangeRefused { reply }.into()
+        })
+        .await?;
         let (reply, _) = conn.read_reply(self.command_timeout).await?;
+        conn.state = target;
         conn.broken = false;
         Ok(reply)
     }
