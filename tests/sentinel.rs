@@ -340,7 +340,7 @@ fn unreachable_sentinels_fail_fast() {
         "{}",
         escape(&reply)
     );
-    c.call_expect(&["PING"], b"+PONG\r\n");
+    c.call_expect(&["CLIENT", "SETNAME", "still-usable"], b"+OK\r\n");
 }
 
 /// A wrong Sentinel password is an authentication failure, said as such and never
