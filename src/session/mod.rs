@@ -17,6 +17,7 @@
 //! and then the connection closes.
 
 mod batch;
+mod clients;
 mod execute;
 mod io;
 mod local;
@@ -36,6 +37,7 @@ use crate::metrics;
 use crate::net::ClientStream;
 use crate::protocol::Request;
 use batch::{Batch, Mark};
+use clients::Signal;
 use io::{ClientIo, Read};
 use spread::Spread;
 use state::{Flow, fd_of};
@@ -82,7 +84,7 @@ impl Session {
         // A client that leaves mid-transaction (or mid-anything) must not hand its
         // dedicated connection, still in that state, to the next client.
         if let Some(pinned) = self.pinned.as_mut() {
-            if self.multi.is_some() || self.watching || self.drop_pin {
+            if self.multi.is_some() || self.watching || self.drop_pin || self.no_touch {
                 pinned.broken = true;
             }
         }
@@ -92,6 +94,7 @@ impl Session {
     /// The loop: plan a batch from what was read, run it, write the replies, read more.
     async fn serve(&mut self, stream: ClientStream, closing: CancellationToken) {
         self.fd = fd_of(&stream);
+        self.client.set_fd(self.fd);
         let mut io = ClientIo::new(stream, self.shared.limits);
         let mut deferred: Option<Request> = None;
         // Cluster mode: a pipeline's requests for several nodes are planned side by side,
@@ -133,15 +136,21 @@ impl Session {
             // A blocking command's execution reads on (to see the client leave): bytes that
             // arrive meanwhile must be scanned before the next read.
             let unscanned = io.inbuf.len();
+            self.note_command(&batch);
             if !batch.is_empty() {
                 // Boxed: a batch's execution is the task's largest state, and an idle
                 // client's task would carry its size (one allocation per batch instead:
                 // 10 000 idle clients take about 8 MiB less).
-                let ok = Box::pin(self.execute(&mut batch, &mut io)).await;
+                let ok = if batch.blocking {
+                    Box::pin(self.execute_blocking(&mut batch, &mut io)).await
+                } else {
+                    Box::pin(self.execute(&mut batch, &mut io)).await
+                };
                 if !ok || io.flush().await.is_err() {
                     return;
                 }
             }
+            self.publish_state();
             match self.after(flow, &mut io).await {
                 Next::Stop => return,
                 Next::Plan(request) => {
@@ -153,14 +162,88 @@ impl Session {
             if io.may_hold_more() || io.inbuf.len() > unscanned {
                 continue;
             }
-            // A client holding a connection-bound state is not idle: it is left to the end
-            // of the grace period.
-            let idle = self.pinned.is_none();
-            match io.read_more(&closing, idle, self.requires_auth()).await {
-                Read::Data => self.last_activity = Instant::now(),
-                Read::Gone | Read::Closed => return,
+            if !self.wait_for_client(&mut io, &closing).await {
+                return;
             }
         }
+    }
+
+    /// Waits for the client's next bytes. `false` when the session is over: the client
+    /// left, the proxy is closing it, or CLIENT KILL ended it. Meanwhile another client
+    /// may name this one in CLIENT TRACKING … REDIRECT: it then relays on a connection of
+    /// its own (where Redis sends the invalidations) for as long as it stays.
+    async fn wait_for_client(&mut self, io: &mut ClientIo, closing: &CancellationToken) -> bool {
+        loop {
+            if self.client.target_wanted() && self.multi.is_none() && !self.watching {
+                return match Box::pin(self.relay(None, io)).await {
+                    relay::Exit::Resume => true,
+                    relay::Exit::Close => {
+                        let _ = io.writer.shutdown().await;
+                        false
+                    }
+                };
+            }
+            // A client holding a connection-bound state is not idle: it is left to the
+            // end of the grace period.
+            let idle = self.pinned.is_none();
+            let requires_auth = self.requires_auth();
+            let read = tokio::select! {
+                biased;
+                signal = self.client.signal() => match signal {
+                    Signal::Killed => Read::Gone,
+                    // A redirect target now? Checked at the top.
+                    Signal::Woken => continue,
+                },
+                read = io.read_more(closing, idle, requires_auth) => read,
+            };
+            match read {
+                Read::Data => {
+                    let now = Instant::now();
+                    self.last_activity = now;
+                    self.client.touch(now);
+                    return true;
+                }
+                Read::Gone | Read::Closed => return false,
+            }
+        }
+    }
+
+    /// Runs a batch with a blocking command, which may wait for ever: CLIENT KILL ends it
+    /// (Redis frees a killed client, its block with it), and the client shows as blocked
+    /// (`b`) meanwhile.
+    async fn execute_blocking(&mut self, batch: &mut Batch, io: &mut ClientIo) -> bool {
+        let client = self.client.clone();
+        client.set_flag(clients::flag::BLOCKED, true);
+        let ran = tokio::select! {
+            ok = self.execute(batch, io) => Some(ok),
+            () = client.killed() => None,
+        };
+        self.client.set_flag(clients::flag::BLOCKED, false);
+        match ran {
+            Some(ok) => ok,
+            None => {
+                // Cut short while the command waited: its dedicated connection is armed.
+                if let Some(pinned) = self.pinned.as_mut() {
+                    pinned.broken = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// CLIENT LIST's `cmd`: the batch's last command (once per batch, a store).
+    fn note_command(&self, batch: &Batch) {
+        let id = batch.current();
+        if id == crate::command::CommandId::OTHER && batch.is_empty() {
+            // Nothing was planned (an incomplete request).
+            return;
+        }
+        let sub = if id.name() == "client" {
+            self.client_sub
+        } else {
+            None
+        };
+        self.client.set_command(id, sub);
     }
 
     /// Plans the next batch: the deferred request first (into its node's batch set aside
@@ -175,6 +258,12 @@ impl Session {
     ) -> Planned {
         let max = self.shared.max_in_flight;
         let mut batch = Batch::new(max);
+        if self.no_touch && self.pinned.is_none() {
+            // The dedicated connection that carried CLIENT NO-TOUCH is gone (the upstream
+            // failed): the next one gets the flag before the client's commands.
+            batch.forward_swallowed(local::NO_TOUCH_ON, self.conn_state());
+            batch.pin_required = true;
+        }
         let mut spread_at = None;
         let mut part = batch.mark();
         let mut flow = Flow::Continue;
@@ -284,7 +373,7 @@ impl Session {
                     Next::Stop
                 }
             }
-            Flow::Relay(request) => match Box::pin(self.relay(request, io)).await {
+            Flow::Relay(request) => match Box::pin(self.relay(Some(request), io)).await {
                 relay::Exit::Resume => Next::Plan(None),
                 relay::Exit::Close => {
                     let _ = io.writer.shutdown().await;
