@@ -46,6 +46,10 @@ pub const NO_SUCH_CLIENT: &[u8] = b"-ERR No such client\r\n";
 /// CLIENT TRACKING … REDIRECT <id> naming no connected client.
 pub const REDIRECT_TARGET_MISSING: &[u8] =
     b"-ERR The client ID you want redirect to does not exist\r\n";
+/// What a client blocked in a command gets from CLIENT UNBLOCK … ERROR.
+pub const UNBLOCKED: &[u8] = b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n";
+/// CLIENT UNBLOCK with a reason other than TIMEOUT or ERROR.
+pub const UNBLOCK_REASON: &[u8] = b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n";
 /// CLIENT TRACKING with REDIRECT given twice.
 pub const REDIRECT_TWICE: &[u8] = b"-ERR A client can only redirect to a single other client\r\n";
 
@@ -96,6 +100,17 @@ pub fn unknown_client_type(out: &mut BytesMut, name: &[u8]) {
     let mut text = b"ERR Unknown client type '".to_vec();
     text.extend_from_slice(c_string(name));
     text.push(b'\'');
+    encode::error(out, &text);
+}
+
+/// `-ERR unknown subcommand or wrong number of arguments for '<sub>'. Try <CONTAINER> HELP.`
+/// (a subcommand Redis knows, with a number of arguments it has no branch for).
+pub fn subcommand_syntax(out: &mut BytesMut, container: &[u8], sub: &[u8]) {
+    let mut text = b"ERR unknown subcommand or wrong number of arguments for '".to_vec();
+    text.extend_from_slice(&c_string(sub)[..c_string(sub).len().min(128)]);
+    text.extend_from_slice(b"'. Try ");
+    text.extend(container.iter().map(u8::to_ascii_uppercase));
+    text.extend_from_slice(b" HELP.");
     encode::error(out, &text);
 }
 
@@ -171,6 +186,14 @@ pub fn subscription(
         None => encode::null(out, proto),
     }
     encode::integer(out, count as i64);
+}
+
+/// A null array: RESP2 `*-1`, RESP3 `_` (a blocking command's timeout).
+pub fn null_array(out: &mut BytesMut, proto: crate::protocol::Proto) {
+    out.put_slice(match proto {
+        crate::protocol::Proto::Resp2 => b"*-1\r\n",
+        crate::protocol::Proto::Resp3 => b"_\r\n",
+    });
 }
 
 /// PING's reply in RESP2 subscribed mode: `["pong", argument or ""]`.

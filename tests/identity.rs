@@ -551,3 +551,55 @@ fn no_evict_is_kept_per_client_and_never_reaches_the_pool() {
     assert_eq!(field(&info[0], "flags"), "N");
     thread::sleep(Duration::from_millis(10));
 }
+
+/// The suite's CLIENT UNBLOCK pattern (unit/type/list), made on `port`: the replies seen.
+fn unblock_script(port: u16) -> Vec<Vec<u8>> {
+    let mut r = RawConn::connect(port);
+    let mut rd = RawConn::connect(port);
+    let id = int_reply(&rd.call(&["CLIENT", "ID"])).to_string();
+    let mut seen = Vec::new();
+    for reason in [None, Some("TIMEOUT"), Some("ERROR")] {
+        rd.send(&resp(&["BLPOP", "unblock-list", "0"]));
+        let blocked = wait_until(Duration::from_secs(5), || {
+            let info = String::from_utf8_lossy(&r.call(&["INFO", "clients"])).into_owned();
+            info.contains("blocked_clients:1\r\n")
+        });
+        assert!(blocked, "port {port}: BLPOP never blocked");
+        let mut unblock = vec!["CLIENT", "UNBLOCK", id.as_str()];
+        unblock.extend(reason);
+        seen.push(r.call(&unblock));
+        seen.push(rd.read_reply());
+    }
+    let my_id = int_reply(&r.call(&["CLIENT", "ID"])).to_string();
+    for args in [
+        &["CLIENT", "UNBLOCK", "asd"][..],
+        &["CLIENT", "UNBLOCK", &my_id],
+        &["CLIENT", "UNBLOCK", &id, "later"],
+        &["CLIENT", "UNBLOCK", &id, "ERROR", "x"],
+        &["CLIENT", "UNBLOCK", "987654"],
+    ] {
+        seen.push(r.call(args));
+    }
+    // The unblocked client goes on as usual.
+    seen.push(r.call(&["RPUSH", "unblock-list", "x"]));
+    seen.push(rd.call(&["BLPOP", "unblock-list", "0"]));
+    seen
+}
+
+#[test]
+fn client_unblock_takes_the_ambassadors_ids() {
+    let bare = RedisServer::start();
+    let up = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&up).start();
+    let want = unblock_script(bare.port());
+    let got = unblock_script(proxy.port());
+    assert_eq!(
+        got.iter().map(|r| escape(r)).collect::<Vec<_>>(),
+        want.iter().map(|r| escape(r)).collect::<Vec<_>>()
+    );
+    assert_eq!(want[0], b":1\r\n");
+    assert_eq!(
+        want[5],
+        b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
+    );
+}

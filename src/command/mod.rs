@@ -253,6 +253,8 @@ pub enum ClientSub {
     /// ambassador's client id, not the upstream connection's.
     GetRedir,
     TrackingInfo,
+    /// CLIENT UNBLOCK: the id is a client of the ambassador, blocked on its own connection.
+    Unblock,
     Forward,
 }
 
@@ -289,7 +291,7 @@ const CLIENT_SUBCOMMANDS: &[(&[u8], &str, ClientSub, i32)] = &[
         ClientSub::TrackingInfo,
         2,
     ),
-    (b"unblock", "client|unblock", ClientSub::Forward, -3),
+    (b"unblock", "client|unblock", ClientSub::Unblock, -3),
     (b"unpause", "client|unpause", ClientSub::Forward, 2),
 ];
 

@@ -46,6 +46,9 @@ pub mod flag {
     pub const NO_EVICT: u32 = 1 << 8;
     /// CLIENT NO-TOUCH on (`T`, Redis 7.2+).
     pub const NO_TOUCH: u32 = 1 << 9;
+    /// Blocked alone in its batch, in a command whose timeout reply the ambassador can
+    /// give (not shown): CLIENT UNBLOCK may end it.
+    pub const UNBLOCKABLE: u32 = 1 << 10;
 }
 
 /// A client's type, as `CLIENT LIST TYPE` and `CLIENT KILL TYPE` name it.
@@ -160,12 +163,17 @@ pub struct Client {
 const KILLED: u8 = 1;
 /// Another client wants this one as a redirect target.
 const WAKE: u8 = 2;
+/// CLIENT UNBLOCK … TIMEOUT, and … ERROR.
+const UNBLOCK_TIMEOUT: u8 = 4;
+const UNBLOCK_ERROR: u8 = 8;
 
 /// What [`Client::signal`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
     Killed,
     Woken,
+    /// CLIENT UNBLOCK: with ERROR when true, else TIMEOUT.
+    Unblocked(bool),
 }
 
 /// The caller's own request, for its own line: Redis shows the query buffer holding it.
@@ -326,6 +334,45 @@ impl Client {
             }
         })
         .await;
+    }
+
+    /// The client waits in a blocking command (`b`); `unblockable` when CLIENT UNBLOCK may
+    /// end it. A stale CLIENT UNBLOCK (one for a command already over) is forgotten.
+    pub fn set_blocked(&self, blocked: bool, unblockable: bool) {
+        self.signals
+            .fetch_and(!(UNBLOCK_TIMEOUT | UNBLOCK_ERROR), Relaxed);
+        self.set_flag(flag::BLOCKED, blocked);
+        self.set_flag(flag::UNBLOCKABLE, blocked && unblockable);
+    }
+
+    /// CLIENT UNBLOCK: `true` when the client was blocked and will end its command.
+    pub fn unblock(&self, error: bool) -> bool {
+        if self.flags.load(Relaxed) & flag::UNBLOCKABLE == 0 {
+            return false;
+        }
+        self.raise(if error {
+            UNBLOCK_ERROR
+        } else {
+            UNBLOCK_TIMEOUT
+        });
+        true
+    }
+
+    /// Resolves when CLIENT KILL ended the client or CLIENT UNBLOCK ended its blocking
+    /// command. For the session's own task only.
+    pub async fn blocked_signal(&self) -> Signal {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            let signals = self.signals.load(Relaxed);
+            if signals & KILLED != 0 {
+                std::task::Poll::Ready(Signal::Killed)
+            } else if signals & (UNBLOCK_TIMEOUT | UNBLOCK_ERROR) != 0 {
+                std::task::Poll::Ready(Signal::Unblocked(signals & UNBLOCK_ERROR != 0))
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Resolves when CLIENT KILL ended the client, or another client wants it as a

@@ -303,6 +303,7 @@ impl Session {
             ClientSub::List => self.client_list(sub, request, batch).await,
             ClientSub::Kill => return self.client_kill(request, batch).await,
             ClientSub::NoEvict => self.client_no_evict(args, batch),
+            ClientSub::Unblock => self.client_unblock(args, batch),
             ClientSub::NoTouch => self.client_no_touch(sub, request, batch),
             ClientSub::Tracking => return self.client_tracking(sub, request, batch),
             ClientSub::Reply if !args[2].eq_ignore_ascii_case(b"on") => {
@@ -540,6 +541,31 @@ impl Session {
             }),
             Err(_) => false,
         }
+    }
+
+    /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: `:1` when client `id` of the ambassador waits
+    /// in a blocking command it can end (see `execute_blocking`), else `:0`; Redis's checks
+    /// in Redis's order.
+    fn client_unblock(&mut self, args: &[Bytes], batch: &mut Batch) {
+        if args.len() > 4 {
+            replies::subcommand_syntax(batch.local(), &args[0], &args[1]);
+            return batch.end_local();
+        }
+        let error = match args.get(3) {
+            None => false,
+            Some(reason) if reason.eq_ignore_ascii_case(b"timeout") => false,
+            Some(reason) if reason.eq_ignore_ascii_case(b"error") => true,
+            Some(_) => return batch.reply(replies::UNBLOCK_REASON),
+        };
+        let Some(id) = parse_i64(&args[2]) else {
+            return batch.reply(replies::NOT_AN_INTEGER);
+        };
+        let unblocked = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.shared.clients.get(id))
+            .is_some_and(|target| target.unblock(error));
+        encode::integer(batch.local(), i64::from(unblocked));
+        batch.end_local();
     }
 
     /// CLIENT NO-EVICT ON|OFF: kept for this client (`e` in CLIENT LIST) and applied on

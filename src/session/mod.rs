@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::net::ClientStream;
 use crate::protocol::Request;
+use crate::replies;
 use batch::{Batch, Mark};
 use clients::Signal;
 use io::{ClientIo, Read};
@@ -191,8 +192,9 @@ impl Session {
                 biased;
                 signal = self.client.signal() => match signal {
                     Signal::Killed => Read::Gone,
-                    // A redirect target now? Checked at the top.
-                    Signal::Woken => continue,
+                    // A redirect target now? Checked at the top. (`signal` never
+                    // reports CLIENT UNBLOCK.)
+                    Signal::Woken | Signal::Unblocked(_) => continue,
                 },
                 read = io.read_more(closing, idle, requires_auth) => read,
             };
@@ -208,27 +210,37 @@ impl Session {
         }
     }
 
-    /// Runs a batch with a blocking command, which may wait for ever: CLIENT KILL ends it
-    /// (Redis frees a killed client, its block with it), and the client shows as blocked
-    /// (`b`) meanwhile.
+    /// Runs a batch with a blocking command, which may wait for ever; the client shows as
+    /// blocked (`b`) meanwhile. CLIENT KILL ends it (Redis frees a killed client, its block
+    /// with it). CLIENT UNBLOCK ends the command when it is alone in its batch: its
+    /// connection is closed, which frees Redis's side without anything run, and the client
+    /// gets what Redis gives a command unblocked that way.
     async fn execute_blocking(&mut self, batch: &mut Batch, io: &mut ClientIo) -> bool {
         let client = self.client.clone();
-        client.set_flag(clients::flag::BLOCKED, true);
+        // WAIT's timeout reply counts replicas, which only Redis knows.
+        let unblockable = batch.len() == 1
+            && !self.watching
+            && !matches!(batch.current().name(), "wait" | "waitaof" | "other");
+        client.set_blocked(true, unblockable);
         let ran = tokio::select! {
-            ok = self.execute(batch, io) => Some(ok),
-            () = client.killed() => None,
+            ok = self.execute(batch, io) => Ok(ok),
+            signal = client.blocked_signal() => Err(signal),
         };
-        self.client.set_flag(clients::flag::BLOCKED, false);
-        match ran {
-            Some(ok) => ok,
-            None => {
-                // Cut short while the command waited: its dedicated connection is armed.
-                if let Some(pinned) = self.pinned.as_mut() {
-                    pinned.broken = true;
-                }
-                false
-            }
+        client.set_blocked(false, false);
+        let signal = match ran {
+            Ok(ok) => return ok,
+            Err(signal) => signal,
+        };
+        // Cut short while the command waited: its dedicated connection is armed.
+        if let Some(mut pinned) = self.pinned.take() {
+            pinned.broken = true;
         }
+        match signal {
+            Signal::Unblocked(true) => io.out.extend_from_slice(replies::UNBLOCKED),
+            Signal::Unblocked(false) => replies::null_array(&mut io.out, self.proto),
+            Signal::Killed | Signal::Woken => return false,
+        }
+        true
     }
 
     /// CLIENT LIST's `cmd`: the batch's last command (once per batch, a store).

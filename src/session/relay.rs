@@ -224,12 +224,18 @@ impl Session {
             None => match upstream.pin().await {
                 Ok(conn) => conn,
                 Err(error) => {
+                    let Some(first) = first else {
+                        // A redirect target without a connection: the client asked for
+                        // nothing, so it hears nothing; the redirecting client's wait
+                        // runs out and it gets the refusal.
+                        tracing::debug!(%error, "no dedicated connection for a redirect target");
+                        self.client.forget_target();
+                        return Exit::Resume;
+                    };
                     let mut out = BytesMut::new();
                     replies::proxy_error(&mut out, &error);
                     metrics::record_command(
-                        first
-                            .as_ref()
-                            .map_or(command::CommandId::OTHER, |f| command::id(f.name())),
+                        command::id(first.name()),
                         Some(error.class()),
                         std::time::Duration::ZERO,
                     );
@@ -535,6 +541,10 @@ impl Session {
                 let options = clients::tracking_options(&request.args);
                 if options.on && self.shared.cluster.is_some() {
                     return self.local_in_relay(request, conn, relay).await;
+                }
+                if self.proto == Proto::Resp2 && relay.modes.subscribed() {
+                    // Refused by Redis in subscribed mode: nothing to rewrite.
+                    return forward(conn, relay, request).await;
                 }
                 self.relay_tracking(options, request, conn, relay).await
             }

@@ -500,7 +500,9 @@ impl State {
                 Outcome::Reply(Expect::Prefix(first.to_vec()))
             }
             // Filters, other clients, and a KILL that may end this one: not modelled.
-            ClientSub::List | ClientSub::Kill | ClientSub::NoTouch => Outcome::Stop,
+            ClientSub::List | ClientSub::Kill | ClientSub::NoTouch | ClientSub::Unblock => {
+                Outcome::Stop
+            }
             ClientSub::NoEvict => {
                 if args[2].eq_ignore_ascii_case(b"on") || args[2].eq_ignore_ascii_case(b"off") {
                     exact(replies::OK)
