@@ -550,12 +550,7 @@ impl Session {
             }
             // The redirect they show is the upstream connection's id: asked alone, and
             // the reply shown with the client id it stands for.
-            Some(ClientSub::GetRedir | ClientSub::TrackingInfo)
-                if relay.redirect.is_some()
-                    && !relay.quiet()
-                    && !relay.in_multi
-                    && !(self.proto == Proto::Resp2 && relay.modes.subscribed()) =>
-            {
+            Some(ClientSub::GetRedir | ClientSub::TrackingInfo) if self.may_translate(relay) => {
                 barrier(conn, relay, After::Translate(request)).await
             }
             Some(ClientSub::NoEvict | ClientSub::NoTouch) if request.args.len() == 3 => {
@@ -1012,6 +1007,14 @@ impl Session {
             .and_then(|id| u64::try_from(id).ok());
         relay.own_upstream = id;
         self.client.publish_upstream(id);
+    }
+
+    /// Whether GETREDIR's or TRACKINGINFO's reply can be told apart and translated: there
+    /// is a redirect to translate, a reply is owed, and Redis runs the command now (not
+    /// queued in MULTI, not refused in RESP2 subscribed mode).
+    fn may_translate(&self, relay: &Relay) -> bool {
+        let subscribed_resp2 = self.proto == Proto::Resp2 && relay.modes.subscribed();
+        relay.redirect.is_some() && !relay.quiet() && !relay.in_multi && !subscribed_resp2
     }
 
     /// CLIENT LIST's `cmd`: the last command relayed.
