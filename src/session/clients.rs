@@ -778,7 +778,9 @@ pub fn tracking_options(args: &[Bytes]) -> TrackingOptions {
         }
         j += 1;
     }
-    options.refused |= options.twice
+    let off = args.get(2).is_some_and(|a| a.eq_ignore_ascii_case(b"off"));
+    options.refused |= !(options.on || off)
+        || options.twice
         || (options.on
             && ((prefixes && !options.bcast)
                 || (options.bcast && (optin || optout))

@@ -1207,6 +1207,8 @@ impl Session {
         }
         let mut scratch = Batch::new(1);
         let flow = self.handle(request, &mut scratch).await;
+        // What it changed (database, protocol) shows in CLIENT LIST at once.
+        self.publish_state();
         let reply = scratch.into_local();
         if matches!(flow, Flow::Close | Flow::Drop) {
             out.extend_from_slice(&reply);
