@@ -13,7 +13,10 @@
 //!
 //! `state` holds what the session knows. The session owns everything that is per-client;
 //! nothing here is shared with another client except through `Shared`, which holds no
-//! client state. A protocol error is answered after the replies owed to earlier requests,
+//! client's working state: `clients` is what each client publishes of itself (CLIENT
+//! LIST, CLIENT KILL, CLIENT TRACKING … REDIRECT), and the one way another client reaches
+//! a session (a kill, an unblock, a wake-up to become a redirect target) is a signal the
+//! session watches while it waits. A protocol error is answered after the replies owed to earlier requests,
 //! and then the connection closes.
 
 mod batch;

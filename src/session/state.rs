@@ -1,5 +1,7 @@
 //! What a session knows: the state every session shares (`Shared`: the upstream, the
-//! client credentials, the limits — no client state), and one client's own (`Session`:
+//! client credentials, the limits, and `clients`, what each client publishes for the
+//! others' CLIENT LIST/KILL/TRACKING REDIRECT — no client's working state), and one
+//! client's own (`Session`:
 //! authentication, user, database, protocol, name, an open transaction, the dedicated
 //! upstream connection while a connection-bound state lasts). The other files of this
 //! module act on this state; this file only holds it.
