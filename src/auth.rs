@@ -49,6 +49,11 @@ impl ClientAuth {
         !self.users.is_empty()
     }
 
+    /// Whether a user of this name is configured (not a secret: CLIENT KILL USER asks).
+    pub fn knows(&self, username: &[u8]) -> bool {
+        self.users.iter().any(|u| u.name.as_bytes() == username)
+    }
+
     /// Checks a username/password pair; on success returns the user's name (for CLIENT
     /// INFO). Without users the only user is `default`, who needs no password.
     pub fn authenticate(&self, username: &[u8], password: &[u8]) -> Option<Arc<str>> {

@@ -15,7 +15,8 @@
 //! - [`session`]: one client, as a short loop over named steps: `io` (read, write),
 //!   `plan` (classify once, then `local` answers, `transaction` queues, `route` to a
 //!   cluster node), `execute` (run the batch upstream, replies in order), `relay` (pub/sub,
-//!   MONITOR, tracking); `state` holds what the session knows.
+//!   MONITOR, tracking); `state` holds what the session knows; `clients` is the registry
+//!   of the application's connections (CLIENT LIST, KILL, UNBLOCK, TRACKING … REDIRECT).
 //! - [`cluster`]: Redis Cluster — slots, key positions, the slot map, where a request goes
 //!   (`route`), commands answered by several nodes (`scatter`), `-MOVED`/`-ASK` settled
 //!   (`router`), shard-channel links (`shards`).

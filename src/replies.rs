@@ -37,6 +37,21 @@ pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same
 pub const CLUSTERDOWN: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
 /// SCAN's reply to a cursor that is not a number.
 pub const INVALID_CURSOR: &[u8] = b"-ERR invalid cursor\r\n";
+/// CLIENT LIST ID with an id that is not a number.
+pub const INVALID_CLIENT_ID: &[u8] = b"-ERR Invalid client ID\r\n";
+/// CLIENT KILL ID with an id that is not a positive number.
+pub const CLIENT_ID_NOT_POSITIVE: &[u8] = b"-ERR client-id should be greater than 0\r\n";
+/// CLIENT KILL <addr> (the old form) when no client has that address.
+pub const NO_SUCH_CLIENT: &[u8] = b"-ERR No such client\r\n";
+/// CLIENT TRACKING … REDIRECT <id> naming no connected client.
+pub const REDIRECT_TARGET_MISSING: &[u8] =
+    b"-ERR The client ID you want redirect to does not exist\r\n";
+/// What a client blocked in a command gets from CLIENT UNBLOCK … ERROR.
+pub const UNBLOCKED: &[u8] = b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n";
+/// CLIENT UNBLOCK with a reason other than TIMEOUT or ERROR.
+pub const UNBLOCK_REASON: &[u8] = b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n";
+/// CLIENT TRACKING with REDIRECT given twice.
+pub const REDIRECT_TWICE: &[u8] = b"-ERR A client can only redirect to a single other client\r\n";
 
 /// `-ERR wrong number of arguments for '<name>' command`.
 pub fn wrong_arity(out: &mut BytesMut, name: &str) {
@@ -80,6 +95,33 @@ pub fn setinfo_bad_value(out: &mut BytesMut, attribute: &[u8]) {
     encode::error(out, &text);
 }
 
+/// `-ERR Unknown client type '<type>'` (CLIENT LIST TYPE, CLIENT KILL TYPE).
+pub fn unknown_client_type(out: &mut BytesMut, name: &[u8]) {
+    let mut text = b"ERR Unknown client type '".to_vec();
+    text.extend_from_slice(c_string(name));
+    text.push(b'\'');
+    encode::error(out, &text);
+}
+
+/// `-ERR unknown subcommand or wrong number of arguments for '<sub>'. Try <CONTAINER> HELP.`
+/// (a subcommand Redis knows, with a number of arguments it has no branch for).
+pub fn subcommand_syntax(out: &mut BytesMut, container: &[u8], sub: &[u8]) {
+    let mut text = b"ERR unknown subcommand or wrong number of arguments for '".to_vec();
+    text.extend_from_slice(&c_string(sub)[..c_string(sub).len().min(128)]);
+    text.extend_from_slice(b"'. Try ");
+    text.extend(container.iter().map(u8::to_ascii_uppercase));
+    text.extend_from_slice(b" HELP.");
+    encode::error(out, &text);
+}
+
+/// `-ERR No such user '<name>'` (CLIENT KILL USER).
+pub fn no_such_user(out: &mut BytesMut, name: &[u8]) {
+    let mut text = b"ERR No such user '".to_vec();
+    text.extend_from_slice(c_string(name));
+    text.push(b'\'');
+    encode::error(out, &text);
+}
+
 /// The reasons the ambassador gives for a refusal (the `<reason>` of [`unsupported`]),
 /// the last resort where it cannot do what Redis would.
 pub mod refusal {
@@ -88,9 +130,10 @@ pub mod refusal {
     pub const REPLICATION_IN_RELAY: &str =
         "a connection in pub/sub, MONITOR or tracking mode cannot become a replica's";
     pub const IN_MULTI: &str = "not inside MULTI";
-    pub const SHARED_FLAG: &str = "it would set a flag on a shared upstream connection";
-    pub const TRACKING_REDIRECT: &str =
-        "REDIRECT names a connection the proxy shares; use RESP3 tracking";
+    pub const NO_TOUCH_IN_CLUSTER: &str =
+        "in cluster mode (a client's commands go to every node over shared connections)";
+    pub const REDIRECT_TARGET_BUSY: &str = "the REDIRECT target is in a transaction or a \
+        blocking command and got no connection of its own in time";
     pub const TRACKING_IN_CLUSTER: &str =
         "in cluster mode (keys on other masters would not be tracked)";
     pub const SHARD_IN_MULTI: &str = "inside MULTI in cluster mode";
@@ -143,6 +186,14 @@ pub fn subscription(
         None => encode::null(out, proto),
     }
     encode::integer(out, count as i64);
+}
+
+/// A null array: RESP2 `*-1`, RESP3 `_` (a blocking command's timeout).
+pub fn null_array(out: &mut BytesMut, proto: crate::protocol::Proto) {
+    out.put_slice(match proto {
+        crate::protocol::Proto::Resp2 => b"*-1\r\n",
+        crate::protocol::Proto::Resp3 => b"_\r\n",
+    });
 }
 
 /// PING's reply in RESP2 subscribed mode: `["pong", argument or ""]`.

@@ -150,13 +150,15 @@ fn a_known_mix_of_commands_gives_exact_counters() {
         "{}",
         escape(&unknown)
     );
-    // A command the proxy refuses itself (a flag that would stay on a shared connection).
-    let refused = c.call(&["CLIENT", "NO-EVICT", "on"]);
+    // A command the proxy refuses itself (a mode change inside a transaction).
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    let refused = c.call(&["CLIENT", "TRACKING", "on"]);
     assert!(
-        refused.starts_with(b"-ERR 'client|no-evict' is not supported by redis-ambassador"),
+        refused.starts_with(b"-ERR 'client|tracking' is not supported by redis-ambassador"),
         "{}",
         escape(&refused)
     );
+    c.call_expect(&["DISCARD"], b"+OK\r\n");
 
     let text = amb.scrape();
     let scrape = parse(&text);
@@ -170,6 +172,8 @@ fn a_known_mix_of_commands_gives_exact_counters() {
             ("rpush", 1.0),
             ("set", 3.0),
             ("client", 1.0),
+            ("multi", 1.0),
+            ("discard", 1.0),
         ]),
         "{COMMANDS}"
     );
@@ -183,6 +187,8 @@ fn a_known_mix_of_commands_gives_exact_counters() {
             ("rpush", 0.0),
             ("set", 0.0),
             ("client", 1.0),
+            ("multi", 0.0),
+            ("discard", 0.0),
         ]),
         "{COMMAND_ERRORS}"
     );

@@ -936,30 +936,30 @@ fn client_tracking_resp3_delivers_invalidations() {
 }
 
 #[test]
-fn client_tracking_redirect_is_refused() {
+fn client_tracking_redirect_names_the_ambassadors_clients() {
     let up = RedisServer::start();
     let proxy = AmbassadorBuilder::for_server(&up).pool_size(1).start();
+    let missing: &[u8] = b"-ERR The client ID you want redirect to does not exist\r\n";
     let mut c = proxy.conn();
-    let r = c.call(&["CLIENT", "TRACKING", "ON", "REDIRECT", "5"]);
-    assert_starts(
-        "CLIENT TRACKING ON REDIRECT",
-        &r,
-        b"-ERR 'client|tracking' is not supported by redis-ambassador: ",
-    );
+    // Not a client of the ambassador (whatever the upstream's connections are numbered).
+    c.call_expect(&["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"], missing);
     c.call_expect(&["SET", "k", "v"], b"+OK\r\n");
     c.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
-    // Also from RESP3, and after tracking was on.
+    // Also from RESP3, and after tracking was on: tracking stays as it was.
     c.send(&resp(&["HELLO", "3"]));
     assert!(c.read_reply().starts_with(b"%7\r\n"));
     c.call_expect(&["CLIENT", "TRACKING", "ON"], b"+OK\r\n");
-    let r = c.call(&["CLIENT", "TRACKING", "ON", "REDIRECT", "5"]);
-    assert_starts(
-        "CLIENT TRACKING ON REDIRECT while tracking",
-        &r,
-        b"-ERR 'client|tracking' is not supported by redis-ambassador: ",
-    );
+    c.call_expect(&["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"], missing);
+    c.call_expect(&["CLIENT", "GETREDIR"], b":0\r\n");
+    // A client of the ambassador is a valid target.
+    let mut target = proxy.conn();
+    let id = int_reply(&target.call(&["CLIENT", "ID"])).to_string();
+    c.call_expect(&["CLIENT", "TRACKING", "OFF"], b"+OK\r\n");
+    c.call_expect(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id], b"+OK\r\n");
+    c.call_expect(&["CLIENT", "GETREDIR"], format!(":{id}\r\n").as_bytes());
     c.call_expect(&["CLIENT", "TRACKING", "OFF"], b"+OK\r\n");
     c.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
+    target.call_expect(&["GET", "k"], b"$1\r\nv\r\n");
 }
 
 // ---------------------------------------------------------------------------

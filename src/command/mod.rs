@@ -119,6 +119,8 @@ pub enum Local {
     Quit,
     Reset,
     Client,
+    /// INFO: Redis's, with the clients section counting the application's connections.
+    Info,
     Exec,
     Discard,
     Unwatch,
@@ -191,6 +193,7 @@ fn row_of(lower: &[u8]) -> Option<Command> {
         b"quit" => row("quit", Local(self::Local::Quit), -1),
         b"reset" => row("reset", Local(self::Local::Reset), 1),
         b"client" => row("client", Local(self::Local::Client), -2),
+        b"info" => row("info", Local(self::Local::Info), -1),
         b"exec" => row("exec", Local(self::Local::Exec), 1),
         b"discard" => row("discard", Local(self::Local::Discard), 1),
         b"unwatch" => row("unwatch", Local(self::Local::Unwatch), 1),
@@ -234,13 +237,25 @@ pub enum ClientSub {
     Id,
     Info,
     SetInfo,
-    /// CLIENT TRACKING: with ON, relayed on a dedicated connection.
+    /// CLIENT LIST: the application's connections, from the session registry.
+    List,
+    /// CLIENT KILL: closes the application's connections (the registry's).
+    Kill,
+    /// CLIENT NO-EVICT: kept per client, applied on its dedicated connection.
+    NoEvict,
+    /// CLIENT NO-TOUCH: the client's commands run on a dedicated connection while it is on.
+    NoTouch,
+    /// CLIENT TRACKING: with ON, relayed on a dedicated connection; REDIRECT names a
+    /// client of the ambassador.
     Tracking,
     /// CLIENT REPLY: with OFF or SKIP, relayed on a dedicated connection.
     Reply,
-    /// Sets a flag on the connection it runs on (NO-EVICT, NO-TOUCH): refused, since the
-    /// flag would stay on a shared connection.
-    Refused,
+    /// CLIENT GETREDIR and CLIENT TRACKINGINFO: the redirect they show is the
+    /// ambassador's client id, not the upstream connection's.
+    GetRedir,
+    TrackingInfo,
+    /// CLIENT UNBLOCK: the id is a client of the ambassador, blocked on its own connection.
+    Unblock,
     Forward,
 }
 
@@ -250,39 +265,58 @@ pub struct Subcommand {
     pub full_name: &'static str,
     pub kind: ClientSub,
     pub arity: i32,
+    /// The row's place in the table, for [`client_subcommand_name`].
+    pub index: u16,
 }
+
+/// The CLIENT subcommands Redis knows: name, full name, kind, arity.
+const CLIENT_SUBCOMMANDS: &[(&[u8], &str, ClientSub, i32)] = &[
+    (b"getname", "client|getname", ClientSub::GetName, 2),
+    (b"setname", "client|setname", ClientSub::SetName, 3),
+    (b"id", "client|id", ClientSub::Id, 2),
+    (b"info", "client|info", ClientSub::Info, 2),
+    (b"setinfo", "client|setinfo", ClientSub::SetInfo, 4),
+    (b"caching", "client|caching", ClientSub::Forward, 3),
+    (b"no-evict", "client|no-evict", ClientSub::NoEvict, 3),
+    (b"no-touch", "client|no-touch", ClientSub::NoTouch, 3),
+    (b"reply", "client|reply", ClientSub::Reply, 3),
+    (b"tracking", "client|tracking", ClientSub::Tracking, -3),
+    (b"getredir", "client|getredir", ClientSub::GetRedir, 2),
+    (b"help", "client|help", ClientSub::Forward, 2),
+    (b"kill", "client|kill", ClientSub::Kill, -3),
+    (b"list", "client|list", ClientSub::List, -2),
+    (b"pause", "client|pause", ClientSub::Forward, -3),
+    (
+        b"trackinginfo",
+        "client|trackinginfo",
+        ClientSub::TrackingInfo,
+        2,
+    ),
+    (b"unblock", "client|unblock", ClientSub::Unblock, -3),
+    (b"unpause", "client|unpause", ClientSub::Forward, 2),
+];
 
 /// Classifies `CLIENT <sub>`; `None` for a subcommand Redis does not know.
 pub fn client_subcommand(sub: &[u8]) -> Option<Subcommand> {
-    use ClientSub::*;
     let mut buf = [0u8; MAX_NAME];
     let lower = lowercase(sub, &mut buf)?;
-    let (full_name, kind, arity) = match lower {
-        b"getname" => ("client|getname", GetName, 2),
-        b"setname" => ("client|setname", SetName, 3),
-        b"id" => ("client|id", Id, 2),
-        b"info" => ("client|info", Info, 2),
-        b"setinfo" => ("client|setinfo", SetInfo, 4),
-        b"caching" => ("client|caching", Forward, 3),
-        b"no-evict" => ("client|no-evict", Refused, 3),
-        b"no-touch" => ("client|no-touch", Refused, 3),
-        b"reply" => ("client|reply", Reply, 3),
-        b"tracking" => ("client|tracking", Tracking, -3),
-        b"getredir" => ("client|getredir", Forward, 2),
-        b"help" => ("client|help", Forward, 2),
-        b"kill" => ("client|kill", Forward, -3),
-        b"list" => ("client|list", Forward, -2),
-        b"pause" => ("client|pause", Forward, -3),
-        b"trackinginfo" => ("client|trackinginfo", Forward, 2),
-        b"unblock" => ("client|unblock", Forward, -3),
-        b"unpause" => ("client|unpause", Forward, 2),
-        _ => return None,
-    };
+    let index = CLIENT_SUBCOMMANDS
+        .iter()
+        .position(|(name, ..)| *name == lower)?;
+    let (_, full_name, kind, arity) = CLIENT_SUBCOMMANDS[index];
     Some(Subcommand {
         full_name,
         kind,
         arity,
+        index: u16::try_from(index).ok()?,
     })
+}
+
+/// The full name (`client|list`) of the subcommand at `index` (see [`Subcommand::index`]).
+pub fn client_subcommand_name(index: u16) -> Option<&'static str> {
+    CLIENT_SUBCOMMANDS
+        .get(usize::from(index))
+        .map(|(_, full_name, ..)| *full_name)
 }
 
 /// How the replies of a command that several cluster nodes answer combine into one.
@@ -443,10 +477,13 @@ mod tests {
             assert!(name.len() <= MAX_NAME);
             assert_eq!(lookup(name.as_bytes()).unwrap().name, name);
         }
+        let sub = client_subcommand(b"TRACKINGINFO").unwrap();
+        assert_eq!(sub.full_name, "client|trackinginfo");
         assert_eq!(
-            client_subcommand(b"TRACKINGINFO").unwrap().full_name,
-            "client|trackinginfo"
+            client_subcommand_name(sub.index),
+            Some("client|trackinginfo")
         );
+        assert!(CLIENT_SUBCOMMANDS.iter().all(|(n, ..)| n.len() <= MAX_NAME));
     }
 
     #[test]

@@ -219,6 +219,11 @@ impl Batch {
         self.current = command;
     }
 
+    /// The command planned last (what CLIENT LIST shows as a client's `cmd`).
+    pub fn current(&self) -> CommandId {
+        self.current
+    }
+
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }

@@ -1,12 +1,15 @@
 //! The commands a session answers itself, with Redis's exact replies: AUTH (as the
 //! ambassador's users, or handed to Redis for its own users), HELLO, SELECT, QUIT, RESET,
-//! EXEC/DISCARD/UNWATCH outside a transaction, and the CLIENT subcommands that concern the connection (SETNAME,
-//! GETNAME, ID, INFO, SETINFO; TRACKING and REPLY, which switch to relay mode). The
-//! order of checks is Redis's: unknown subcommand, arity, then authentication.
+//! EXEC/DISCARD/UNWATCH outside a transaction, and the CLIENT subcommands that concern the
+//! connection (SETNAME, GETNAME, ID, INFO, SETINFO, NO-EVICT, NO-TOUCH; LIST and KILL over
+//! the application's connections, from the registry in `clients`; TRACKING and REPLY,
+//! which switch to relay mode). The order of checks is Redis's: unknown subcommand, arity,
+//! then authentication.
 
 use bytes::{Bytes, BytesMut};
 
 use super::batch::Batch;
+use super::clients::{self, ClientType, KillFilter, Layout, Own};
 use super::state::{Flow, Session, request_bytes};
 use crate::command::{self, ClientSub, Local};
 use crate::metrics::{self, ErrorClass};
@@ -14,7 +17,7 @@ use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, encode};
 use crate::replies::{self, refusal};
 use crate::secret::Secret;
-use crate::upstream::{AuthFailure, ServerInfo, UpstreamError};
+use crate::upstream::{AuthFailure, ConnState, ServerInfo, UpstreamError};
 use std::sync::Arc;
 
 impl Session {
@@ -45,9 +48,10 @@ impl Session {
                 self.reset();
                 batch.reply(replies::RESET);
             }
-            Local::Client => return self.client(request, batch),
+            Local::Client => return Box::pin(self.client(request, batch)).await,
             _ if self.requires_auth() => batch.reply(replies::NOAUTH),
             Local::Select => Box::pin(self.select(&args[1], batch)).await,
+            Local::Info => return Box::pin(self.info(request, batch)).await,
             // Redis answers them: a PING that says PONG while Redis is down (or busy) would
             // hide the outage from health checks, and MONITOR would not show them.
             Local::Ping | Local::Echo => return self.forward(request.clone(), batch),
@@ -94,6 +98,7 @@ impl Session {
             self.authenticated = true;
             self.user = user;
             self.identity = None;
+            self.publish_text();
             return Ok(());
         }
         let as_redis_user = !self.shared.client_auth.required()
@@ -115,6 +120,7 @@ impl Session {
                 self.authenticated = true;
                 self.user = Arc::from(name);
                 self.identity = Some(upstream);
+                self.publish_text();
                 Ok(())
             }
             Err(UpstreamError::AuthFailed(AuthFailure::Refused(text))) => {
@@ -189,6 +195,7 @@ impl Session {
         if let Some(version) = version {
             self.proto = version;
         }
+        self.publish_text();
         self.hello_reply(&info, batch.local());
         batch.end_local();
     }
@@ -260,13 +267,20 @@ impl Session {
         }
     }
 
-    fn client(&mut self, request: &Request, batch: &mut Batch) -> Flow {
+    async fn client(&mut self, request: &Request, batch: &mut Batch) -> Flow {
         let args = &request.args[..];
         let Some(sub) = command::client_subcommand(&args[1]) else {
             replies::unknown_subcommand(batch.local(), &args[0], &args[1]);
             batch.end_local();
             return Flow::Continue;
         };
+        self.client_sub = Some(sub.index);
+        // CLIENT NO-TOUCH came with Redis 7.2: an older server does not know it.
+        if sub.kind == ClientSub::NoTouch && self.layout().await < Layout::V7_2 {
+            replies::unknown_subcommand(batch.local(), &args[0], &args[1]);
+            batch.end_local();
+            return Flow::Continue;
+        }
         if !command::arity_ok(sub.arity, args.len()) {
             replies::wrong_arity(batch.local(), sub.full_name);
             batch.end_local();
@@ -276,10 +290,10 @@ impl Session {
             batch.reply(replies::NOAUTH);
             return Flow::Continue;
         }
-        self.client_sub(sub, request, batch)
+        Box::pin(self.client_sub(sub, request, batch)).await
     }
 
-    fn client_sub(
+    async fn client_sub(
         &mut self,
         sub: command::Subcommand,
         request: &Request,
@@ -300,6 +314,7 @@ impl Session {
                     return Flow::Continue;
                 }
                 self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                self.publish_text();
                 batch.reply(replies::OK);
             }
             ClientSub::Id => {
@@ -308,20 +323,29 @@ impl Session {
             }
             ClientSub::SetInfo => self.client_setinfo(args, batch),
             ClientSub::Info => {
-                self.client_info(batch.local());
+                let layout = self.layout().await;
+                self.publish_own(sub);
+                let mut line = Vec::new();
+                let live = |id: u64| self.shared.clients.get(id).is_some();
+                self.client
+                    .line(&mut line, layout, Some(own_request(request)), &live);
+                line.push(b'\n');
+                verbatim(batch.local(), self.proto, &line);
                 batch.end_local();
             }
-            ClientSub::Tracking if args[2].eq_ignore_ascii_case(b"on") => {
-                return self.client_tracking_on(sub, request, batch);
-            }
+            ClientSub::List => self.client_list(sub, request, batch).await,
+            ClientSub::Kill => return self.client_kill(request, batch).await,
+            ClientSub::NoEvict => self.client_no_evict(args, batch),
+            ClientSub::Unblock => self.client_unblock(args, batch),
+            ClientSub::NoTouch => self.client_no_touch(sub, request, batch),
+            ClientSub::Tracking => return self.client_tracking(sub, request, batch),
             ClientSub::Reply if !args[2].eq_ignore_ascii_case(b"on") => {
                 return Flow::Relay(request.clone());
             }
-            ClientSub::Refused => {
-                replies::unsupported(batch.local(), sub.full_name, refusal::SHARED_FLAG);
-                batch.end_local_as(Some(ErrorClass::Unsupported));
-            }
-            ClientSub::Tracking | ClientSub::Reply | ClientSub::Forward => {
+            ClientSub::Reply
+            | ClientSub::GetRedir
+            | ClientSub::TrackingInfo
+            | ClientSub::Forward => {
                 if self.needs_pin() {
                     batch.pin_required = true;
                 }
@@ -346,80 +370,349 @@ impl Session {
             return batch.end_local();
         }
         *slot = (!args[3].is_empty()).then(|| args[3].clone());
+        self.publish_text();
         batch.reply(replies::OK);
     }
 
-    /// CLIENT INFO: this client's line, a bulk string (RESP2) or a verbatim string (RESP3).
-    fn client_info(&self, out: &mut BytesMut) {
-        let line = self.info_line();
-        match self.proto {
-            Proto::Resp2 => encode::bulk(out, &line),
-            Proto::Resp3 => {
-                out.extend_from_slice(b"=");
-                out.extend_from_slice(itoa::Buffer::new().format(line.len() + 4).as_bytes());
-                out.extend_from_slice(b"\r\ntxt:");
-                out.extend_from_slice(&line);
-                out.extend_from_slice(b"\r\n");
+    /// INFO: Redis's own reply, where `connected_clients` counts the application's
+    /// connections (Redis would count the ambassador's). What is planned before it runs
+    /// first, so that it reports their effects. In cluster mode it goes to a node as
+    /// before.
+    async fn info(&mut self, request: &Request, batch: &mut Batch) -> Flow {
+        if let Some(cluster) = self.shared.cluster.clone() {
+            return self.route(cluster, request.clone(), batch, false).await;
+        }
+        if batch.has_upstream() {
+            return Flow::Defer(request.clone());
+        }
+        let ask = request_bytes(request.clone());
+        match self.upstream().call(self.conn_state(), vec![ask], 1).await {
+            Ok(replies) => {
+                let count = self.shared.clients.len();
+                for (reply, _) in replies {
+                    let patched = clients::patch_connected_clients(&reply, count);
+                    batch.local().extend_from_slice(&patched);
+                }
+                batch.end_local();
             }
+            Err(error) => {
+                error.reply_to(batch.local());
+                batch.end_local_as(Some(error.class()));
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Which Redis's CLIENT LIST line to print: the upstream's (Redis 7.2's when the
+    /// upstream cannot say).
+    pub(super) async fn layout(&self) -> Layout {
+        match self.shared.upstream.info().await {
+            Ok(info) => Layout::for_version(&info.version),
+            Err(_) => Layout::V7_2,
         }
     }
 
-    /// CLIENT TRACKING ON: relayed on a dedicated connection, except with REDIRECT (the
-    /// connection it names is shared) or in cluster mode (keys of the other masters would
-    /// be read without tracking: a client cache would go stale without a word).
-    fn client_tracking_on(
+    /// Brings this client's published state up to the moment (its own line shows the
+    /// command being run, as Redis's does).
+    fn publish_own(&self, sub: command::Subcommand) {
+        self.client
+            .set_command(command::id(b"client"), Some(sub.index));
+        self.publish_state();
+    }
+
+    /// CLIENT LIST [TYPE <type> | ID <id> …]: the application's connections, each
+    /// as Redis prints its own clients.
+    async fn client_list(
+        &mut self,
+        sub: command::Subcommand,
+        request: &Request,
+        batch: &mut Batch,
+    ) {
+        let args = &request.args[..];
+        let layout = self.layout().await;
+        let own = own_request(request);
+        let clients = &self.shared.clients;
+        let text = if args.len() == 4 && args[2].eq_ignore_ascii_case(b"type") {
+            let Some(kind) = ClientType::parse(&args[3]) else {
+                replies::unknown_client_type(batch.local(), &args[3]);
+                return batch.end_local();
+            };
+            self.publish_own(sub);
+            clients.list(Some(kind), layout, self.id, own)
+        } else if args.len() > 3 && args[2].eq_ignore_ascii_case(b"id") {
+            let mut ids = Vec::with_capacity(args.len() - 3);
+            for arg in &args[3..] {
+                let Some(id) = parse_i64(arg) else {
+                    return batch.reply(replies::INVALID_CLIENT_ID);
+                };
+                // A negative id names no client.
+                ids.extend(u64::try_from(id).ok());
+            }
+            self.publish_own(sub);
+            clients.list_ids(&ids, layout, self.id, own)
+        } else if args.len() != 2 {
+            return batch.reply(replies::SYNTAX_ERROR);
+        } else {
+            self.publish_own(sub);
+            clients.list(None, layout, self.id, own)
+        };
+        verbatim(batch.local(), self.proto, &text);
+        batch.end_local();
+    }
+
+    /// CLIENT KILL <addr> | CLIENT KILL <filter> <value> …, as Redis's `clientCommand`:
+    /// the options in order (the first wrong one answers), then every match ends. The
+    /// caller itself closes after its reply.
+    async fn client_kill(&mut self, request: &Request, batch: &mut Batch) -> Flow {
+        let args = &request.args[..];
+        let mut filter = KillFilter::default();
+        if args.len() == 3 {
+            // The old form: one address, and the caller may kill itself.
+            filter.addr = Some(args[2].clone());
+        } else {
+            filter.skip_me = true;
+            for pair in args[2..].chunks(2) {
+                let [option, value] = pair else {
+                    return self.kill_refused(batch, replies::SYNTAX_ERROR);
+                };
+                if option.eq_ignore_ascii_case(b"id") {
+                    match parse_i64(value) {
+                        Some(id) if id >= 1 => filter.id = u64::try_from(id).ok(),
+                        _ => return self.kill_refused(batch, replies::CLIENT_ID_NOT_POSITIVE),
+                    }
+                } else if option.eq_ignore_ascii_case(b"type") {
+                    let Some(kind) = ClientType::parse(value) else {
+                        replies::unknown_client_type(batch.local(), value);
+                        batch.end_local();
+                        return Flow::Continue;
+                    };
+                    filter.kind = Some(kind);
+                } else if option.eq_ignore_ascii_case(b"addr") {
+                    filter.addr = Some(value.clone());
+                } else if option.eq_ignore_ascii_case(b"laddr") {
+                    filter.laddr = Some(value.clone());
+                } else if option.eq_ignore_ascii_case(b"user") {
+                    if !self.user_exists(value).await {
+                        replies::no_such_user(batch.local(), value);
+                        batch.end_local();
+                        return Flow::Continue;
+                    }
+                    filter.user = Some(value.clone());
+                } else if option.eq_ignore_ascii_case(b"skipme") {
+                    filter.skip_me = if value.eq_ignore_ascii_case(b"yes") {
+                        true
+                    } else if value.eq_ignore_ascii_case(b"no") {
+                        false
+                    } else {
+                        return self.kill_refused(batch, replies::SYNTAX_ERROR);
+                    };
+                } else if option.eq_ignore_ascii_case(b"maxage")
+                    && self.layout().await >= Layout::V7_4
+                {
+                    match parse_i64(value) {
+                        Some(age) => filter.max_age = Some(u64::try_from(age).unwrap_or(0)),
+                        None => return self.kill_refused(batch, replies::NOT_AN_INTEGER),
+                    }
+                } else {
+                    return self.kill_refused(batch, replies::SYNTAX_ERROR);
+                }
+            }
+        }
+        if filter.max_age == Some(0) {
+            filter.max_age = None;
+        }
+        let (killed, me) = self.shared.clients.kill(&filter, self.id);
+        if args.len() == 3 {
+            batch.reply(if killed == 0 {
+                replies::NO_SUCH_CLIENT
+            } else {
+                replies::OK
+            });
+        } else {
+            encode::integer(batch.local(), i64::try_from(killed).unwrap_or(i64::MAX));
+            batch.end_local();
+        }
+        if me {
+            self.client.set_flag(clients::flag::CLOSE_AFTER_REPLY, true);
+            if self.needs_pin() {
+                self.drop_pin = true;
+            }
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    fn kill_refused(&mut self, batch: &mut Batch, reply: &[u8]) -> Flow {
+        batch.reply(reply);
+        Flow::Continue
+    }
+
+    /// Whether Redis knows a user (CLIENT KILL USER): one the ambassador knows or a
+    /// client runs as, else Redis's own answer to `ACL GETUSER` (a user it will not
+    /// describe counts as unknown).
+    async fn user_exists(&self, name: &[u8]) -> bool {
+        if name == crate::auth::DEFAULT_USER.as_bytes()
+            || self.shared.client_auth.knows(name)
+            || self.shared.clients.has_user(name)
+        {
+            return true;
+        }
+        let ask = encode::command(&[&b"ACL"[..], b"GETUSER", name]);
+        match self
+            .shared
+            .upstream
+            .call(ConnState::INITIAL, vec![ask], 1)
+            .await
+        {
+            Ok(replies) => replies.first().is_some_and(|(reply, _)| {
+                (reply.starts_with(b"*") && !reply.starts_with(b"*-1")) || reply.starts_with(b"%")
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: `:1` when client `id` of the ambassador waits
+    /// in a blocking command it can end (see `execute_blocking`), else `:0`; Redis's checks
+    /// in Redis's order.
+    fn client_unblock(&mut self, args: &[Bytes], batch: &mut Batch) {
+        if args.len() > 4 {
+            replies::subcommand_syntax(batch.local(), &args[0], &args[1]);
+            return batch.end_local();
+        }
+        let error = match args.get(3) {
+            None => false,
+            Some(reason) if reason.eq_ignore_ascii_case(b"timeout") => false,
+            Some(reason) if reason.eq_ignore_ascii_case(b"error") => true,
+            Some(_) => return batch.reply(replies::UNBLOCK_REASON),
+        };
+        let Some(id) = parse_i64(&args[2]) else {
+            return batch.reply(replies::NOT_AN_INTEGER);
+        };
+        let unblocked = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.shared.clients.get(id))
+            .is_some_and(|target| target.unblock(error));
+        encode::integer(batch.local(), i64::from(unblocked));
+        batch.end_local();
+    }
+
+    /// CLIENT NO-EVICT ON|OFF: kept for this client (`e` in CLIENT LIST) and applied on
+    /// its dedicated connection when it relays (see `relay`).
+    fn client_no_evict(&mut self, args: &[Bytes], batch: &mut Batch) {
+        let Some(on) = on_off(&args[2]) else {
+            return batch.reply(replies::SYNTAX_ERROR);
+        };
+        self.no_evict = on;
+        self.client.set_flag(clients::flag::NO_EVICT, on);
+        batch.reply(replies::OK);
+    }
+
+    /// CLIENT NO-TOUCH ON|OFF: while it is on, the client's commands run on a dedicated
+    /// connection carrying the flag, so that Redis leaves its keys' access times alone
+    /// exactly as it would for this client; OFF goes there too, and the connection then
+    /// returns to its pool clean. Refused in cluster mode, where a client's commands go to
+    /// every node.
+    fn client_no_touch(&mut self, sub: command::Subcommand, request: &Request, batch: &mut Batch) {
+        let Some(on) = on_off(&request.args[2]) else {
+            return batch.reply(replies::SYNTAX_ERROR);
+        };
+        if self.shared.cluster.is_some() {
+            replies::unsupported(batch.local(), sub.full_name, refusal::NO_TOUCH_IN_CLUSTER);
+            return batch.end_local_as(Some(ErrorClass::Unsupported));
+        }
+        if on == self.no_touch {
+            return batch.reply(replies::OK);
+        }
+        // ON: the flag makes `needs_pin` true, so this and what follows run on a
+        // dedicated connection. OFF: sent where the flag is, then the pin is released.
+        batch.pin_required = true;
+        batch.forward(request_bytes(request.clone()), self.conn_state());
+        self.no_touch = on;
+        self.client.set_flag(clients::flag::NO_TOUCH, on);
+    }
+
+    /// CLIENT TRACKING: ON is relayed on a dedicated connection (where a REDIRECT id is
+    /// turned into the target's upstream connection: see `relay`); refused in cluster
+    /// mode (keys of the other masters would be read without tracking: a client cache
+    /// would go stale without a word). OFF outside relay mode concerns a shared connection
+    /// that tracks nothing: a REDIRECT is checked here, as Redis checks it, and dropped.
+    fn client_tracking(
         &mut self,
         sub: command::Subcommand,
         request: &Request,
         batch: &mut Batch,
     ) -> Flow {
-        let redirect = request
-            .args
-            .iter()
-            .skip(3)
-            .any(|a| a.eq_ignore_ascii_case(b"redirect"));
-        let why = if redirect {
-            refusal::TRACKING_REDIRECT
-        } else if self.shared.cluster.is_some() {
-            refusal::TRACKING_IN_CLUSTER
-        } else {
+        let options = clients::tracking_options(&request.args);
+        if options.on {
+            if self.shared.cluster.is_some() {
+                replies::unsupported(batch.local(), sub.full_name, refusal::TRACKING_IN_CLUSTER);
+                batch.end_local_as(Some(ErrorClass::Unsupported));
+                return Flow::Continue;
+            }
             return Flow::Relay(request.clone());
-        };
-        replies::unsupported(batch.local(), sub.full_name, why);
-        batch.end_local_as(Some(ErrorClass::Unsupported));
+        }
+        let mut args = request.args.clone();
+        if let Some((at, id)) = options.redirect {
+            let exists = u64::try_from(id).is_ok_and(|id| self.shared.clients.get(id).is_some());
+            if !exists {
+                batch.reply(replies::REDIRECT_TARGET_MISSING);
+                return Flow::Continue;
+            }
+            if options.twice {
+                batch.reply(replies::REDIRECT_TWICE);
+                return Flow::Continue;
+            }
+            args.drain(at - 1..=at);
+        }
+        if self.needs_pin() {
+            batch.pin_required = true;
+        }
+        batch.forward(encode::command(&args), self.conn_state());
         Flow::Continue
     }
+}
 
-    /// The `CLIENT INFO` line, in Redis 7.2's field order, with this session's own values
-    /// where the proxy has them and zero for the memory accounting it does not keep.
-    fn info_line(&self) -> Vec<u8> {
-        let text = |v: &Option<Bytes>| {
-            v.as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        };
-        let user = &*self.user;
-        format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags=N db={} sub=0 psub=0 \
-             ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
-             omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp={} lib-name={} \
-             lib-ver={}\n",
-            self.id,
-            self.peer,
-            self.local_addr,
-            self.fd,
-            text(&self.name),
-            self.created.elapsed().as_secs(),
-            self.last_activity.elapsed().as_secs(),
-            self.db,
-            user,
-            self.proto.number(),
-            text(&self.lib_name),
-            text(&self.lib_ver),
-        )
-        .into_bytes()
+/// `ON` or `OFF`, case-insensitively.
+fn on_off(arg: &[u8]) -> Option<bool> {
+    if arg.eq_ignore_ascii_case(b"on") {
+        Some(true)
+    } else if arg.eq_ignore_ascii_case(b"off") {
+        Some(false)
+    } else {
+        None
     }
 }
+
+/// The request being answered, as Redis counts it in its caller's own CLIENT LIST line:
+/// its bytes on the wire (the query buffer) and its arguments' lengths.
+fn own_request(request: &Request) -> Own {
+    let argv_mem = request.args.iter().map(|a| a.len()).sum();
+    let qbuf = match &request.canonical {
+        Some(frame) => frame.len(),
+        None => encode::command(&request.args).len(),
+    };
+    Own { qbuf, argv_mem }
+}
+
+/// A text reply as Redis's `addReplyVerbatim` writes it: a bulk string in RESP2, a
+/// verbatim string (`txt`) in RESP3.
+fn verbatim(out: &mut BytesMut, proto: Proto, text: &[u8]) {
+    match proto {
+        Proto::Resp2 => encode::bulk(out, text),
+        Proto::Resp3 => {
+            out.extend_from_slice(b"=");
+            out.extend_from_slice(itoa::Buffer::new().format(text.len() + 4).as_bytes());
+            out.extend_from_slice(b"\r\ntxt:");
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// `CLIENT NO-TOUCH on`, sent ahead of a NO-TOUCH client's commands on a new dedicated
+/// connection.
+pub(super) const NO_TOUCH_ON: Bytes =
+    Bytes::from_static(b"*3\r\n$6\r\nCLIENT\r\n$8\r\nNO-TOUCH\r\n$2\r\non\r\n");
 
 /// Redis's `validateClientAttr`: printable ASCII without spaces (`!`..=`~`), read as a C
 /// string (it stops at a NUL).

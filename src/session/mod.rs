@@ -13,10 +13,14 @@
 //!
 //! `state` holds what the session knows. The session owns everything that is per-client;
 //! nothing here is shared with another client except through `Shared`, which holds no
-//! client state. A protocol error is answered after the replies owed to earlier requests,
+//! client's working state: `clients` is what each client publishes of itself (CLIENT
+//! LIST, CLIENT KILL, CLIENT TRACKING … REDIRECT), and the one way another client reaches
+//! a session (a kill, an unblock, a wake-up to become a redirect target) is a signal the
+//! session watches while it waits. A protocol error is answered after the replies owed to earlier requests,
 //! and then the connection closes.
 
 mod batch;
+mod clients;
 mod execute;
 mod io;
 mod local;
@@ -35,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::net::ClientStream;
 use crate::protocol::Request;
+use crate::replies;
 use batch::{Batch, Mark};
+use clients::Signal;
 use io::{ClientIo, Read};
 use spread::Spread;
 use state::{Flow, fd_of};
@@ -82,7 +88,7 @@ impl Session {
         // A client that leaves mid-transaction (or mid-anything) must not hand its
         // dedicated connection, still in that state, to the next client.
         if let Some(pinned) = self.pinned.as_mut() {
-            if self.multi.is_some() || self.watching || self.drop_pin {
+            if self.multi.is_some() || self.watching || self.drop_pin || self.no_touch {
                 pinned.broken = true;
             }
         }
@@ -92,6 +98,7 @@ impl Session {
     /// The loop: plan a batch from what was read, run it, write the replies, read more.
     async fn serve(&mut self, stream: ClientStream, closing: CancellationToken) {
         self.fd = fd_of(&stream);
+        self.client.set_fd(self.fd);
         let mut io = ClientIo::new(stream, self.shared.limits);
         let mut deferred: Option<Request> = None;
         // Cluster mode: a pipeline's requests for several nodes are planned side by side,
@@ -133,15 +140,21 @@ impl Session {
             // A blocking command's execution reads on (to see the client leave): bytes that
             // arrive meanwhile must be scanned before the next read.
             let unscanned = io.inbuf.len();
+            self.note_command(&batch);
             if !batch.is_empty() {
                 // Boxed: a batch's execution is the task's largest state, and an idle
                 // client's task would carry its size (one allocation per batch instead:
                 // 10 000 idle clients take about 8 MiB less).
-                let ok = Box::pin(self.execute(&mut batch, &mut io)).await;
+                let ok = if batch.blocking {
+                    Box::pin(self.execute_blocking(&mut batch, &mut io)).await
+                } else {
+                    Box::pin(self.execute(&mut batch, &mut io)).await
+                };
                 if !ok || io.flush().await.is_err() {
                     return;
                 }
             }
+            self.publish_state();
             match self.after(flow, &mut io).await {
                 Next::Stop => return,
                 Next::Plan(request) => {
@@ -153,14 +166,99 @@ impl Session {
             if io.may_hold_more() || io.inbuf.len() > unscanned {
                 continue;
             }
-            // A client holding a connection-bound state is not idle: it is left to the end
-            // of the grace period.
-            let idle = self.pinned.is_none();
-            match io.read_more(&closing, idle, self.requires_auth()).await {
-                Read::Data => self.last_activity = Instant::now(),
-                Read::Gone | Read::Closed => return,
+            if !self.wait_for_client(&mut io, &closing).await {
+                return;
             }
         }
+    }
+
+    /// Waits for the client's next bytes. `false` when the session is over: the client
+    /// left, the proxy is closing it, or CLIENT KILL ended it. Meanwhile another client
+    /// may name this one in CLIENT TRACKING … REDIRECT: it then relays on a connection of
+    /// its own (where Redis sends the invalidations) for as long as it stays.
+    async fn wait_for_client(&mut self, io: &mut ClientIo, closing: &CancellationToken) -> bool {
+        loop {
+            if self.client.target_wanted() && self.multi.is_none() && !self.watching {
+                return match Box::pin(self.relay(None, io)).await {
+                    relay::Exit::Resume => true,
+                    relay::Exit::Close => {
+                        let _ = io.writer.shutdown().await;
+                        false
+                    }
+                };
+            }
+            // A client holding a connection-bound state is not idle: it is left to the
+            // end of the grace period.
+            let idle = self.pinned.is_none();
+            let requires_auth = self.requires_auth();
+            let read = tokio::select! {
+                biased;
+                signal = self.client.signal() => match signal {
+                    Signal::Killed => Read::Gone,
+                    // A redirect target now? Checked at the top. (`signal` never
+                    // reports CLIENT UNBLOCK.)
+                    Signal::Woken | Signal::Unblocked(_) => continue,
+                },
+                read = io.read_more(closing, idle, requires_auth) => read,
+            };
+            match read {
+                Read::Data => {
+                    let now = Instant::now();
+                    self.last_activity = now;
+                    self.client.touch(now);
+                    return true;
+                }
+                Read::Gone | Read::Closed => return false,
+            }
+        }
+    }
+
+    /// Runs a batch with a blocking command, which may wait for ever; the client shows as
+    /// blocked (`b`) meanwhile. CLIENT KILL ends it (Redis frees a killed client, its block
+    /// with it). CLIENT UNBLOCK ends the command when it is alone in its batch: its
+    /// connection is closed, which frees Redis's side without anything run, and the client
+    /// gets what Redis gives a command unblocked that way.
+    async fn execute_blocking(&mut self, batch: &mut Batch, io: &mut ClientIo) -> bool {
+        let client = self.client.clone();
+        // WAIT's timeout reply counts replicas, which only Redis knows.
+        let unblockable = batch.len() == 1
+            && !self.watching
+            && !matches!(batch.current().name(), "wait" | "waitaof" | "other");
+        client.set_blocked(true, unblockable);
+        let ran = tokio::select! {
+            ok = self.execute(batch, io) => Ok(ok),
+            signal = client.blocked_signal() => Err(signal),
+        };
+        client.set_blocked(false, false);
+        let signal = match ran {
+            Ok(ok) => return ok,
+            Err(signal) => signal,
+        };
+        // Cut short while the command waited: its dedicated connection is armed.
+        if let Some(mut pinned) = self.pinned.take() {
+            pinned.broken = true;
+        }
+        match signal {
+            Signal::Unblocked(true) => io.out.extend_from_slice(replies::UNBLOCKED),
+            Signal::Unblocked(false) => replies::null_array(&mut io.out, self.proto),
+            Signal::Killed | Signal::Woken => return false,
+        }
+        true
+    }
+
+    /// CLIENT LIST's `cmd`: the batch's last command (once per batch, a store).
+    fn note_command(&self, batch: &Batch) {
+        let id = batch.current();
+        if id == crate::command::CommandId::OTHER && batch.is_empty() {
+            // Nothing was planned (an incomplete request).
+            return;
+        }
+        let sub = if id.name() == "client" {
+            self.client_sub
+        } else {
+            None
+        };
+        self.client.set_command(id, sub);
     }
 
     /// Plans the next batch: the deferred request first (into its node's batch set aside
@@ -175,6 +273,12 @@ impl Session {
     ) -> Planned {
         let max = self.shared.max_in_flight;
         let mut batch = Batch::new(max);
+        if self.no_touch && self.pinned.is_none() {
+            // The dedicated connection that carried CLIENT NO-TOUCH is gone (the upstream
+            // failed): the next one gets the flag before the client's commands.
+            batch.forward_swallowed(local::NO_TOUCH_ON, self.conn_state());
+            batch.pin_required = true;
+        }
         let mut spread_at = None;
         let mut part = batch.mark();
         let mut flow = Flow::Continue;
@@ -284,7 +388,7 @@ impl Session {
                     Next::Stop
                 }
             }
-            Flow::Relay(request) => match Box::pin(self.relay(request, io)).await {
+            Flow::Relay(request) => match Box::pin(self.relay(Some(request), io)).await {
                 relay::Exit::Resume => Next::Plan(None),
                 relay::Exit::Close => {
                     let _ = io.writer.shutdown().await;

@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::batch::Batch;
+use super::clients::{self, flag};
 use super::io::ClientIo;
 use super::state::{Flow, Session, request_bytes};
 use crate::cluster::Cluster;
@@ -61,6 +62,11 @@ enum After {
     Routed { request: Request, slots: Vec<u16> },
     /// This reply, in its place.
     Reply(Bytes),
+    /// CLIENT GETREDIR or TRACKINGINFO, sent now that nothing else is in flight: its
+    /// reply is captured and shown with the ambassador's client id as the redirect.
+    Translate(Request),
+    /// The captured reply is in: shown, translated.
+    Translated(ClientSub),
 }
 
 /// A reply the relay swallows: the answer to a state change it sent itself.
@@ -70,6 +76,8 @@ enum Expect {
     Ok,
     /// A HELLO map.
     Hello,
+    /// The reply to `CLIENT ID`: the relay's connection's id on the real Redis.
+    ClientId,
 }
 
 /// The connection modes that keep the relay going.
@@ -94,6 +102,9 @@ struct Modes {
     confirming: usize,
     /// Cluster mode: a shard-channel command is in progress on the links.
     shard_busy: bool,
+    /// Another client redirects its invalidations here (CLIENT TRACKING … REDIRECT):
+    /// the connection stays for as long as the client does.
+    target: bool,
 }
 
 impl Modes {
@@ -107,6 +118,7 @@ impl Modes {
             || self.sticky
             || self.shard_busy
             || self.confirming > 0
+            || self.target
     }
 
     fn subscribed(&self) -> bool {
@@ -143,6 +155,22 @@ struct Relay {
     /// The shard channels' links hold a HELLO's reply until the relay's connection has
     /// switched too.
     shards_wait_main: bool,
+    /// Who this client is on the real Redis (the relay's connection's id), once known.
+    own_upstream: Option<u64>,
+    /// CLIENT TRACKING's redirect: the ambassador's client id and the upstream
+    /// connection's id it stands for.
+    redirect: Option<(u64, u64)>,
+    /// The next reply (not a push, not a message) is GETREDIR's or TRACKINGINFO's: kept
+    /// for `After::Translated`.
+    capture: bool,
+    captured: Option<Bytes>,
+    /// Channels and patterns subscribed, apart (Redis's counts add them up).
+    channels: i64,
+    patterns: i64,
+    /// CLIENT NO-EVICT / NO-TOUCH are on on this connection: it must not go back to a
+    /// pool as it is.
+    no_evict_on_conn: bool,
+    no_touch_on_conn: bool,
 }
 
 enum Step {
@@ -178,8 +206,10 @@ impl Relay {
 }
 
 impl Session {
-    /// Relays `first` and everything after it until the mode it starts is over.
-    pub(super) async fn relay(&mut self, first: Request, io: &mut ClientIo) -> Exit {
+    /// Relays `first` and everything after it until the mode it starts is over. Without
+    /// `first`, the client has become a redirect target (see `clients`): it relays for
+    /// as long as it stays.
+    pub(super) async fn relay(&mut self, first: Option<Request>, io: &mut ClientIo) -> Exit {
         // Cluster mode: the relay's connection is on a master (the transaction's, if one is
         // bound); classic pub/sub is cluster-wide, shard channels have links of their own.
         let node = match &self.shared.cluster {
@@ -197,11 +227,20 @@ impl Session {
             .as_deref()
             .or(self.identity.as_deref())
             .unwrap_or(&self.shared.upstream);
+        let fresh = self.pinned.is_none();
         let mut conn = match self.pinned.take() {
             Some(conn) => conn,
             None => match upstream.pin().await {
                 Ok(conn) => conn,
                 Err(error) => {
+                    let Some(first) = first else {
+                        // A redirect target without a connection: the client asked for
+                        // nothing, so it hears nothing; the redirecting client's wait
+                        // runs out and it gets the refusal.
+                        tracing::debug!(%error, "no dedicated connection for a redirect target");
+                        self.client.forget_target();
+                        return Exit::Resume;
+                    };
                     let mut out = BytesMut::new();
                     replies::proxy_error(&mut out, &error);
                     metrics::record_command(
@@ -233,11 +272,20 @@ impl Session {
             node: node.as_ref().map(|n| n.address()),
             held_hello: None,
             shards_wait_main: false,
+            own_upstream: None,
+            redirect: None,
+            capture: false,
+            captured: None,
+            channels: 0,
+            patterns: 0,
+            no_evict_on_conn: false,
+            no_touch_on_conn: self.no_touch && !fresh,
         };
         let mut out = BytesMut::new();
         let exit = self
             .relay_loop(first, &mut conn, &mut relay, io, &mut out)
             .await;
+        self.relay_ended(&mut relay);
         if matches!(exit, Exit::Resume) && !relay.drop_conn {
             // Everything forwarded was answered and no mode is left: the connection is
             // as clean as the proxy found it.
@@ -262,7 +310,7 @@ impl Session {
     /// Relays until the mode is over (`Resume`) or the client is done (`Close`).
     async fn relay_loop(
         &mut self,
-        first: Request,
+        first: Option<Request>,
         conn: &mut Pinned,
         relay: &mut Relay,
         io: &mut ClientIo,
@@ -273,9 +321,22 @@ impl Session {
         if let Step::Exit(exit) = sync_state(self.conn_state(), conn, relay, true).await {
             return exit;
         }
-        if let Step::Exit(exit) = self.relay_request(first, conn, relay).await {
+        // A REDIRECT to itself needs the connection's own id before it is forwarded.
+        let wait_for_id = first.as_ref().is_some_and(|f| {
+            f.args.len() > 2
+                && command::client_subcommand(&f.args[1])
+                    .is_some_and(|s| s.kind == ClientSub::Tracking)
+                && clients::tracking_options(&f.args).redirect.is_some()
+        });
+        if let Step::Exit(exit) = self.relay_start(conn, relay, wait_for_id).await {
             return exit;
         }
+        if let Some(first) = first {
+            if let Step::Exit(exit) = self.relay_request(first, conn, relay).await {
+                return exit;
+            }
+        }
+        let client = self.client.clone();
         loop {
             if let Step::Exit(exit) = self.relay_scanned(conn, relay, io).await {
                 return exit;
@@ -321,9 +382,12 @@ impl Session {
                     conn.broken = true;
                     Step::Exit(Exit::Close)
                 }
+                // CLIENT KILL: Redis frees the client at once.
+                () = client.killed() => Step::Exit(Exit::Close),
                 read = reader.read_buf(inbuf), if reading => match read {
                     Ok(n) if n > 0 => {
                         metrics::global().bytes_in.increment(n as u64);
+                        self.client.touch(Instant::now());
                         match scanner.check_buffer(inbuf, self.requires_auth()) {
                             Ok(()) => Step::Continue,
                             Err(_) => Step::Exit(Exit::Close),
@@ -405,6 +469,7 @@ impl Session {
         conn: &mut Pinned,
         relay: &mut Relay,
     ) -> Step {
+        self.note_relayed(&request);
         let request = match self.cluster_request(request, conn, relay).await {
             Ok(step) => return step,
             Err(request) => request,
@@ -464,6 +529,7 @@ impl Session {
             }
             Kind::Monitor => {
                 relay.modes.monitor = true;
+                self.client.set_flag(flag::MONITOR, true);
                 forward(conn, relay, request).await
             }
             Kind::Subscribe(Channels::Classic) if adds_subscriptions(&request) => {
@@ -485,18 +551,25 @@ impl Session {
         let sub = command::client_subcommand(&request.args[1]);
         match sub.map(|s| s.kind) {
             Some(ClientSub::Tracking) if request.args.len() > 2 => {
-                let on = request.args[2].eq_ignore_ascii_case(b"on");
-                if on
-                    && (self.shared.cluster.is_some()
-                        || request
-                            .args
-                            .iter()
-                            .skip(3)
-                            .any(|a| a.eq_ignore_ascii_case(b"redirect")))
-                {
+                let options = clients::tracking_options(&request.args);
+                if options.on && self.shared.cluster.is_some() {
                     return self.local_in_relay(request, conn, relay).await;
                 }
-                relay.modes.tracking = on;
+                if self.proto == Proto::Resp2 && relay.modes.subscribed() {
+                    // Refused by Redis in subscribed mode: nothing to rewrite.
+                    return forward(conn, relay, request).await;
+                }
+                self.relay_tracking(options, request, conn, relay).await
+            }
+            // The redirect they show is the upstream connection's id: asked alone, and
+            // the reply shown with the client id it stands for.
+            Some(ClientSub::GetRedir | ClientSub::TrackingInfo) if self.may_translate(relay) => {
+                barrier(conn, relay, After::Translate(request)).await
+            }
+            Some(ClientSub::NoEvict | ClientSub::NoTouch) if request.args.len() == 3 => {
+                self.relay_flag(request, conn, relay).await
+            }
+            Some(ClientSub::GetRedir | ClientSub::TrackingInfo) => {
                 forward(conn, relay, request).await
             }
             // Redis refuses CLIENT REPLY in RESP2 subscribed mode: the modes stay.
@@ -744,9 +817,13 @@ impl Session {
             let matches = match expect {
                 Expect::Ok => &bytes[..] == b"+OK\r\n",
                 Expect::Hello => bytes.starts_with(b"%") || bytes.starts_with(b"*14\r\n"),
+                Expect::ClientId => bytes.starts_with(b":") || bytes.starts_with(b"-"),
             };
             if matches {
                 relay.swallow.pop_front();
+                if expect == Expect::ClientId {
+                    self.own_upstream_id(&bytes, relay);
+                }
                 if expect == Expect::Hello {
                     if let Some(reply) = relay.held_hello.take() {
                         out.extend_from_slice(&reply);
@@ -759,6 +836,11 @@ impl Session {
                 }
                 return Step::Continue;
             }
+        }
+        if relay.capture && is_reply(&bytes) {
+            relay.capture = false;
+            relay.captured = Some(bytes);
+            return Step::Continue;
         }
         if let Some((token, _)) = &relay.barrier {
             if is_barrier_reply(&bytes, token) {
@@ -802,7 +884,9 @@ impl Session {
             } else {
                 relay.modes.subscriptions = count;
             }
+            self.note_subscriptions(&bytes, relay);
         }
+        let bytes = redirect_broken(bytes, relay.redirect);
         out.extend_from_slice(&bytes);
         metrics::global().bytes_out.increment(bytes.len() as u64);
         // The last subscription gone: make sure nothing is still in flight before handing
@@ -820,9 +904,31 @@ impl Session {
         match after {
             After::Leave => {
                 if !relay.modes.active() && relay.swallow.is_empty() && relay.ending.is_none() {
-                    relay.left = true;
+                    // A redirect target keeps its connection (another client's
+                    // invalidations go there) for as long as it stays.
+                    if self.client.release_upstream() {
+                        relay.left = true;
+                    } else {
+                        relay.modes.target = true;
+                    }
                 }
                 Step::Continue
+            }
+            After::Translate(request) => {
+                let kind = command::client_subcommand(&request.args[1])
+                    .map_or(ClientSub::Forward, |s| s.kind);
+                if let Step::Exit(exit) = forward_raw(conn, request).await {
+                    return Step::Exit(exit);
+                }
+                relay.capture = true;
+                barrier(conn, relay, After::Translated(kind)).await
+            }
+            After::Translated(kind) => {
+                relay.capture = false;
+                if let Some(reply) = relay.captured.take() {
+                    out.extend_from_slice(&translate_redirect(kind, reply, relay.redirect));
+                }
+                leave_if_idle(conn, relay).await
             }
             After::Fatal(reply) => {
                 out.extend_from_slice(&reply);
@@ -878,6 +984,231 @@ impl Session {
         }
     }
 
+    /// What the relay sends first on its connection: `CLIENT ID` (whose reply says who
+    /// this client is on the real Redis, for CLIENT TRACKING … REDIRECT), and the flags
+    /// the client holds (NO-EVICT, NO-TOUCH) that the connection lacks. The replies are
+    /// swallowed as they come; with `wait`, they are read now.
+    async fn relay_start(&mut self, conn: &mut Pinned, relay: &mut Relay, wait: bool) -> Step {
+        relay.modes.target = self.client.target_wanted();
+        let mut start = BytesMut::new();
+        encode::command_into(&mut start, &[&b"CLIENT"[..], b"ID"]);
+        relay.swallow.push_back(Expect::ClientId);
+        if self.no_evict {
+            encode::command_into(&mut start, &[&b"CLIENT"[..], b"NO-EVICT", b"on"]);
+            relay.swallow.push_back(Expect::Ok);
+            relay.no_evict_on_conn = true;
+        }
+        if self.no_touch && !relay.no_touch_on_conn {
+            start.extend_from_slice(&super::local::NO_TOUCH_ON);
+            relay.swallow.push_back(Expect::Ok);
+            relay.no_touch_on_conn = true;
+        }
+        if let Step::Exit(exit) = forward_raw_bytes(conn, start.freeze()).await {
+            return Step::Exit(exit);
+        }
+        if !wait {
+            return Step::Continue;
+        }
+        // Nothing else is in flight: the replies owed are the swallowed ones, in order.
+        while let Some(expect) = relay.swallow.pop_front() {
+            match conn.read_reply(self.shared.upstream.command_timeout).await {
+                Ok((reply, _)) if expect == Expect::ClientId => self.own_upstream_id(&reply, relay),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "relayed connection failed");
+                    return Step::Exit(Exit::Close);
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    /// `CLIENT ID`'s reply on the relay's connection: published, so that other clients
+    /// can redirect their invalidations here.
+    fn own_upstream_id(&mut self, reply: &[u8], relay: &mut Relay) {
+        let id = reply
+            .strip_prefix(b":")
+            .and_then(|r| r.strip_suffix(b"\r\n"))
+            .and_then(crate::protocol::number::parse_i64)
+            .and_then(|id| u64::try_from(id).ok());
+        relay.own_upstream = id;
+        self.client.publish_upstream(id);
+    }
+
+    /// Whether GETREDIR's or TRACKINGINFO's reply can be told apart and translated: there
+    /// is a redirect to translate, a reply is owed, and Redis runs the command now (not
+    /// queued in MULTI, not refused in RESP2 subscribed mode).
+    fn may_translate(&self, relay: &Relay) -> bool {
+        let subscribed_resp2 = self.proto == Proto::Resp2 && relay.modes.subscribed();
+        relay.redirect.is_some() && !relay.quiet() && !relay.in_multi && !subscribed_resp2
+    }
+
+    /// CLIENT LIST's `cmd`: the last command relayed.
+    fn note_relayed(&self, request: &Request) {
+        let id = command::id(request.name());
+        let sub = match (id.name(), request.args.get(1)) {
+            ("client", Some(sub)) => command::client_subcommand(sub).map(|s| s.index),
+            _ => None,
+        };
+        self.client.set_command(id, sub);
+    }
+
+    /// CLIENT LIST's `sub`, `psub`, `ssub`: Redis's confirmations count channels and
+    /// patterns together, so the change each one brings is put to its kind.
+    fn note_subscriptions(&self, frame: &[u8], relay: &mut Relay) {
+        let Some((shard, count)) = subscription_count(frame) else {
+            return;
+        };
+        if !shard {
+            let change = count - (relay.channels + relay.patterns);
+            if confirmation_kind(frame).is_some_and(|k| k.starts_with(b"p")) {
+                relay.patterns = (relay.patterns + change).max(0);
+            } else {
+                relay.channels = (relay.channels + change).max(0);
+            }
+            if count == 0 {
+                relay.channels = 0;
+                relay.patterns = 0;
+            }
+        }
+        self.client.set_subscriptions(
+            relay.channels,
+            relay.patterns,
+            relay.modes.shard_subscriptions,
+        );
+    }
+
+    /// CLIENT TRACKING in relay mode: a REDIRECT to a client of the ambassador becomes
+    /// one to the upstream connection that client relays on (waiting, within the command
+    /// timeout, for a client that has none yet to get one: see `clients`).
+    async fn relay_tracking(
+        &mut self,
+        options: clients::TrackingOptions,
+        mut request: Request,
+        conn: &mut Pinned,
+        relay: &mut Relay,
+    ) -> Step {
+        let mut redirect = None;
+        if let Some((at, id)) = options.redirect {
+            let upstream = match self.redirect_target(id).await {
+                Ok(upstream) => upstream,
+                Err(reply) => return self.reply_in_relay(reply, conn, relay).await,
+            };
+            if options.twice {
+                let reply = Bytes::from_static(replies::REDIRECT_TWICE);
+                return self.reply_in_relay(reply, conn, relay).await;
+            }
+            let mut args = request.args;
+            args[at] = Bytes::from(upstream.to_string());
+            request = Request {
+                args,
+                canonical: None,
+            };
+            redirect = u64::try_from(id).ok().map(|id| (id, upstream));
+        }
+        if options.refused {
+            // Redis refuses it: nothing changes.
+            return forward(conn, relay, request).await;
+        }
+        relay.modes.tracking = options.on;
+        if options.on {
+            relay.redirect = redirect;
+            let shown = redirect.map_or(0, |(id, _)| id);
+            self.client.set_tracking(Some((shown, options.bcast)));
+        } else {
+            relay.redirect = None;
+            self.client.set_tracking(None);
+        }
+        forward(conn, relay, request).await
+    }
+
+    /// The upstream connection client `id` relays on, made its redirect target; Redis's
+    /// error when no such client is connected.
+    async fn redirect_target(&self, id: i64) -> Result<u64, Bytes> {
+        let missing = || Bytes::from_static(replies::REDIRECT_TARGET_MISSING);
+        let target = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.shared.clients.get(id))
+            .ok_or_else(missing)?;
+        let limit = self
+            .shared
+            .upstream
+            .command_timeout
+            .unwrap_or(Duration::from_secs(10));
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(upstream) = target.claim_target() {
+                return Ok(upstream);
+            }
+            // Itself without an id (its CLIENT ID failed), or gone meanwhile.
+            if target.id == self.id || self.shared.clients.get(target.id).is_none() {
+                return Err(missing());
+            }
+            if Instant::now() >= deadline {
+                let mut reply = BytesMut::new();
+                replies::unsupported(&mut reply, "client|tracking", refusal::REDIRECT_TARGET_BUSY);
+                return Err(reply.freeze());
+            }
+            // Woken by `claim_target`, the target opens a connection of its own.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// A reply the relay makes itself, in its place.
+    async fn reply_in_relay(&mut self, reply: Bytes, conn: &mut Pinned, relay: &mut Relay) -> Step {
+        if relay.in_multi {
+            return refuse_in_multi(conn, relay, reply).await;
+        }
+        if relay.quiet() {
+            return skip_on_relay(conn, relay).await;
+        }
+        barrier(conn, relay, After::Reply(reply)).await
+    }
+
+    /// CLIENT NO-EVICT / NO-TOUCH in relay mode: kept for the client and sent on to its
+    /// connection (Redis answers: `+OK`, a syntax error, or an unknown subcommand on a
+    /// server without NO-TOUCH).
+    async fn relay_flag(&mut self, request: Request, conn: &mut Pinned, relay: &mut Relay) -> Step {
+        let on = if request.args[2].eq_ignore_ascii_case(b"on") {
+            Some(true)
+        } else if request.args[2].eq_ignore_ascii_case(b"off") {
+            Some(false)
+        } else {
+            None
+        };
+        let refused = self.proto == Proto::Resp2 && relay.modes.subscribed();
+        let no_touch = request.args[1].eq_ignore_ascii_case(b"no-touch");
+        if let (Some(on), false) = (on, refused) {
+            if no_touch {
+                relay.no_touch_on_conn = on;
+                if self.shared.cluster.is_none() && self.layout().await >= clients::Layout::V7_2 {
+                    self.no_touch = on;
+                    self.client.set_flag(flag::NO_TOUCH, on);
+                }
+            } else {
+                relay.no_evict_on_conn = on;
+                self.no_evict = on;
+                self.client.set_flag(flag::NO_EVICT, on);
+            }
+        }
+        forward(conn, relay, request).await
+    }
+
+    /// Relay mode is over: what it published goes; a connection that carries a flag the
+    /// session will not keep it for is not handed back.
+    fn relay_ended(&mut self, relay: &mut Relay) {
+        if relay.no_evict_on_conn || (relay.no_touch_on_conn && !self.no_touch) {
+            relay.drop_conn = true;
+        }
+        self.client.publish_upstream(None);
+        if relay.drop_conn {
+            self.client.forget_target();
+        }
+        self.client.set_subscriptions(0, 0, 0);
+        self.client.set_flag(flag::MONITOR, false);
+        self.client.set_tracking(None);
+    }
+
     /// A command the proxy answers, once everything before it is answered: in RESP2
     /// subscribed mode with Redis's subscribed-context rules, else as outside relay mode,
     /// the connections following a change of database or protocol.
@@ -902,6 +1233,8 @@ impl Session {
         }
         let mut scratch = Batch::new(1);
         let flow = self.handle(request, &mut scratch).await;
+        // What it changed (database, protocol) shows in CLIENT LIST at once.
+        self.publish_state();
         let reply = scratch.into_local();
         if matches!(flow, Flow::Close | Flow::Drop) {
             out.extend_from_slice(&reply);
@@ -929,6 +1262,63 @@ impl Session {
             return Step::Exit(exit);
         }
         leave_if_idle(conn, relay).await
+    }
+}
+
+/// Whether a frame is a reply (not a push, not a RESP2 pub/sub message).
+fn is_reply(frame: &[u8]) -> bool {
+    !(frame.starts_with(b">")
+        || frame.starts_with(b"*3\r\n$7\r\nmessage\r\n")
+        || frame.starts_with(b"*4\r\n$8\r\npmessage\r\n")
+        || frame.starts_with(b"*3\r\n$8\r\nsmessage\r\n"))
+}
+
+/// The kind of a (p|s)(un)subscribe confirmation (`subscribe`, `punsubscribe`, …).
+fn confirmation_kind(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.get(4..)?.strip_prefix(b"$")?;
+    let end = memchr::memchr(b'\r', rest)?;
+    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    rest.get(end + 2..end + 2 + len)
+}
+
+/// Replaces the integer that follows `key` in `frame` when it is `from`.
+fn replace_integer(frame: &[u8], key: &[u8], from: u64, to: u64) -> Option<Bytes> {
+    let at = memchr::memmem::find(frame, key)? + key.len();
+    let rest = frame.get(at..)?.strip_prefix(b":")?;
+    let end = memchr::memchr(b'\r', rest)?;
+    if crate::protocol::number::parse_i64(&rest[..end]) != i64::try_from(from).ok() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(frame.len() + 8);
+    out.extend_from_slice(&frame[..at]);
+    out.extend_from_slice(b":");
+    out.extend_from_slice(itoa::Buffer::new().format(to).as_bytes());
+    out.extend_from_slice(&rest[end..]);
+    Some(out.freeze())
+}
+
+/// GETREDIR's or TRACKINGINFO's reply with the client id the redirect stands for.
+fn translate_redirect(kind: ClientSub, reply: Bytes, redirect: Option<(u64, u64)>) -> Bytes {
+    let Some((id, upstream)) = redirect else {
+        return reply;
+    };
+    let key: &[u8] = if kind == ClientSub::TrackingInfo {
+        b"$8\r\nredirect\r\n"
+    } else {
+        b""
+    };
+    replace_integer(&reply, key, upstream, id).unwrap_or(reply)
+}
+
+/// Redis's `tracking-redir-broken` push names the upstream connection: shown with the
+/// client id it stands for.
+fn redirect_broken(frame: Bytes, redirect: Option<(u64, u64)>) -> Bytes {
+    const BROKEN: &[u8] = b">2\r\n$21\r\ntracking-redir-broken\r\n";
+    match redirect {
+        Some((id, upstream)) if frame.starts_with(BROKEN) => {
+            replace_integer(&frame, BROKEN, upstream, id).unwrap_or(frame)
+        }
+        _ => frame,
     }
 }
 

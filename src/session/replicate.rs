@@ -29,6 +29,9 @@ impl Session {
             }
         };
         tracing::debug!(peer = %self.peer, "client became a replica; relaying its connection");
+        // CLIENT LIST shows it as a replica (`S`, TYPE replica); CLIENT KILL ends it.
+        let client = self.client.clone();
+        client.set_flag(super::clients::flag::REPLICA, true);
         let (stream, buffered) = conn.into_raw();
         let (mut up_read, mut up_write) = stream.into_split();
         let mut first = BytesMut::from(&request_bytes(request)[..]);
@@ -70,6 +73,7 @@ impl Session {
         tokio::select! {
             () = to_upstream => {}
             () = to_client => {}
+            () = client.killed() => {}
         }
         let _ = writer.shutdown().await;
         false

@@ -1,5 +1,7 @@
 //! What a session knows: the state every session shares (`Shared`: the upstream, the
-//! client credentials, the limits — no client state), and one client's own (`Session`:
+//! client credentials, the limits, and `clients`, what each client publishes for the
+//! others' CLIENT LIST/KILL/TRACKING REDIRECT — no client's working state), and one
+//! client's own (`Session`:
 //! authentication, user, database, protocol, name, an open transaction, the dedicated
 //! upstream connection while a connection-bound state lasts). The other files of this
 //! module act on this state; this file only holds it.
@@ -18,6 +20,8 @@ use crate::net::ClientStream;
 use crate::protocol::{Proto, Request, RequestLimits, encode};
 use crate::upstream::{ConnState, Pinned, Upstream};
 
+use super::clients::{self, Client, Clients};
+
 /// What every session shares: the upstream, the client credentials, the limits.
 pub struct Shared {
     pub upstream: Upstream,
@@ -32,6 +36,9 @@ pub struct Shared {
     /// server information, the readiness probe and pub/sub).
     pub cluster: Option<Arc<Cluster>>,
     next_client_id: AtomicU64,
+    /// The application's connections, as CLIENT LIST, CLIENT KILL and CLIENT TRACKING
+    /// REDIRECT see them.
+    pub(super) clients: Clients,
 }
 
 impl Shared {
@@ -44,6 +51,7 @@ impl Shared {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             cluster: None,
             next_client_id: AtomicU64::new(1),
+            clients: Clients::default(),
         }
     }
 
@@ -137,8 +145,6 @@ pub struct Session {
     pub(super) lib_name: Option<Bytes>,
     pub(super) lib_ver: Option<Bytes>,
     pub(super) peer: SocketAddr,
-    pub(super) local_addr: SocketAddr,
-    pub(super) created: Instant,
     pub(super) last_activity: Instant,
     /// The client socket's descriptor, for CLIENT INFO.
     pub(super) fd: i64,
@@ -160,6 +166,15 @@ pub struct Session {
     /// The client authenticated as a Redis user the ambassador does not know: its commands
     /// go to the server as that user, over an upstream of its own (see `Upstream::as_user`).
     pub(super) identity: Option<Arc<Upstream>>,
+    /// What other clients see of this one (CLIENT LIST, KILL, TRACKING REDIRECT).
+    pub(super) client: Arc<Client>,
+    /// CLIENT NO-EVICT is on.
+    pub(super) no_evict: bool,
+    /// CLIENT NO-TOUCH is on: the client's commands run on its dedicated connection, where
+    /// the flag is set.
+    pub(super) no_touch: bool,
+    /// The row of the last CLIENT subcommand planned (for CLIENT LIST's `cmd`).
+    pub(super) client_sub: Option<u16>,
 }
 
 impl Session {
@@ -167,6 +182,9 @@ impl Session {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
         let authenticated = !shared.client_auth.required();
         let now = Instant::now();
+        let user: Arc<str> = Arc::from(crate::auth::DEFAULT_USER);
+        let client = Arc::new(Client::new(id, peer, local_addr, user));
+        shared.clients.register(client.clone());
         Session {
             shared,
             id,
@@ -178,8 +196,6 @@ impl Session {
             lib_name: None,
             lib_ver: None,
             peer,
-            local_addr,
-            created: now,
             last_activity: now,
             fd: -1,
             multi: None,
@@ -190,6 +206,10 @@ impl Session {
             drop_pin: false,
             binding: Binding::default(),
             identity: None,
+            client,
+            no_evict: false,
+            no_touch: false,
+            client_sub: None,
         }
     }
 
@@ -213,7 +233,7 @@ impl Session {
 
     /// Whether the client's state needs its own upstream connection after this batch.
     pub(super) fn needs_pin(&self) -> bool {
-        self.multi.is_some() || self.watching
+        self.multi.is_some() || self.watching || self.no_touch
     }
 
     /// Back to a new connection's state (RESET): no transaction, no watch, database 0,
@@ -229,6 +249,30 @@ impl Session {
         self.authenticated = !self.shared.client_auth.required();
         self.user = Arc::from(crate::auth::DEFAULT_USER);
         self.identity = None;
+        // As Redis 7.2+ (7.0 keeps NO-EVICT): the pinned connection that carried NO-TOUCH
+        // is dropped with the rest of the connection-bound state.
+        self.no_evict = false;
+        self.no_touch = false;
+        self.client
+            .set_flag(clients::flag::NO_EVICT | clients::flag::NO_TOUCH, false);
+        self.publish_text();
+        self.publish_state();
+    }
+
+    /// Publishes the name, user and client library (after they change).
+    pub(super) fn publish_text(&self) {
+        self.client.set_text(clients::Text {
+            name: self.name.clone(),
+            user: self.user.clone(),
+            lib_name: self.lib_name.clone(),
+            lib_ver: self.lib_ver.clone(),
+        });
+    }
+
+    /// Publishes the database, protocol and transaction (once per batch: a few stores).
+    pub(super) fn publish_state(&self) {
+        let queued = self.multi.as_ref().map(|m| m.queue.len());
+        self.client.set_state(self.db, self.proto, queued);
     }
 
     /// Marks the open transaction as failed (a command was refused while queuing).
@@ -245,6 +289,12 @@ impl Session {
         if !self.needs_pin() && !self.binding.multi_pending {
             self.binding = Binding::default();
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.clients.remove(self.id);
     }
 }
 

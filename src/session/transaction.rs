@@ -174,8 +174,10 @@ impl Session {
             return Flow::Continue;
         }
         match sub.kind {
-            ClientSub::Forward => self.queue_forward(request, batch),
-            ClientSub::Tracking | ClientSub::Reply | ClientSub::Refused => {
+            ClientSub::Forward | ClientSub::GetRedir | ClientSub::TrackingInfo => {
+                self.queue_forward(request, batch)
+            }
+            ClientSub::Tracking | ClientSub::Reply | ClientSub::NoTouch => {
                 self.refuse_in_multi(sub.full_name, refusal::IN_MULTI, batch)
             }
             _ => self.queue_local(request, batch),

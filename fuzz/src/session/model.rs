@@ -353,6 +353,8 @@ impl State {
                 exact(replies::RESET)
             }
             Local::Client => self.client(args),
+            // The upstream's reply, its `connected_clients` (if any) counting the clients.
+            Local::Info => self.forward(args),
             _ if !self.authenticated => exact(replies::NOAUTH),
             Local::Select => match redis_int(&args[1]).and_then(|n| i32::try_from(n).ok()) {
                 None => exact(replies::NOT_AN_INTEGER),
@@ -482,19 +484,36 @@ impl State {
                     error()
                 }
             }
-            ClientSub::Tracking if args[2].eq_ignore_ascii_case(b"on") => {
+            ClientSub::Tracking if args[2].eq_ignore_ascii_case(b"on") => Outcome::Stop,
+            // A REDIRECT names a client id the model does not follow.
+            ClientSub::Tracking
                 if args[3..]
                     .iter()
-                    .any(|a| a.eq_ignore_ascii_case(b"redirect"))
-                {
-                    error()
-                } else {
-                    Outcome::Stop
-                }
+                    .any(|a| a.eq_ignore_ascii_case(b"redirect")) =>
+            {
+                Outcome::Stop
             }
             ClientSub::Reply if !args[2].eq_ignore_ascii_case(b"on") => Outcome::Stop,
-            ClientSub::Refused => error(),
-            ClientSub::Tracking | ClientSub::Reply | ClientSub::Forward => self.forward(args),
+            ClientSub::List if args.len() == 2 => {
+                let first: &[u8] = if self.proto == 3 { b"=" } else { b"$" };
+                Outcome::Reply(Expect::Prefix(first.to_vec()))
+            }
+            // Filters, other clients, and a KILL that may end this one: not modelled.
+            ClientSub::List | ClientSub::Kill | ClientSub::NoTouch | ClientSub::Unblock => {
+                Outcome::Stop
+            }
+            ClientSub::NoEvict => {
+                if args[2].eq_ignore_ascii_case(b"on") || args[2].eq_ignore_ascii_case(b"off") {
+                    exact(replies::OK)
+                } else {
+                    exact(replies::SYNTAX_ERROR)
+                }
+            }
+            ClientSub::Tracking
+            | ClientSub::Reply
+            | ClientSub::GetRedir
+            | ClientSub::TrackingInfo
+            | ClientSub::Forward => self.forward(args),
         }
     }
 
@@ -531,8 +550,10 @@ impl State {
                     error()
                 }
                 Some(sub) => match sub.kind {
-                    ClientSub::Forward => queue(self, Queued::Upstream(args.to_vec())),
-                    ClientSub::Tracking | ClientSub::Reply | ClientSub::Refused => {
+                    ClientSub::Forward | ClientSub::GetRedir | ClientSub::TrackingInfo => {
+                        queue(self, Queued::Upstream(args.to_vec()))
+                    }
+                    ClientSub::Tracking | ClientSub::Reply | ClientSub::NoTouch => {
                         self.flag_multi();
                         error()
                     }
