@@ -1550,7 +1550,12 @@ fn is_ambassadors_own(line: &[u8]) -> bool {
         b"\"ping\" \"redis-ambassador-barrier-",
         b"\"spublish\" \"redis-ambassador:wait\" ",
     ];
-    OWN.iter().any(|own| command.starts_with(own))
+    // Case as sent: the ambassador's own are upper case, a client's may be either.
+    OWN.iter().any(|own| {
+        command
+            .get(..own.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(own))
+    })
 }
 
 /// Whether a request is SUBSCRIBE or PSUBSCRIBE (one confirmation per channel).
@@ -1680,6 +1685,10 @@ mod tests {
         ));
         assert!(!is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"ping\"\r\n"));
         assert!(!is_ambassadors_own(b"+OK\r\n"));
+        assert!(is_ambassadors_own(
+            b"+1.2 [0 127.0.0.1:5] \"AUTH\" \"(redacted)\"\r\n"
+        ));
+        assert!(is_ambassadors_own(b"+1.2 [0 127.0.0.1:5] \"HELLO\" \"2\"\r\n"));
     }
 
     #[test]
