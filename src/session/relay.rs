@@ -1532,7 +1532,7 @@ fn is_barrier_reply(frame: &[u8], token: &[u8]) -> bool {
 /// Whether a MONITOR line (`+<time> [<db> <addr>] "<command>" …`) shows a command the
 /// ambassador sent itself: the state changes woven in front of batches (SELECT, HELLO),
 /// a connection's handshake (AUTH, HELLO, `CONFIG GET databases`), a relay's barrier
-/// PING and the WAIT fence. Clients' own SELECT, HELLO and AUTH are answered by the
+/// PING and `CLIENT ID`, and the WAIT fence. Clients' own SELECT, HELLO and AUTH are answered by the
 /// ambassador and never reach Redis (but a SELECT queued in a transaction: hidden too).
 fn is_ambassadors_own(line: &[u8]) -> bool {
     if !line.starts_with(b"+") {
@@ -1542,7 +1542,8 @@ fn is_ambassadors_own(line: &[u8]) -> bool {
         return false;
     };
     let command = &line[start + 2..];
-    const OWN: [&[u8]; 6] = [
+    const OWN: [&[u8]; 7] = [
+        b"\"client\" \"id\"\r\n",
         b"\"select\" ",
         b"\"hello\" ",
         b"\"auth\" ",
