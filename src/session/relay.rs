@@ -1689,7 +1689,9 @@ mod tests {
         assert!(is_ambassadors_own(
             b"+1.2 [0 127.0.0.1:5] \"AUTH\" \"(redacted)\"\r\n"
         ));
-        assert!(is_ambassadors_own(b"+1.2 [0 127.0.0.1:5] \"HELLO\" \"2\"\r\n"));
+        assert!(is_ambassadors_own(
+            b"+1.2 [0 127.0.0.1:5] \"HELLO\" \"2\"\r\n"
+        ));
     }
 
     #[test]
