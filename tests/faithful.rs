@@ -320,3 +320,31 @@ fn ping_and_echo_are_answered_by_redis() {
         escape(&reply)
     );
 }
+
+#[test]
+fn a_command_right_after_redis_comes_back_gets_no_stale_error() {
+    let mut upstream = RedisServer::start_with(ServerAuth::Password(PW.into()), &[]);
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .upstream_password(PW.as_bytes())
+        // A long backoff: with the old fail-fast rule every command in it got the last error.
+        .reconnect_backoff_ms(5000)
+        .reconnect_backoff_max_ms(5000)
+        .connect_timeout_ms(3000)
+        .start();
+    let mut c = proxy.conn();
+    c.timeout = Duration::from_secs(10);
+    c.call_expect(&["SET", "k", "1"], b"+OK\r\n");
+    upstream.kill();
+    let down = c.call(&["GET", "k"]);
+    assert!(
+        down.starts_with(b"-ERR upstream"),
+        "with Redis down: \"{}\"",
+        escape(&down)
+    );
+    // A connect has failed and the backoff runs; Redis comes back inside it.
+    upstream.restart();
+    let mut fresh = proxy.conn();
+    fresh.timeout = Duration::from_secs(10);
+    fresh.call_expect(&["SET", "k", "2"], b"+OK\r\n");
+    c.call_expect(&["GET", "k"], b"$1\r\n2\r\n");
+}

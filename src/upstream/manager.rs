@@ -110,6 +110,29 @@ impl Health {
     pub(super) fn last(&self) -> Option<UpstreamError> {
         self.state.lock().ok()?.last_failure.clone()
     }
+
+    /// For a request that needs a connection while the backoff runs: instead of the last
+    /// failure (which may be older than a Redis that has just come back), waits until the
+    /// backoff ends — at most `limit` (the connect timeout) — and lets the caller dial.
+    /// The backoff still paces the attempts: waiters dial when it ends, not before. `Some`:
+    /// an attempt made after this request arrived failed meanwhile, and its error is the
+    /// request's (fresh, and one dial instead of one per waiter).
+    pub(super) async fn wait_for_retry(&self, limit: Duration) -> Option<UpstreamError> {
+        let retry_at = {
+            let state = self.state.lock().ok()?;
+            match (&state.last_failure, state.retry_at) {
+                (Some(_), Some(at)) if Instant::now() < at => at,
+                _ => return None,
+            }
+        };
+        let mut failures = self.failures.subscribe();
+        failures.borrow_and_update();
+        let until = retry_at.min(Instant::now() + limit);
+        tokio::select! {
+            () = tokio::time::sleep_until(until.into()) => None,
+            _ = failures.changed() => self.last(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -4,10 +4,12 @@
 //!
 //! bb8 on its own makes a waiter sit out the whole pool timeout when connecting fails
 //! (bb8#141). Every connect failure is therefore also published here, and a checkout that
-//! sees one returns that error at once; for a backoff after a failure (doubling from
+//! sees one returns that error at once. For a backoff after a failure (doubling from
 //! `reconnect_backoff_ms` to `reconnect_backoff_max_ms` with each failed round, jittered)
-//! further checkouts fail fast with the same error instead of dialling again, which caps the
-//! reconnect rate while the upstream is down.
+//! nothing dials: a request that needs a connection waits for the backoff to end (at most
+//! `connect_timeout_ms`), then dials — or gets the error of an attempt that failed while it
+//! waited. So the reconnect rate stays capped while the upstream is down, and no request
+//! gets an error older than itself (Redis may have come back a moment ago).
 //!
 //! The upstream password may rotate (see `rotation`): every connect reads the current
 //! value, so new connections use new credentials while established ones keep working
@@ -91,6 +93,8 @@ pub struct Upstream {
     pub command_timeout: Option<Duration>,
     /// What this upstream was built from, for [`as_user`](Upstream::as_user).
     template: Arc<Template>,
+    /// How long a request waits for the reconnect backoff to end before it dials anyway.
+    connect_timeout: Duration,
 }
 
 /// The settings an upstream is built from, kept for building the same server's upstream
@@ -225,6 +229,7 @@ impl Upstream {
                 health: health.clone(),
                 target: target.clone(),
                 command_timeout: config.upstream.command_timeout(),
+                connect_timeout: config.upstream.connect_timeout(),
                 output_limit: config.limits.client_output_hard_limit,
             },
         );
@@ -240,6 +245,7 @@ impl Upstream {
             info,
             pool_wait_timeout: config.upstream.pool_wait_timeout(),
             command_timeout: config.upstream.command_timeout(),
+            connect_timeout: config.upstream.connect_timeout(),
             template,
         }
     }
@@ -340,7 +346,7 @@ impl Upstream {
     /// A new connection, authenticated, outside every pool: for a client that becomes a
     /// replica (SYNC/PSYNC), whose connection is never used for anything else.
     pub async fn dedicated(&self) -> Result<UpstreamConn, UpstreamError> {
-        if let Some(error) = self.health.backing_off() {
+        if let Some(error) = self.health.wait_for_retry(self.connect_timeout).await {
             return Err(error);
         }
         self.pinned_pool.dedicated_connection().await
@@ -378,14 +384,16 @@ impl Upstream {
         result
     }
 
-    /// Waits for `checkout` (a `get` from the dedicated pool, borrowed or owned), failing at
-    /// once with the connect error while the reconnect backoff runs, or as soon as a connect
-    /// fails meanwhile (bb8 alone would wait out the pool timeout: see the module's notes).
+    /// Waits for `checkout` (a `get` from the dedicated pool, borrowed or owned). While the
+    /// reconnect backoff runs it first waits for the backoff to end (see
+    /// `Health::wait_for_retry`), failing with the error of an attempt made meanwhile; then
+    /// fails as soon as a connect fails (bb8 alone would wait out the pool timeout: see the
+    /// module's notes).
     async fn checkout<C>(
         &self,
         checkout: impl Future<Output = Result<C, RunError<UpstreamError>>>,
     ) -> Result<C, UpstreamError> {
-        if let Some(error) = self.health.backing_off() {
+        if let Some(error) = self.health.wait_for_retry(self.connect_timeout).await {
             return Err(error);
         }
         let mut failures = self.health.failures.subscribe();

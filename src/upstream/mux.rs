@@ -82,6 +82,8 @@ pub(super) struct LaneContext {
     /// (a master the Sentinels have replaced) reconnects before its next write.
     pub target: Target,
     pub command_timeout: Option<Duration>,
+    /// How long a lane's connect waits for the reconnect backoff to end.
+    pub connect_timeout: Duration,
     /// `[limits] client_output_hard_limit`.
     pub output_limit: usize,
 }
@@ -261,7 +263,7 @@ impl Writer {
 
 /// Opens a connection and starts its reader.
 async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer, UpstreamError> {
-    if let Some(error) = context.health.backing_off() {
+    if let Some(error) = context.health.wait_for_retry(context.connect_timeout).await {
         return Err(error);
     }
     let conn = match context.pool.dedicated_connection().await {
