@@ -129,7 +129,7 @@ impl Health {
         failures.borrow_and_update();
         let until = retry_at.min(Instant::now() + limit);
         tokio::select! {
-            () = tokio::time::sleep_until(until.into()) => None,
+            () = tokio::time::sleep_until(until) => None,
             _ = failures.changed() => self.last(),
         }
     }
