@@ -48,8 +48,8 @@
 # per count N, named ambassador-wN, with [runtime] worker_threads = N (the key set, or the
 # section added when the config has none): 1 is tokio's current-thread scheduler, N > 1 a
 # multi-thread runtime with N workers, 0 one per CPU. The main ambassador keeps config.toml's
-# worker_threads (0, one per CPU, unless edited), so on a 2-CPU machine ambassador-w2 runs the
-# main ambassador's configuration: how far apart those two land shows the noise. A second
+# worker_threads (1, the default, unless edited), so ambassador-w1 runs the main ambassador's
+# configuration: how far apart those two land shows the noise. A second
 # summary gives, per case, the ambassador and each ambassador-wN against direct, twemproxy and
 # the ambassador. Each extra target adds about a minute to quick mode and 4 to full mode (on
 # 2 cores): quick mode with --workers 1,2 takes about 5 minutes, full mode about 20.
