@@ -56,8 +56,10 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest reason `/readyz` gives (an upstream's reply is cut to it).
 const MAX_REASON_CHARS: usize = 200;
 
-const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
-const PONG: &[u8] = b"+PONG\r\n";
+/// `PING redis-ambassador-probe`: its argument tells it apart from an application's PING in
+/// what Redis shows (MONITOR, which the ambassador filters it from; the slow log).
+const PING: &[u8] = b"*2\r\n$4\r\nPING\r\n$22\r\nredis-ambassador-probe\r\n";
+const PROBE_REPLY: &[u8] = b"$22\r\nredis-ambassador-probe\r\n";
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -353,7 +355,7 @@ async fn ping(upstream: &Upstream, timeout: Duration) -> Result<(), String> {
         .read_reply(Some(timeout))
         .await
         .map_err(|e| one_line(&e.to_string()))?;
-    if reply.as_ref() == PONG {
+    if reply.as_ref() == PROBE_REPLY {
         return Ok(());
     }
     // The connection is clean (one request, one reply) but answers wrongly (for example

@@ -1532,7 +1532,7 @@ fn is_barrier_reply(frame: &[u8], token: &[u8]) -> bool {
 /// Whether a MONITOR line (`+<time> [<db> <addr>] "<command>" …`) shows a command the
 /// ambassador sent itself: the state changes woven in front of batches (SELECT, HELLO),
 /// a connection's handshake (AUTH, HELLO, `CONFIG GET databases`), a relay's barrier
-/// PING and `CLIENT ID`, and the WAIT fence. Clients' own SELECT, HELLO and AUTH are answered by the
+/// PING and `CLIENT ID`, the readiness probe's PING, and the WAIT fence. Clients' own SELECT, HELLO and AUTH are answered by the
 /// ambassador and never reach Redis (but a SELECT queued in a transaction: hidden too).
 fn is_ambassadors_own(line: &[u8]) -> bool {
     if !line.starts_with(b"+") {
@@ -1548,7 +1548,7 @@ fn is_ambassadors_own(line: &[u8]) -> bool {
         b"\"hello\" ",
         b"\"auth\" ",
         b"\"config\" \"get\" \"databases\"\r\n",
-        b"\"ping\" \"redis-ambassador-barrier-",
+        b"\"ping\" \"redis-ambassador-",
         b"\"spublish\" \"redis-ambassador:wait\" ",
     ];
     // Case as sent: the ambassador's own are upper case, a client's may be either.
@@ -1686,6 +1686,9 @@ mod tests {
         ));
         assert!(!is_ambassadors_own(b"+1.2 [9 127.0.0.1:5] \"ping\"\r\n"));
         assert!(!is_ambassadors_own(b"+OK\r\n"));
+        assert!(is_ambassadors_own(
+            b"+1.2 [0 127.0.0.1:5] \"PING\" \"redis-ambassador-probe\"\r\n"
+        ));
         assert!(is_ambassadors_own(
             b"+1.2 [0 127.0.0.1:5] \"AUTH\" \"(redacted)\"\r\n"
         ));
