@@ -348,3 +348,44 @@ fn a_command_right_after_redis_comes_back_gets_no_stale_error() {
     fresh.call_expect(&["SET", "k", "2"], b"+OK\r\n");
     c.call_expect(&["GET", "k"], b"$1\r\n2\r\n");
 }
+
+#[test]
+fn monitor_shows_the_commands_the_ambassador_answers_redacted() {
+    let (_upstream, proxy) = setup();
+    let mut monitor = proxy.conn();
+    monitor.call_expect(&["MONITOR"], b"+OK\r\n");
+    let mut c = proxy.conn();
+    c.call_expect(&["SET", "k", "v"], b"+OK\r\n");
+    c.call(&["auth", "not-real"]);
+    c.call(&["auth", "not-real", "not-a-password"]);
+    c.call(&["hello", "2", "AUTH", "not-real", "not-a-password"]);
+    c.call_expect(&["select", "3"], b"+OK\r\n");
+    c.call_expect(&["get", "k"], b"$-1\r\n");
+    let expected: [&[u8]; 6] = [
+        b"] \"SET\" \"k\" \"v\"\r\n",
+        b"] \"auth\" \"(redacted)\"\r\n",
+        b"] \"auth\" \"(redacted)\" \"(redacted)\"\r\n",
+        b"] \"hello\" \"2\" \"AUTH\" \"(redacted)\" \"(redacted)\"\r\n",
+        b"] \"select\" \"3\"\r\n",
+        b"] \"get\" \"k\"\r\n",
+    ];
+    for (i, tail) in expected.iter().enumerate() {
+        let line = monitor.read_reply();
+        // SELECT shows the database it moved to, as Redis's does.
+        let db: &[u8] = if i >= 4 {
+            b" [3 127.0.0.1:"
+        } else {
+            b" [0 127.0.0.1:"
+        };
+        assert!(
+            line.starts_with(b"+")
+                && line.ends_with(tail)
+                && line.windows(db.len()).any(|w| w == db),
+            "MONITOR line \"{}\", expected one ending \"{}\"",
+            escape(&line),
+            escape(tail)
+        );
+    }
+    // Nothing else: not the ambassador's own handshakes, SELECTs or probes.
+    monitor.expect_silence(Duration::from_millis(300));
+}

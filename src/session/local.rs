@@ -29,8 +29,14 @@ impl Session {
     ) -> Flow {
         let args = &request.args;
         match local {
-            Local::Auth => Box::pin(self.auth(args, batch)).await,
-            Local::Hello => Box::pin(self.hello(args, batch)).await,
+            Local::Auth => {
+                self.feed_monitors(args);
+                Box::pin(self.auth(args, batch)).await;
+            }
+            Local::Hello => {
+                self.feed_monitors(args);
+                Box::pin(self.hello(args, batch)).await;
+            }
             Local::Quit => {
                 if self.needs_pin() {
                     self.drop_pin = true;
@@ -50,7 +56,11 @@ impl Session {
             }
             Local::Client => return Box::pin(self.client(request, batch)).await,
             _ if self.requires_auth() => batch.reply(replies::NOAUTH),
-            Local::Select => Box::pin(self.select(&args[1], batch)).await,
+            Local::Select => {
+                Box::pin(self.select(&args[1], batch)).await;
+                // As Redis, which feeds its monitors after the command ran: the new database.
+                self.feed_monitors(args);
+            }
             Local::Info => return Box::pin(self.info(request, batch)).await,
             // Redis answers them: a PING that says PONG while Redis is down (or busy) would
             // hide the outage from health checks, and MONITOR would not show them.
@@ -713,6 +723,66 @@ fn verbatim(out: &mut BytesMut, proto: Proto, text: &[u8]) {
 /// connection.
 pub(super) const NO_TOUCH_ON: Bytes =
     Bytes::from_static(b"*3\r\n$6\r\nCLIENT\r\n$8\r\nNO-TOUCH\r\n$2\r\non\r\n");
+
+impl Session {
+    /// Shows a command the ambassador answers itself (AUTH, HELLO, SELECT) to the clients
+    /// in MONITOR mode, as Redis's `replicationFeedMonitors` would: the time, the database
+    /// and the client's address, then the arguments quoted, passwords redacted.
+    fn feed_monitors(&self, args: &[Bytes]) {
+        if self.shared.monitors.receiver_count() == 0 {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut line = format!(
+            "+{}.{:06} [{} {}]",
+            now.as_secs(),
+            now.subsec_micros(),
+            self.db,
+            self.peer
+        )
+        .into_bytes();
+        let is_auth = args[0].eq_ignore_ascii_case(b"auth");
+        let is_hello = args[0].eq_ignore_ascii_case(b"hello");
+        // AUTH's arguments, and the two after HELLO's AUTH.
+        let redacted = |i: usize| {
+            (is_auth && i > 0)
+                || (is_hello
+                    && ((i >= 2 && args[i - 1].eq_ignore_ascii_case(b"auth"))
+                        || (i >= 3 && args[i - 2].eq_ignore_ascii_case(b"auth"))))
+        };
+        for (i, arg) in args.iter().enumerate() {
+            line.push(b' ');
+            if redacted(i) {
+                line.extend_from_slice(b"\"(redacted)\"");
+            } else {
+                quote_repr(&mut line, arg);
+            }
+        }
+        line.extend_from_slice(b"\r\n");
+        let _ = self.shared.monitors.send((self.id, Bytes::from(line)));
+    }
+}
+
+/// Redis's `sdscatrepr`: a quoted string with `\\`, `\"`, `\n`, `\r`, `\t`, `\a`, `\b`
+/// and `\xNN` escapes.
+fn quote_repr(out: &mut Vec<u8>, arg: &[u8]) {
+    out.push(b'"');
+    for &b in arg {
+        match b {
+            b'\\' | b'"' => out.extend_from_slice(&[b'\\', b]),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            7 => out.extend_from_slice(b"\\a"),
+            8 => out.extend_from_slice(b"\\b"),
+            b if b.is_ascii_graphic() || b == b' ' => out.push(b),
+            b => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+        }
+    }
+    out.push(b'"');
+}
 
 /// Redis's `validateClientAttr`: printable ASCII without spaces (`!`..=`~`), read as a C
 /// string (it stops at a NUL).

@@ -155,6 +155,11 @@ struct Relay {
     /// The shard channels' links hold a HELLO's reply until the relay's connection has
     /// switched too.
     shards_wait_main: bool,
+    /// MONITOR: the lines of the commands other clients had answered by the ambassador
+    /// (`Session::feed_monitors`), from MONITOR's `+OK` on.
+    monitor_feed: Option<tokio::sync::broadcast::Receiver<(u64, Bytes)>>,
+    /// MONITOR was forwarded where Redis runs it: its `+OK` starts the feed.
+    monitor_pending: bool,
     /// Who this client is on the real Redis (the relay's connection's id), once known.
     own_upstream: Option<u64>,
     /// CLIENT TRACKING's redirect: the ambassador's client id and the upstream
@@ -272,6 +277,8 @@ impl Session {
             node: node.as_ref().map(|n| n.address()),
             held_hello: None,
             shards_wait_main: false,
+            monitor_feed: None,
+            monitor_pending: false,
             own_upstream: None,
             redirect: None,
             capture: false,
@@ -367,6 +374,14 @@ impl Session {
                         Ok(()) => Step::Continue,
                         Err(_) => Step::Exit(Exit::Close),
                     }
+                }
+                line = next_monitor_line(&mut relay.monitor_feed) => {
+                    if let Some((from, line)) = line {
+                        if from != self.id {
+                            out.extend_from_slice(&line);
+                        }
+                    }
+                    Step::Continue
                 }
                 wake = next_wake(&mut relay.shards) => {
                     if let Some(shards) = relay.shards.as_mut() {
@@ -529,6 +544,8 @@ impl Session {
             }
             Kind::Monitor => {
                 relay.modes.monitor = true;
+                // RESP2's subscribed mode refuses it.
+                relay.monitor_pending = !(self.proto == Proto::Resp2 && relay.modes.subscribed());
                 self.client.set_flag(flag::MONITOR, true);
                 forward(conn, relay, request).await
             }
@@ -871,6 +888,13 @@ impl Session {
             } else if bytes.starts_with(b"-") {
                 // Perhaps the SUBSCRIBE itself refused: the barrier decides.
                 relay.modes.confirming = 0;
+            }
+        }
+        if relay.monitor_pending && (bytes.starts_with(b"+") || bytes.starts_with(b"-")) {
+            relay.monitor_pending = false;
+            if &bytes[..] == b"+OK\r\n" {
+                // MONITOR's own +OK: from here on, the lines of what the ambassador answers.
+                relay.monitor_feed = Some(self.shared.monitors.subscribe());
             }
         }
         if relay.modes.monitor && is_ambassadors_own(&bytes) {
@@ -1557,6 +1581,22 @@ fn is_ambassadors_own(line: &[u8]) -> bool {
             .get(..own.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(own))
     })
+}
+
+/// The next line for a MONITOR client from the ambassador's own answers; pending for ever
+/// without a feed. `None` when lines were lost to a client too slow (Redis would have
+/// closed it at its output limit; the upstream's own lines still come).
+async fn next_monitor_line(
+    feed: &mut Option<tokio::sync::broadcast::Receiver<(u64, Bytes)>>,
+) -> Option<(u64, Bytes)> {
+    match feed {
+        Some(rx) => match rx.recv().await {
+            Ok(line) => Some(line),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether a request is SUBSCRIBE or PSUBSCRIBE (one confirmation per channel).

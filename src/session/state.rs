@@ -39,6 +39,10 @@ pub struct Shared {
     /// The application's connections, as CLIENT LIST, CLIENT KILL and CLIENT TRACKING
     /// REDIRECT see them.
     pub(super) clients: Clients,
+    /// MONITOR lines for the commands the ambassador answers itself (Redis never sees
+    /// them), to every client in MONITOR mode (see `relay`).
+    /// Each line with the id of the client whose command it shows.
+    pub(super) monitors: tokio::sync::broadcast::Sender<(u64, Bytes)>,
 }
 
 impl Shared {
@@ -52,6 +56,7 @@ impl Shared {
             cluster: None,
             next_client_id: AtomicU64::new(1),
             clients: Clients::default(),
+            monitors: tokio::sync::broadcast::Sender::new(1024),
         }
     }
 
