@@ -97,6 +97,33 @@ pub struct Upstream {
     connect_timeout: Duration,
 }
 
+/// Brings `conn` to `state` (SELECT/HELLO as needed), sends `chunks` behind the change and
+/// reads their `replies`; the connection stays armed (`broken`) until every reply is read.
+async fn exchange(
+    conn: &mut UpstreamConn,
+    state: ConnState,
+    chunks: Vec<Bytes>,
+    replies: usize,
+    timeout: Option<Duration>,
+) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
+    let mut all = Vec::with_capacity(chunks.len() + 1);
+    let swallow = conn::push_transition(&mut all, conn.state, state);
+    all.extend(chunks);
+    conn.broken = true;
+    conn.write_all(&all, timeout).await?;
+    conn.read_state_changes(swallow, timeout, |reply| {
+        UnavailableReason::StateChangeRefused { reply }.into()
+    })
+    .await?;
+    let mut out = Vec::with_capacity(replies);
+    for _ in 0..replies {
+        out.push(conn.read_reply(timeout).await?);
+    }
+    conn.state = state;
+    conn.broken = false;
+    Ok(out)
+}
+
 /// The settings an upstream is built from, kept for building the same server's upstream
 /// for another Redis user.
 struct Template {
@@ -296,51 +323,27 @@ impl Upstream {
         replies: usize,
     ) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
         let mut pinned = self.pin().await?;
-        let conn: &mut UpstreamConn = &mut pinned;
-        let mut all = Vec::with_capacity(chunks.len() + 1);
-        let swallow = conn::push_transition(&mut all, conn.state, state);
-        all.extend(chunks);
-        // Armed until every reply is read.
-        conn.broken = true;
-        conn.write_all(&all, None).await?;
-        conn.read_state_changes(swallow, None, |reply| {
-            UnavailableReason::StateChangeRefused { reply }.into()
-        })
-        .await?;
-        let mut out = Vec::with_capacity(replies);
-        for _ in 0..replies {
-            out.push(conn.read_reply(None).await?);
-        }
-        conn.state = state;
-        conn.broken = false;
-        Ok(out)
+        exchange(&mut pinned, state, chunks, replies, None).await
     }
 
     /// Sends one request on an idle dedicated connection, in whatever state that
     /// connection is in, and returns its reply: for the commands Redis runs while a script
-    /// is busy (SCRIPT KILL, FUNCTION KILL, SHUTDOWN), which must not wait behind it.
+    /// is busy (SCRIPT KILL, FUNCTION KILL, FUNCTION STATS, SHUTDOWN), which must not wait
+    /// behind it.
     /// Only the protocol is changed to `proto` (with HELLO, which Redis also runs while
     /// busy): the reply's shape depends on it, not on the database.
     pub async fn call_now(&self, request: Bytes, proto: Proto) -> Result<Bytes, UpstreamError> {
         let mut conn = self.get().await?;
-        let target = ConnState {
+        let state = ConnState {
             db: conn.state.db,
             proto,
         };
-        let mut chunks = Vec::with_capacity(2);
-        let swallow = conn::push_transition(&mut chunks, conn.state, target);
-        chunks.push(request);
-        // Armed until the reply is read.
-        conn.broken = true;
-        conn.write_all(&chunks, self.command_timeout).await?;
-        conn.read_state_changes(swallow, self.command_timeout, |reply| {
-            UnavailableReason::StateChangeRefused { reply }.into()
-        })
-        .await?;
-        let (reply, _) = conn.read_reply(self.command_timeout).await?;
-        conn.state = target;
-        conn.broken = false;
-        Ok(reply)
+        let timeout = self.command_timeout;
+        let mut replies = exchange(&mut conn, state, vec![request], 1, timeout).await?;
+        replies
+            .pop()
+            .map(|(reply, _)| reply)
+            .ok_or_else(|| LostReason::NoReply.into())
     }
 
     /// A new connection, authenticated, outside every pool: for a client that becomes a
