@@ -26,6 +26,22 @@
 # and to twemproxy, and the median p50/p99 latencies with their deltas to direct, in
 # microseconds.
 #
+# It also gives CPU per request. Just before and just after every run it reads the CPU time
+# used so far by redis-server (with --cluster: by all the masters, summed) and by the
+# target's proxy process (the ambassador, an extra ambassador or nutcracker; none for
+# direct), and divides the differences by the run's -n. The table's last three columns,
+# Redis µs/req, proxy µs/req (— for direct) and sum µs/req (the two added up run by run),
+# are the medians of those per-run figures over the repetitions, in microseconds of CPU per
+# request; the summary gives, per case, their range over the tests for Redis (direct,
+# through the ambassador, through twemproxy), the ambassador and twemproxy. The CPU time is
+# the sum over all the process's threads of the first field of /proc/PID/task/*/schedstat
+# (nanoseconds on a CPU) when the kernel has schedstat, else utime + stime from
+# /proc/PID/stat (clock ticks, usually 10 ms: coarse); either way it includes the kernel
+# time (system calls, loopback TCP) spent on the process's behalf, and anything else the
+# process does during the run (Redis's serverCron, the cluster bus, redis-benchmark's
+# connection set-up and CONFIG GET). A thread that exits during a run takes its schedstat
+# time with it (stat keeps it). The report names the source used.
+#
 # On Debian it installs redis-server, redis-tools and nutcracker when they are missing (as
 # root, or through sudo), and builds the ambassador (cargo build --release). Everything listens
 # on 127.0.0.1 only, on free ports picked at random. Everything it starts is stopped, and its
@@ -281,6 +297,46 @@ target_extra() {
         fi
     done
     return 1
+}
+
+# Where CPU times come from: schedstat (/proc/PID/task/TID/schedstat, field 1: nanoseconds on
+# a CPU, user and kernel) when this kernel has it and it counts, else /proc/PID/stat (utime +
+# stime, in clock ticks).
+cpu_source=stat
+clk_tck=""
+if [ -r "/proc/$$/task/$$/schedstat" ] && read -r _cpu_probe _ <"/proc/$$/task/$$/schedstat" \
+    && [[ "$_cpu_probe" =~ ^[0-9]+$ ]] && [ "$_cpu_probe" -gt 0 ]; then
+    cpu_source=schedstat
+else
+    clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
+    [[ "$clk_tck" =~ ^[1-9][0-9]*$ ]] || clk_tck=100
+fi
+unset _cpu_probe
+
+# cpu_sample VAR PID...: set the variable named VAR to the CPU time used so far by the
+# processes PID... (all their threads), in nanoseconds. No fork: it runs right before and
+# right after each benchmark run. A process that is gone counts 0 (the run fails anyway).
+cpu_sample() {
+    local var=$1 pid f ns line total=0
+    local fields=()
+    shift
+    for pid in "$@"; do
+        [ -n "$pid" ] || continue
+        if [ "$cpu_source" = schedstat ]; then
+            for f in /proc/"$pid"/task/*/schedstat; do
+                # A thread may exit between the glob and the read.
+                { read -r ns _ <"$f"; } 2>/dev/null && [[ "$ns" =~ ^[0-9]+$ ]] && total=$((total + ns))
+            done
+        else
+            { read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
+            # Field 2, comm, is in parentheses and may hold spaces (even parentheses): the
+            # fields from 3 on follow the last ')'. utime and stime are fields 14 and 15.
+            read -r -a fields <<<"${line##*)}"
+            [[ "${fields[11]:-}" =~ ^[0-9]+$ && "${fields[12]:-}" =~ ^[0-9]+$ ]] || continue
+            total=$((total + (fields[11] + fields[12]) * 1000000000 / clk_tck))
+        fi
+    done
+    printf -v "$var" '%s' "$total"
 }
 
 # Install, from Debian's packages, whichever of redis-server, redis-tools (redis-cli,
@@ -700,7 +756,10 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- benchmark -----------------------------------------------------------------------------
 
-results="$tmp/results.tsv"   # case test target rep rps p50_ms p99_ms
+# One row per successful run: case test target rep rps p50_ms p99_ms redis_cpu_ns proxy_cpu_ns,
+# the last two the CPU time (ns) redis-server (with --cluster: all the masters) and the
+# target's proxy process used during the run ("-" for direct: no proxy).
+results="$tmp/results.tsv"
 sizes="$tmp/sizes.tsv"       # case test n
 : >"$results"
 : >"$sizes"
@@ -724,11 +783,17 @@ target_pid() {
         *) i=$(target_extra "$1") && echo "${extra_pids[$i]}" ;;
     esac
 }
+# Whose CPU time counts as Redis's: redis-server, or with --cluster every master.
+redis_cpu_pids=("$redis_pid")
+if $cluster; then
+    redis_cpu_pids=("${node_pids[@]}")
+fi
 
-# One redis-benchmark run: target clients pipeline test n. Sets r_rps, r_p50, r_p99 (ms);
-# returns 1 when the run failed or timed out. (redis-benchmark 7 exits, status 1, at the first
-# error reply, saying "Error from server: …" on stderr; with --cluster it follows -MOVED and
-# -ASK itself.)
+# One redis-benchmark run: target clients pipeline test n. Sets r_rps, r_p50, r_p99 (ms),
+# r_redis_ns and r_proxy_ns (the CPU time Redis and the target's proxy used from just before
+# the run to just after it, in ns; r_proxy_ns is "-" for direct); returns 1 when the run
+# failed or timed out. (redis-benchmark 7 exits, status 1, at the first error reply, saying
+# "Error from server: …" on stderr; with --cluster it follows -MOVED and -ASK itself.)
 #
 # redis-benchmark's stdout: with --cluster, first the masters it found ("Cluster has 3
 # master nodes:", then one line per master), then, as without it, the CSV header and one
@@ -737,7 +802,9 @@ target_pid() {
 run_bench() {
     local target=$1 clients=$2 pipeline=$3 test=$4 n=$5 port rc=0 header line
     local auth=() mode_args=()
+    local proxy_pid="" redis_before redis_after proxy_before=0 proxy_after=0
     port=$(target_port "$target")
+    [ "$target" = direct ] || proxy_pid=$(target_pid "$target")
     # The ambassadors have no client password: the application connects without one.
     case "$target" in
         ambassador | ambassador-*) ;;
@@ -748,12 +815,19 @@ run_bench() {
     if $cluster && [ "$target" = direct ]; then
         mode_args=(--cluster)
     fi
+    cpu_sample redis_before "${redis_cpu_pids[@]}"
+    [ -z "$proxy_pid" ] || cpu_sample proxy_before "$proxy_pid"
     timeout -k 5 "$run_timeout" redis-benchmark "${mode_args[@]}" -h 127.0.0.1 -p "$port" "${auth[@]}" \
         -c "$clients" -P "$pipeline" -n "$n" -r "$keyspace" -t "$test" --csv \
         </dev/null >"$tmp/run.csv" 2>"$tmp/run.err" &
     bench_pid=$!
     wait "$bench_pid" || rc=$?
     bench_pid=""
+    [ -z "$proxy_pid" ] || cpu_sample proxy_after "$proxy_pid"
+    cpu_sample redis_after "${redis_cpu_pids[@]}"
+    r_redis_ns=$((redis_after - redis_before))
+    r_proxy_ns=-
+    [ -z "$proxy_pid" ] || r_proxy_ns=$((proxy_after - proxy_before))
     header=$(awk '/^"test",/ { sub(/\r$/, ""); print; exit }' "$tmp/run.csv")
     if [ -n "$header" ] && [ "$header" != "$expected_header" ]; then
         die "unexpected redis-benchmark --csv header: $header (expected $expected_header)"
@@ -847,8 +921,8 @@ for rep in $(seq 1 "$reps"); do
             mark=""
             for target in "${order[@]}"; do
                 if run_bench "$target" "${case_clients[$ci]}" "${case_pipeline[$ci]}" "$test" "$n"; then
-                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${case_ids[$ci]}" "$test" "$target" "$rep" \
-                        "$r_rps" "$r_p50" "$r_p99" >>"$results"
+                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${case_ids[$ci]}" "$test" "$target" "$rep" \
+                        "$r_rps" "$r_p50" "$r_p99" "$r_redis_ns" "$r_proxy_ns" >>"$results"
                 else
                     failures=$((failures + 1))
                     mark="$mark!"
@@ -907,6 +981,12 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
         if (sprintf("%.2f", lo[name]) == sprintf("%.2f", hi[name])) return sprintf("%.2f×", lo[name])
         return sprintf("%.2f–%.2f×", lo[name], hi[name])
     }
+    function cpu(x) { return x == "" ? "-" : sprintf("%.2f", x) }
+    function crange(name) {
+        if (!(name in lo)) return "-"
+        if (sprintf("%.2f", lo[name]) == sprintf("%.2f", hi[name])) return sprintf("%.2f", lo[name])
+        return sprintf("%.2f–%.2f", lo[name], hi[name])
+    }
     function urange(name) {
         if (!(name in lo)) return "-"
         if (sprintf("%+.0f", lo[name]) == sprintf("%+.0f", hi[name])) return sprintf("%+.0f µs", lo[name])
@@ -918,6 +998,17 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
         vals[k "rps"] = vals[k "rps"] " " $5
         vals[k "p50"] = vals[k "p50"] " " $6
         vals[k "p99"] = vals[k "p99"] " " $7
+        # CPU per request, in µs: Redis, the proxy (not for direct) and the two together.
+        n = size[$1 SUBSEP $2]
+        if (n > 0 && $8 ~ /^-?[0-9]+$/) {
+            r = $8 / n / 1000
+            vals[k "rcpu"] = vals[k "rcpu"] " " r
+            if ($9 ~ /^-?[0-9]+$/) {
+                vals[k "pcpu"] = vals[k "pcpu"] " " ($9 / n / 1000)
+                r += $9 / n / 1000
+            }
+            vals[k "scpu"] = vals[k "scpu"] " " r
+        }
         count[k]++
     }
     END {
@@ -933,12 +1024,13 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
         nw = split(wtargets, W, " ")
         if (nw > 0) { W[0] = "ambassador"; for (e = nw; e >= 0; e--) W[e + 1] = W[e]; nw++ }
         print "Case", "Test", "n", "Target", "Runs", "req/s", "×direct" (tw ? OFS "×twemproxy" : "") (acol ? OFS "×ambassador" : ""), \
-            "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs"
+            "p50 µs", "Δp50 µs", "p99 µs", "Δp99 µs", "Redis µs/req", "proxy µs/req", "sum µs/req"
         for (c = 1; c <= nc; c++) {
             for (t = 1; t <= nt; t++) {
                 for (g = 1; g <= ng; g++) {
                     k = C[c] SUBSEP T[t] SUBSEP G[g]
                     rps[G[g]] = median(k "rps"); p50[G[g]] = median(k "p50"); p99[G[g]] = median(k "p99")
+                    rcpu[G[g]] = median(k "rcpu"); pcpu[G[g]] = median(k "pcpu"); scpu[G[g]] = median(k "scpu")
                 }
                 for (g = 1; g <= ng; g++) {
                     x = G[g]
@@ -950,13 +1042,17 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
                     if (rps[x] == "") vd = "-"
                     print L[c], (g == 1 ? toupper(T[t]) : ""), (g == 1 ? size[C[c] SUBSEP T[t]] : ""), x, \
                         count[C[c] SUBSEP T[t] SUBSEP x] + 0, (rps[x] == "" ? "failed" : sprintf("%.0f", rps[x])), \
-                        vd (tw ? OFS vt : "") (acol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99
+                        vd (tw ? OFS vt : "") (acol ? OFS va : ""), us(p50[x]), d50, us(p99[x]), d99, \
+                        cpu(rcpu[x]), (x == "direct" ? "—" : cpu(pcpu[x])), cpu(scpu[x])
                 }
                 if (rps["direct"] != "" && rps["ambassador"] != "") minmax(C[c] "ad", rps["ambassador"] / rps["direct"])
                 if (rps["twemproxy"] != "" && rps["ambassador"] != "") minmax(C[c] "at", rps["ambassador"] / rps["twemproxy"])
                 if (rps["direct"] != "" && rps["twemproxy"] != "") minmax(C[c] "td", rps["twemproxy"] / rps["direct"])
                 if (p50["direct"] != "" && p50["ambassador"] != "") minmax(C[c] "a50", (p50["ambassador"] - p50["direct"]) * 1000)
                 if (p50["direct"] != "" && p50["twemproxy"] != "") minmax(C[c] "t50", (p50["twemproxy"] - p50["direct"]) * 1000)
+                minmax(C[c] "crd", rcpu["direct"])
+                minmax(C[c] "cpa", pcpu["ambassador"]); minmax(C[c] "cra", rcpu["ambassador"])
+                if (tw) { minmax(C[c] "cpt", pcpu["twemproxy"]); minmax(C[c] "crt", rcpu["twemproxy"]) }
                 if (tcol && rps["ambassador"] != "" && rps["ambassador-tls"] != "")
                     minmax(C[c] "sa", rps["ambassador-tls"] / rps["ambassador"])
                 if (tcol && p50["ambassador"] != "" && p50["ambassador-tls"] != "")
@@ -985,11 +1081,15 @@ LC_ALL=C awk -F'\t' -v OFS='\t' \
         }
         print "Case", "ambassador/direct" (tw ? OFS "ambassador/twemproxy" OFS "twemproxy/direct" : ""), "ambassador Δp50" \
             (tw ? OFS "twemproxy Δp50" : "") \
-            (tcol ? OFS "ambassador-tls/ambassador" OFS "ambassador-tls Δp50 vs ambassador" : "") > summary
+            (tcol ? OFS "ambassador-tls/ambassador" OFS "ambassador-tls Δp50 vs ambassador" : "") \
+            OFS "Redis µs/req (direct)" OFS "ambassador µs/req" OFS "Redis µs/req (via ambassador)" \
+            (tw ? OFS "twemproxy µs/req" OFS "Redis µs/req (via twemproxy)" : "") > summary
         for (c = 1; c <= nc; c++)
             print L[c], range(C[c] "ad") (tw ? OFS range(C[c] "at") OFS range(C[c] "td") : ""), urange(C[c] "a50") \
                 (tw ? OFS urange(C[c] "t50") : "") \
-                (tcol ? OFS range(C[c] "sa") OFS urange(C[c] "s50") : "") > summary
+                (tcol ? OFS range(C[c] "sa") OFS urange(C[c] "s50") : "") \
+                OFS crange(C[c] "crd") OFS crange(C[c] "cpa") OFS crange(C[c] "cra") \
+                (tw ? OFS crange(C[c] "cpt") OFS crange(C[c] "crt") : "") > summary
     }
 ' "$sizes" "$results" >"$table"
 
@@ -1069,6 +1169,12 @@ about="$tmp/about.tsv"
     fi
     printf 'mode\t%s: %s repetitions, medians; runs interleaved (%s back to back, order rotated per repetition); %s s of benchmark runs\n' \
         "$mode" "$reps" "$(printf '%s, ' "${targets[@]}" | sed 's/, $//')" "$bench_secs"
+    if [ "$cpu_source" = schedstat ]; then
+        printf 'CPU time\tper process, the sum over its threads of /proc/PID/task/TID/schedstat field 1 (ns on a CPU, user + kernel), read just before and just after each run\n'
+    else
+        printf 'CPU time\tper process, utime + stime from /proc/PID/stat (all threads, user + kernel; clock ticks of %s ms: coarse, this kernel has no schedstat), read just before and just after each run\n' \
+            "$(awk -v t="$clk_tck" 'BEGIN { printf "%g", 1000 / t }')"
+    fi
     if $cluster; then
         printf 'command\tdirect: redis-benchmark --cluster -h 127.0.0.1 -p FIRST_MASTER -a PASSWORD -c C -P P -n N -r %s -t TEST --csv; ambassador: the same without --cluster and -a, at its port\n' "$keyspace"
     else
@@ -1105,6 +1211,14 @@ ratio_note() {
     esac
 }
 workers_heading="Worker threads (range over the $tests_word tests; the ambassador's worker_threads is config.toml's):"
+# What the CPU columns are.
+cpu_note() {
+    local redis="redis-server's"
+    if $cluster; then
+        redis="the $cluster_size masters' (summed)"
+    fi
+    echo "CPU per request, in µs: the CPU time (user + kernel) used during the run divided by its n, median over the repetitions; Redis: $redis; proxy: the target's proxy process; sum: the two, per run."
+}
 # What the ratio columns are (UNIT: req/s or requests/s).
 ratios_note() {
     if $cluster; then
@@ -1122,6 +1236,7 @@ print_report() {
     ratios_note "req/s"
     ratio_note "req/s"
     echo "Latencies in microseconds (redis-benchmark's per-request latency); Δ: minus direct's."
+    cpu_note
     render_text 1 "2 4" "$table"
     echo
     echo "Summary (range over the $tests_word tests):"
@@ -1148,6 +1263,7 @@ if [ -n "$out_file" ]; then
         ratios_note "requests/s"
         ratio_note "requests/s"
         echo "Latencies in µs (redis-benchmark's per-request latency); Δ: minus direct's."
+        cpu_note
         echo
         render_markdown "$table"
         echo
