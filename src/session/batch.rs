@@ -20,8 +20,9 @@ use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
+use crate::upstream::slot::ReplySlot;
 use crate::upstream::{
-    ConnState, LostReason, Pinned, UnavailableReason, Upstream, UpstreamConn, UpstreamError, mux,
+    ConnState, Pinned, UnavailableReason, Upstream, UpstreamConn, UpstreamError, mux,
 };
 
 /// Replies buffered for a client beyond this are written out before reading more from
@@ -60,7 +61,9 @@ enum Step {
 /// A batch sent ahead on a lane (cluster mode), its replies still to be read.
 pub struct Submitted {
     batch: Batch,
-    lane: LaneReplies,
+    /// Where its replies come (a slot of its own: the client has several such batches
+    /// in flight at once).
+    slot: Arc<ReplySlot>,
     emitting: Emitting,
 }
 
@@ -105,11 +108,15 @@ impl Emitting {
     }
 }
 
-/// Where a lane job's replies come, with the job's output accounting.
-struct LaneReplies {
-    replies: tokio::sync::mpsc::UnboundedReceiver<Result<(Bytes, ReplyFrame), UpstreamError>>,
-    pending: Arc<std::sync::atomic::AtomicUsize>,
-    overflow: Arc<tokio::sync::Notify>,
+/// Gives up on a lane batch's replies when dropped: whatever the lane still delivers for
+/// it (the batch ended early, or its future was dropped) is discarded, never taken for the
+/// next batch's.
+struct Abandon<'a>(&'a ReplySlot);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 impl Submitted {
@@ -122,8 +129,7 @@ impl Submitted {
         out: &mut BytesMut,
         client: &mut ClientWrite,
     ) -> std::io::Result<Outcome> {
-        let lane = &mut self.lane;
-        let source = Source::Lane(&mut lane.replies, &lane.pending, &lane.overflow);
+        let source = Source::Lane(&self.slot);
         self.batch
             .emit_steps(from, to, out, client, &mut self.emitting, source)
             .await
@@ -374,14 +380,14 @@ impl Batch {
     /// Runs the batch: forwards its requests — on the client's pinned connection if it has
     /// one or `pin` asks for one, else on a shared pooled connection — and writes every
     /// reply, local and upstream, in request order into `out`, flushing to `client` when
-    /// `out` grows large.
+    /// `out` grows large. A shared lane hands the replies to `slot`, the client's own.
     pub async fn execute(
         &mut self,
         upstream: &Upstream,
         pinned: &mut Option<Pinned>,
         pin: bool,
-        out: &mut BytesMut,
-        client: &mut ClientWrite,
+        (out, client): (&mut BytesMut, &mut ClientWrite),
+        slot: &Arc<ReplySlot>,
     ) -> std::io::Result<Outcome> {
         if self.first.is_none() {
             out.extend_from_slice(&self.local);
@@ -418,7 +424,7 @@ impl Batch {
             }
         } else {
             let first = self.first.unwrap_or(ConnState::INITIAL);
-            self.run_shared(upstream, first, out, client).await
+            self.run_shared(upstream, first, out, client, slot).await
         }
     }
 
@@ -438,7 +444,8 @@ impl Batch {
         if !self.pending.is_empty() {
             self.chunks.push(self.pending.split().freeze());
         }
-        let (job, lane) = self.lane_job(self.first.unwrap_or(ConnState::INITIAL));
+        let slot = ReplySlot::new();
+        let job = self.lane_job(self.first.unwrap_or(ConnState::INITIAL), &slot);
         let failure = match &self.node {
             Some(node) => {
                 node.count_requests(self.routed.len());
@@ -449,7 +456,7 @@ impl Batch {
         Submitted {
             emitting: Emitting::new(self.fallback.is_some(), failure),
             batch: self,
-            lane,
+            slot,
         }
     }
 
@@ -469,21 +476,17 @@ impl Batch {
         first: ConnState,
         out: &mut BytesMut,
         client: &mut ClientWrite,
+        slot: &Arc<ReplySlot>,
     ) -> std::io::Result<Outcome> {
-        let (job, mut lane) = self.lane_job(first);
+        let job = self.lane_job(first, slot);
+        let _abandon = Abandon(slot);
         let failure = upstream.mux.submit(job).await.err();
-        self.emit(
-            out,
-            client,
-            failure,
-            Source::Lane(&mut lane.replies, &lane.pending, &lane.overflow),
-        )
-        .await
+        self.emit(out, client, failure, Source::Lane(slot)).await
     }
 
-    /// The lane job for this batch's forwarded requests (in state `first`), and where its
-    /// replies will come.
-    fn lane_job(&mut self, first: ConnState) -> (mux::Job, LaneReplies) {
+    /// The lane job for this batch's forwarded requests (in state `first`), its replies
+    /// for `slot`.
+    fn lane_job(&mut self, first: ConnState, slot: &Arc<ReplySlot>) -> mux::Job {
         let mut expected = 0;
         // The state changes woven in, by their place among the replies (rare: none is
         // the rule, and an empty Vec does not allocate).
@@ -496,24 +499,15 @@ impl Batch {
                 expected += 1;
             }
         }
-        let (reply_tx, replies) = tokio::sync::mpsc::unbounded_channel();
-        let lane = LaneReplies {
-            replies,
-            pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            overflow: Arc::new(tokio::sync::Notify::new()),
-        };
-        let job = mux::Job {
+        mux::Job {
             first,
             last: self.last,
             db_unknown: self.db_unknown,
             chunks: std::mem::take(&mut self.chunks),
             replies: expected,
             woven,
-            reply_tx,
-            pending: lane.pending.clone(),
-            overflow: lane.overflow.clone(),
-        };
-        (job, lane)
+            ticket: slot.begin(),
+        }
     }
 
     /// Runs the batch on the client's dedicated connection.
@@ -847,9 +841,9 @@ async fn flush_large(
     source: &Source<'_>,
 ) -> std::io::Result<bool> {
     match source {
-        Source::Lane(_, _, overflow) => tokio::select! {
+        Source::Lane(slot) => tokio::select! {
             sent = client.send(out) => sent?,
-            _ = overflow.notified() => {
+            _ = slot.overflowed() => {
                 tracing::warn!("closing a client that does not read its replies");
                 return Ok(false);
             }
@@ -865,27 +859,15 @@ async fn flush_large(
 enum Source<'a> {
     /// Read from the client's dedicated connection.
     Conn(&'a mut UpstreamConn, Option<Duration>),
-    /// Handed over by a shared lane's reader; the counter is what it handed over and the
-    /// session has not taken yet.
-    Lane(
-        &'a mut tokio::sync::mpsc::UnboundedReceiver<Result<(Bytes, ReplyFrame), UpstreamError>>,
-        &'a std::sync::atomic::AtomicUsize,
-        &'a tokio::sync::Notify,
-    ),
+    /// Handed over by a shared lane's reader.
+    Lane(&'a ReplySlot),
 }
 
 impl Source<'_> {
     async fn next(&mut self) -> Result<(Bytes, ReplyFrame), UpstreamError> {
         match self {
             Source::Conn(conn, timeout) => conn.read_reply(*timeout).await,
-            Source::Lane(replies, pending, _) => match replies.recv().await {
-                Some(Ok(reply)) => {
-                    pending.fetch_sub(reply.0.len(), std::sync::atomic::Ordering::AcqRel);
-                    Ok(reply)
-                }
-                Some(Err(error)) => Err(error),
-                None => Err(LostReason::ConnectionClosed.into()),
-            },
+            Source::Lane(slot) => slot.next().await,
         }
     }
 }

@@ -44,7 +44,7 @@ impl Session {
             out,
             ..
         } = io;
-        let run = batch.execute(upstream, &mut self.pinned, pin, out, writer);
+        let run = batch.execute(upstream, &mut self.pinned, pin, (out, writer), &self.slot);
         let result = if blocking {
             // A blocking command may wait for ever: watch the client meanwhile, so one that
             // leaves releases its connection (and Redis its block) at once. Bytes it sends

@@ -18,6 +18,7 @@ use crate::cluster::{Binding, Cluster};
 use crate::config::{DEFAULT_MAX_IN_FLIGHT, OutputLimits};
 use crate::net::ClientStream;
 use crate::protocol::{Proto, Request, RequestLimits, encode};
+use crate::upstream::slot::ReplySlot;
 use crate::upstream::{ConnState, Pinned, Upstream};
 
 use super::clients::{self, Client, Clients};
@@ -180,6 +181,8 @@ pub struct Session {
     pub(super) no_touch: bool,
     /// The row of the last CLIENT subcommand planned (for CLIENT LIST's `cmd`).
     pub(super) client_sub: Option<u16>,
+    /// Where the shared lanes hand this client its replies, batch after batch.
+    pub(super) slot: Arc<ReplySlot>,
 }
 
 impl Session {
@@ -215,6 +218,7 @@ impl Session {
             no_evict: false,
             no_touch: false,
             client_sub: None,
+            slot: ReplySlot::new(),
         }
     }
 

@@ -30,8 +30,9 @@ mod error;
 mod manager;
 pub mod mux;
 pub mod sentinel;
+pub mod slot;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -285,8 +286,7 @@ impl Upstream {
         chunks: Vec<Bytes>,
         replies: usize,
     ) -> Result<Vec<(Bytes, crate::protocol::ReplyFrame)>, UpstreamError> {
-        let (reply_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slot = slot::ReplySlot::new();
         self.mux
             .submit(mux::Job {
                 first: state,
@@ -295,21 +295,12 @@ impl Upstream {
                 chunks,
                 replies,
                 woven: Vec::new(),
-                reply_tx,
-                pending: pending.clone(),
-                overflow: Arc::new(tokio::sync::Notify::new()),
+                ticket: slot.begin(),
             })
             .await?;
         let mut out = Vec::with_capacity(replies);
         while out.len() < replies {
-            match rx.recv().await {
-                Some(reply) => {
-                    let reply = reply?;
-                    pending.fetch_sub(reply.0.len(), Ordering::AcqRel);
-                    out.push(reply);
-                }
-                None => return Err(LostReason::LaneStopped.into()),
-            }
+            out.push(slot.next().await?);
         }
         Ok(out)
     }

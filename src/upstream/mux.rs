@@ -13,12 +13,21 @@
 //! next batch goes out on a fresh connection instead of a dead one. (Over TLS the idle
 //! watch reads through rustls instead of polling socket readiness: see `net`.)
 //!
+//! A batch goes to the first lane whose oldest batch in flight has waited less than
+//! `STALL` for its replies (in practice the first lane): one lane carries everything, so
+//! Redis gets the largest pipelines and spends the least per request. The others take over
+//! only while a slow reply (a large value on its way back, a blocked Redis) holds the
+//! first up, so that the clients behind it are not held up with it.
+//!
+//! Replies are handed to each client's [`ReplySlot`](super::slot::ReplySlot), which is
+//! reused from one batch to the next: nothing is allocated per batch for them.
+//!
 //! Connection-bound work (MULTI, WATCH, blocking commands, pub/sub) never comes here: it
 //! has dedicated connections (see `Pinned`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bb8::Pool;
 use bytes::Bytes;
@@ -28,6 +37,7 @@ use super::conn::ConnState;
 use super::conn::{ReplyBuffer, push_transition, write_chunks};
 use super::error::{LostReason, UnavailableReason, UpstreamError};
 use super::manager::{Health, Manager, Target};
+use super::slot::Ticket;
 use crate::net::{UpstreamRead, UpstreamWrite};
 use crate::protocol::ReplyFrame;
 use crate::secret::RotatingSecret;
@@ -46,25 +56,33 @@ pub struct Job {
     /// between two of its requests), in order: one Redis refuses leaves the connection in
     /// another state than the writer thinks (see `Reader::poison`).
     pub woven: Vec<usize>,
-    /// Where the replies go, in order; an error ends the stream. Unbounded, so a client
-    /// that reads slowly never makes its lane wait: `pending` bounds it instead.
-    pub reply_tx: ReplySender,
-    /// Reply bytes handed over and not yet taken by the session: over the client output
-    /// limit, the lane stops delivering to this batch and tells it to close the client.
-    pub pending: Arc<AtomicUsize>,
-    /// Signalled when `pending` passes the limit (the session may be stuck writing).
-    pub overflow: Arc<tokio::sync::Notify>,
+    /// Where the replies go, in order, an error ending them: the client's slot, which
+    /// bounds what it holds by the client output limit (a client that reads slowly never
+    /// makes its lane wait).
+    pub ticket: Ticket,
 }
 /// Batches written together at most.
 const MAX_JOBS_PER_WRITE: usize = 256;
 
-/// Where a batch's replies go, in order; an error ends the stream.
-type ReplySender = mpsc::UnboundedSender<Result<(Bytes, ReplyFrame), UpstreamError>>;
+/// A lane whose oldest batch in flight has waited this long for its replies is passed
+/// over for new batches.
+const STALL: Duration = Duration::from_millis(2);
 
 struct Lane {
     tx: mpsc::Sender<Job>,
-    /// Batches submitted and not yet fully answered: the least loaded lane gets the next.
+    /// Batches submitted and not yet fully answered: when every lane is stalled, the
+    /// least loaded gets the next.
     load: Arc<AtomicUsize>,
+    /// When the lane's oldest batch in flight began waiting for its replies (see
+    /// `clock`), 0 when none waits.
+    front: Arc<AtomicU64>,
+}
+
+/// Microseconds since the first call, plus one: 0 is left to mean "never".
+fn clock() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX - 1) + 1
 }
 
 pub struct Mux {
@@ -94,27 +112,46 @@ impl Mux {
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(1024);
-                let load = Arc::new(AtomicUsize::new(0));
-                tokio::spawn(run_lane(rx, context.clone(), load.clone()));
-                Lane { tx, load }
+                let counters = Counters::default();
+                tokio::spawn(run_lane(rx, context.clone(), counters.clone()));
+                Lane {
+                    tx,
+                    load: counters.load,
+                    front: counters.front,
+                }
             })
             .collect();
         Mux { lanes }
     }
 
-    /// Queues a batch on the least loaded lane.
-    pub async fn submit(&self, job: Job) -> Result<(), UpstreamError> {
-        let lane = self
-            .lanes
-            .iter()
-            .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
-            .ok_or(UnavailableReason::NoLanes)?;
+    /// Queues a batch on the first lane that is not stalled (see `STALL`), or, when all
+    /// are, on the least loaded.
+    pub async fn submit(&self, mut job: Job) -> Result<(), UpstreamError> {
+        let Some(lane) = self.pick() else {
+            job.ticket.close();
+            return Err(UnavailableReason::NoLanes.into());
+        };
         lane.load.fetch_add(1, Ordering::Relaxed);
-        if lane.tx.send(job).await.is_err() {
+        if let Err(mut unsent) = lane.tx.send(job).await {
             lane.load.fetch_sub(1, Ordering::Relaxed);
+            unsent.0.ticket.close();
             return Err(UnavailableReason::LaneStopped.into());
         }
         Ok(())
+    }
+
+    fn pick(&self) -> Option<&Lane> {
+        let mut now = None;
+        let stall = STALL.as_micros() as u64;
+        let free = self.lanes.iter().find(|lane| {
+            let front = lane.front.load(Ordering::Relaxed);
+            front == 0 || now.get_or_insert_with(clock).saturating_sub(front) < stall
+        });
+        free.or_else(|| {
+            self.lanes
+                .iter()
+                .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+        })
     }
 
     /// Batches in flight over all lanes.
@@ -131,9 +168,15 @@ struct InFlight {
     swallow: usize,
     replies: usize,
     woven: Vec<usize>,
-    reply_tx: ReplySender,
-    pending: Arc<AtomicUsize>,
-    overflow: Arc<tokio::sync::Notify>,
+    ticket: Ticket,
+}
+
+/// What a lane's tasks share with the `Mux`: its load and when its front batch began
+/// waiting (see `Lane`).
+#[derive(Clone, Default)]
+struct Counters {
+    load: Arc<AtomicUsize>,
+    front: Arc<AtomicU64>,
 }
 
 /// The writer's side of a live connection.
@@ -149,10 +192,11 @@ struct Writer {
     target: u64,
 }
 
-async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: Arc<AtomicUsize>) {
+async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, counters: Counters) {
+    let load = &counters.load;
     let mut writer: Option<Writer> = None;
     while let Some(first) = rx.recv().await {
-        let jobs = gather(first, &mut rx, &load).await;
+        let jobs = gather(first, &mut rx, load).await;
         if writer.as_ref().is_some_and(|w| {
             w.dead.load(Ordering::Acquire) || w.target != context.target.generation()
         }) {
@@ -162,11 +206,11 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
         }
         let live = match writer.as_mut() {
             Some(live) => live,
-            None => match connect(&context, load.clone()).await {
+            None => match connect(&context, counters.clone()).await {
                 Ok(live) => writer.insert(live),
                 Err(error) => {
-                    for job in jobs {
-                        let _ = job.reply_tx.send(Err(error.clone()));
+                    for mut job in jobs {
+                        job.ticket.fail(error.clone());
                         load.fetch_sub(1, Ordering::Relaxed);
                     }
                     continue;
@@ -174,9 +218,9 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, load: 
             },
         };
         if load.load(Ordering::Relaxed) == jobs.len() {
-            live.recycle_if_rotated(&context, &load).await;
+            live.recycle_if_rotated(&context, &counters).await;
         }
-        let chunks = live.register(jobs, &load);
+        let chunks = live.register(jobs, load);
         let write = write_chunks(&mut live.half, &chunks);
         let result = match context.command_timeout {
             Some(limit) => tokio::time::timeout(limit, write)
@@ -214,12 +258,12 @@ impl Writer {
     /// After a password rotation, moves to a connection made with the new credentials
     /// (called when nothing is in flight on this one: gradual, one lane at a time, as
     /// traffic allows). If the new connection fails, keeps the old one.
-    async fn recycle_if_rotated(&mut self, context: &LaneContext, load: &Arc<AtomicUsize>) {
+    async fn recycle_if_rotated(&mut self, context: &LaneContext, counters: &Counters) {
         let rotated = context.password.as_ref().map(|p| p.generation());
         let Some(generation) = rotated.filter(|g| *g != self.credentials) else {
             return;
         };
-        match connect(context, load.clone()).await {
+        match connect(context, counters.clone()).await {
             Ok(fresh) => {
                 tracing::debug!("lane recycled after a password rotation");
                 *self = fresh;
@@ -246,14 +290,12 @@ impl Writer {
                 swallow,
                 replies: job.replies,
                 woven: job.woven,
-                reply_tx: job.reply_tx,
-                pending: job.pending,
-                overflow: job.overflow,
+                ticket: job.ticket,
             };
             if let Err(unsent) = self.in_flight.send(in_flight) {
                 // The reader is gone: this batch was not written.
-                let error = LostReason::ClosedBeforeSent.into();
-                let _ = unsent.0.reply_tx.send(Err(error));
+                let mut ticket = unsent.0.ticket;
+                ticket.fail(LostReason::ClosedBeforeSent.into());
                 load.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -262,7 +304,7 @@ impl Writer {
 }
 
 /// Opens a connection and starts its reader.
-async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer, UpstreamError> {
+async fn connect(context: &LaneContext, counters: Counters) -> Result<Writer, UpstreamError> {
     if let Some(error) = context.health.wait_for_retry(context.connect_timeout).await {
         return Err(error);
     }
@@ -287,7 +329,7 @@ async fn connect(context: &LaneContext, load: Arc<AtomicUsize>) -> Result<Writer
         replies,
         in_flight: in_flight_rx,
         dead: dead.clone(),
-        load,
+        counters,
         timeout: context.command_timeout,
         output_limit: context.output_limit,
         failure: None,
@@ -311,7 +353,7 @@ struct Reader {
     in_flight: mpsc::UnboundedReceiver<InFlight>,
     /// Set here when the connection can no longer be used.
     dead: Arc<AtomicBool>,
-    load: Arc<AtomicUsize>,
+    counters: Counters,
     /// The command timeout, while a batch waits.
     timeout: Option<Duration>,
     /// `[limits] client_output_hard_limit`.
@@ -328,20 +370,25 @@ struct Reader {
 impl Reader {
     async fn run(mut self) {
         // `None`: the writer moved on to a new connection.
-        while let Some(item) = self.next_batch().await {
+        while let Some(mut item) = self.next_batch().await {
+            self.counters.front.store(clock(), Ordering::Relaxed);
             let result = match &self.failure {
                 Some(error) => Err(error.clone()),
-                None => self.answer(&item).await,
+                None => self.answer(&mut item).await,
             };
-            if let Err(error) = result {
-                if self.failure.is_none() {
-                    tracing::debug!(%error, "upstream lane failed");
-                    self.dead.store(true, Ordering::Release);
-                    self.failure = Some(error.clone());
+            self.counters.front.store(0, Ordering::Relaxed);
+            match result {
+                Ok(()) => item.ticket.close(),
+                Err(error) => {
+                    if self.failure.is_none() {
+                        tracing::debug!(%error, "upstream lane failed");
+                        self.dead.store(true, Ordering::Release);
+                        self.failure = Some(error.clone());
+                    }
+                    item.ticket.fail(error);
                 }
-                let _ = item.reply_tx.send(Err(error));
             }
-            self.load.fetch_sub(1, Ordering::Relaxed);
+            self.counters.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -373,7 +420,7 @@ impl Reader {
 
     /// Reads one batch's replies: swallows those of its state changes, hands the rest
     /// over. Fails when the connection does (the batch is then told by the caller).
-    async fn answer(&mut self, item: &InFlight) -> Result<(), UpstreamError> {
+    async fn answer(&mut self, item: &mut InFlight) -> Result<(), UpstreamError> {
         for _ in 0..item.swallow {
             let reply = self
                 .replies
@@ -398,19 +445,10 @@ impl Reader {
                 // Shown to the batch as it is: it answers the rest itself.
                 self.poisoned_by(reply.clone());
             }
-            if client_gone {
-                continue;
-            }
-            let size = reply.0.len();
-            if item.pending.fetch_add(size, Ordering::AcqRel) + size > self.output_limit {
-                // The client is not reading: never wait for it (that would hold the lane),
-                // tell its session to close it, drop the rest.
-                let limit = UpstreamError::ClientOutputLimit(self.output_limit);
-                let _ = item.reply_tx.send(Err(limit));
-                item.overflow.notify_one();
-                client_gone = true;
-            } else if item.reply_tx.send(Ok(reply)).is_err() {
-                // The client left: its replies are read and dropped.
+            // A client that is not reading passes its output limit: never wait for it
+            // (that would hold the lane); it is told to close, the rest is dropped. So is
+            // everything for a client that left.
+            if !client_gone && !item.ticket.deliver(reply, self.output_limit) {
                 client_gone = true;
             }
         }
