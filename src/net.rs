@@ -12,9 +12,10 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -271,7 +272,7 @@ impl ClientStream {
         match self {
             ClientStream::Plain(tcp) => {
                 let (r, w) = tcp.into_split();
-                (ClientRead::Plain(r), ClientWrite::Plain(w))
+                (ClientRead::Plain(r), ClientWrite::Plain(Arc::new(w)))
             }
             ClientStream::Tls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
@@ -302,18 +303,45 @@ impl AsyncRead for ClientRead {
 }
 
 /// A session's write half. The TLS variant's flag is set while ciphertext may sit in
-/// rustls unflushed.
+/// rustls unflushed. The plain one is shared: a lane may write replies into it directly
+/// (see `upstream::slot`), never while the session writes.
 #[derive(Debug)]
 pub enum ClientWrite {
-    Plain(OwnedWriteHalf),
+    Plain(Arc<OwnedWriteHalf>),
     Tls(WriteHalf<ClientTls>, bool),
 }
 
+/// Writes some of `buf` into a plain socket, waiting until it can take some.
+async fn write_some(w: &OwnedWriteHalf, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match w.try_write(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => w.writable().await?,
+            Ok(0) if !buf.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+            result => return result,
+        }
+    }
+}
+
 impl ClientWrite {
+    /// The plain socket, which a lane may write replies into directly.
+    pub fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
+        match self {
+            ClientWrite::Plain(w) => Some(w.clone()),
+            ClientWrite::Tls(..) => None,
+        }
+    }
+
     /// Writes all of `buf` and makes sure it reaches the socket.
     pub async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(w) => w.write_all(buf).await,
+            ClientWrite::Plain(w) => {
+                let mut rest = buf;
+                while !rest.is_empty() {
+                    let n = write_some(w, rest).await?;
+                    rest = &rest[n..];
+                }
+                Ok(())
+            }
             ClientWrite::Tls(w, unflushed) => {
                 *unflushed = true;
                 w.write_all(buf).await?;
@@ -328,7 +356,11 @@ impl ClientWrite {
     /// a cancelled flush leaves behind is flushed by the next call (see `unflushed`).
     pub async fn send_some(&mut self, out: &mut BytesMut) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(w) => w.write_buf(out).await.map(drop),
+            ClientWrite::Plain(w) => {
+                let n = write_some(w, out).await?;
+                out.advance(n);
+                Ok(())
+            }
             ClientWrite::Tls(w, unflushed) => {
                 if !out.is_empty() {
                     w.write_buf(out).await?;
@@ -349,7 +381,11 @@ impl ClientWrite {
     /// Closes the write direction (TLS: close_notify first).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(w) => w.shutdown().await,
+            // Shared with the lanes, so not by value: the socket's own shutdown.
+            ClientWrite::Plain(w) => {
+                let stream: &TcpStream = (**w).as_ref();
+                socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+            }
             ClientWrite::Tls(w, _) => w.shutdown().await,
         }
     }

@@ -450,6 +450,28 @@ pub fn interrupts(args: &[bytes::Bytes]) -> bool {
     }
 }
 
+/// Whether a command may keep Redis busy for long whatever its arguments look like (a
+/// script, DEBUG, KEYS, a synchronous flush or save): a shared lane that carries one is
+/// passed over by the batches that come after it, which then get Redis's own answer
+/// (`-BUSY` while a script runs) instead of waiting behind it.
+pub fn may_hold_lane(id: CommandId) -> bool {
+    matches!(
+        id.name(),
+        "eval"
+            | "evalsha"
+            | "eval_ro"
+            | "evalsha_ro"
+            | "fcall"
+            | "fcall_ro"
+            | "debug"
+            | "keys"
+            | "flushall"
+            | "flushdb"
+            | "save"
+            | "migrate"
+    )
+}
+
 /// Whether an XREAD/XREADGROUP's arguments ask to block (a BLOCK option before STREAMS).
 pub fn stream_read_blocks(args: &[bytes::Bytes]) -> bool {
     args.iter()

@@ -20,7 +20,7 @@ use crate::net::ClientWrite;
 use crate::protocol::ReplyFrame;
 use crate::replies;
 use crate::upstream::conn::{error_text, transition};
-use crate::upstream::slot::ReplySlot;
+use crate::upstream::slot::{ReplySlot, Ticket};
 use crate::upstream::{
     ConnState, Pinned, UnavailableReason, Upstream, UpstreamConn, UpstreamError, mux,
 };
@@ -445,7 +445,7 @@ impl Batch {
             self.chunks.push(self.pending.split().freeze());
         }
         let slot = ReplySlot::new();
-        let job = self.lane_job(self.first.unwrap_or(ConnState::INITIAL), &slot);
+        let job = self.lane_job(self.first.unwrap_or(ConnState::INITIAL), slot.begin());
         let failure = match &self.node {
             Some(node) => {
                 node.count_requests(self.routed.len());
@@ -478,24 +478,64 @@ impl Batch {
         client: &mut ClientWrite,
         slot: &Arc<ReplySlot>,
     ) -> std::io::Result<Outcome> {
-        let job = self.lane_job(first, slot);
+        if slot.can_go_direct() && self.may_go_direct(out) {
+            // Replies written straight to the client by the lane (see `upstream::slot`):
+            // the session does not wait for them.
+            let commands = self.steps.iter().filter_map(|step| match step {
+                Step::Upstream { command, .. } => Some(*command),
+                Step::Local(_) => None,
+            });
+            let ticket = slot.begin_direct(commands, self.started);
+            let job = self.lane_job(first, ticket);
+            let Err(error) = upstream.mux.submit(job).await else {
+                return Ok(Outcome::default());
+            };
+            slot.abandon();
+            return self
+                .emit(out, client, Some(error), Source::Lane(slot))
+                .await;
+        }
+        let job = self.lane_job(first, slot.begin());
         let _abandon = Abandon(slot);
         let failure = upstream.mux.submit(job).await.err();
         self.emit(out, client, failure, Source::Lane(slot)).await
     }
 
+    /// Whether the lane may write this batch's replies straight to the client: nothing
+    /// owed before them, every step a forwarded command whose reply goes to the client as
+    /// it is (no local reply, state change, held EXEC, cluster routing or blocking).
+    fn may_go_direct(&self, out: &BytesMut) -> bool {
+        out.is_empty()
+            && self.local.is_empty()
+            && self.node.is_none()
+            && self.cluster.is_none()
+            && self.fallback.is_none()
+            && !self.blocking
+            && self.steps.iter().all(|step| {
+                matches!(
+                    step,
+                    Step::Upstream {
+                        pass: Pass::Client,
+                        ..
+                    }
+                )
+            })
+    }
+
     /// The lane job for this batch's forwarded requests (in state `first`), its replies
-    /// for `slot`.
-    fn lane_job(&mut self, first: ConnState, slot: &Arc<ReplySlot>) -> mux::Job {
+    /// for `ticket`.
+    fn lane_job(&mut self, first: ConnState, ticket: Ticket) -> mux::Job {
         let mut expected = 0;
+        let mut slow = false;
         // The state changes woven in, by their place among the replies (rare: none is
         // the rule, and an empty Vec does not allocate).
         let mut woven = Vec::new();
         for step in &self.steps {
-            if let Step::Upstream { pass, .. } = step {
+            if let Step::Upstream { pass, command } = step {
                 if *pass == Pass::Swallow {
                     woven.push(expected);
                 }
+                slow |= command::may_hold_lane(*command);
                 expected += 1;
             }
         }
@@ -506,7 +546,8 @@ impl Batch {
             chunks: std::mem::take(&mut self.chunks),
             replies: expected,
             woven,
-            ticket: slot.begin(),
+            slow,
+            ticket,
         }
     }
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::net::{ClientRead, ClientStream, ClientWrite, shrink_if_empty};
 use crate::protocol::{RequestLimits, RequestScanner};
+use crate::upstream::slot::{ReplySlot, Settled};
 
 /// The largest read, and what a blocking command's watch on the client reserves.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -54,11 +55,43 @@ impl ClientIo {
     /// Sends the replies owed, then empties (and shrinks) the buffer. `Err`: the client
     /// cannot be written to any more.
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() && !self.writer.unflushed() {
+            return Ok(());
+        }
         metrics::global().bytes_out.increment(self.out.len() as u64);
         self.writer.send(&self.out).await?;
         self.out.clear();
         shrink_if_empty(&mut self.out);
         Ok(())
+    }
+
+    /// Waits until a direct batch's replies (see `upstream::slot`) are all out, writing
+    /// those the socket did not take. `false`: the client is to be closed.
+    pub async fn settle(&mut self, slot: &ReplySlot) -> bool {
+        loop {
+            let settled = slot.settled(true).await;
+            match self.on_settled(slot, settled).await {
+                Some(true) => return true,
+                Some(false) => {}
+                None => return false,
+            }
+        }
+    }
+
+    /// Acts on what [`ReplySlot::settled`] found: `Some(true)` the direct batch is over,
+    /// `Some(false)` held replies were written (ask again), `None` the client is to be
+    /// closed.
+    pub async fn on_settled(&mut self, slot: &ReplySlot, settled: Settled) -> Option<bool> {
+        match settled {
+            Settled::Done => Some(true),
+            Settled::Broken => None,
+            Settled::Held(bytes) => {
+                let sent = self.writer.send(&bytes).await;
+                slot.written();
+                metrics::global().bytes_out.increment(bytes.len() as u64);
+                sent.ok().map(|()| false)
+            }
+        }
     }
 
     /// Whether the scanner may already hold another complete request (the last batch

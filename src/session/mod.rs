@@ -32,6 +32,7 @@ mod spread;
 mod state;
 mod transaction;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,7 @@ use crate::metrics;
 use crate::net::ClientStream;
 use crate::protocol::Request;
 use crate::replies;
+use crate::upstream::slot::ReplySlot;
 use batch::{Batch, Mark};
 use clients::Signal;
 use io::{ClientIo, Read};
@@ -47,6 +49,15 @@ use spread::Spread;
 use state::{Flow, fd_of};
 
 pub use state::{Session, Shared};
+
+/// Closes a session's reply slot when dropped (see `serve`).
+struct CloseSlot(Arc<ReplySlot>);
+
+impl Drop for CloseSlot {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// A batch as planning left it: the batch, where it is in the `Spread` if it was taken
 /// back from there, where its current part began, and how planning ended.
@@ -100,6 +111,10 @@ impl Session {
         self.fd = fd_of(&stream);
         self.client.set_fd(self.fd);
         let mut io = ClientIo::new(stream, self.shared.limits);
+        self.slot = ReplySlot::with_client(io.writer.direct());
+        // However the session ends (the client left, or its task was dropped at the end of
+        // the grace period), a lane writes nothing more to its client.
+        let _close = CloseSlot(self.slot.clone());
         let mut deferred: Option<Request> = None;
         // Cluster mode: a pipeline's requests for several nodes are planned side by side,
         // one batch per node (see `Spread`).
@@ -111,6 +126,11 @@ impl Session {
                 part,
                 flow,
             } = self.plan(&mut io, &mut spread, deferred.take()).await;
+            // The last batch's replies may still be on their way to the client, straight
+            // from the lane: whatever comes next is written after them.
+            if self.slot.direct_in_flight() && !io.settle(&self.slot).await {
+                return;
+            }
             // Cluster mode: a request for another node than this batch's sets the batch
             // aside, to be sent with the other nodes' batches; the request goes to its
             // node's batch.
@@ -178,6 +198,13 @@ impl Session {
     /// its own (where Redis sends the invalidations) for as long as it stays.
     async fn wait_for_client(&mut self, io: &mut ClientIo, closing: &CancellationToken) -> bool {
         loop {
+            // Replies of a direct batch may still be on their way to the client: the session
+            // writes those the socket did not take at once, and is not idle until the
+            // batch is over.
+            let direct = self.slot.direct_in_flight();
+            if direct && self.client.target_wanted() && !io.settle(&self.slot).await {
+                return false;
+            }
             if self.client.target_wanted() && self.multi.is_none() && !self.watching {
                 return match Box::pin(self.relay(None, io)).await {
                     relay::Exit::Resume => true,
@@ -189,16 +216,26 @@ impl Session {
             }
             // A client holding a connection-bound state is not idle: it is left to the
             // end of the grace period.
-            let idle = self.pinned.is_none();
+            let idle = self.pinned.is_none() && !direct;
             let requires_auth = self.requires_auth();
             let read = tokio::select! {
                 biased;
                 signal = self.client.signal() => match signal {
-                    Signal::Killed => Read::Gone,
+                    // Killed: what is still owed is dropped, as Redis drops it.
+                    Signal::Killed => return false,
                     // A redirect target now? Checked at the top. (`signal` never
                     // reports CLIENT UNBLOCK.)
                     Signal::Woken | Signal::Unblocked(_) => continue,
                 },
+                // Once the proxy is closing, the end of the batch matters too (the client is
+                // then idle, and closed).
+                settled = self.slot.settled(closing.is_cancelled()), if direct => {
+                    match io.on_settled(&self.slot, settled).await {
+                        Some(_) => continue,
+                        None => Read::Gone,
+                    }
+                }
+                _ = closing.cancelled(), if direct && !closing.is_cancelled() => continue,
                 read = io.read_more(closing, idle, requires_auth) => read,
             };
             match read {
@@ -208,7 +245,13 @@ impl Session {
                     self.client.touch(now);
                     return true;
                 }
-                Read::Gone | Read::Closed => return false,
+                Read::Gone | Read::Closed => {
+                    // A client that half-closes still gets the replies of what it sent.
+                    if direct {
+                        io.settle(&self.slot).await;
+                    }
+                    return false;
+                }
             }
         }
     }
@@ -364,6 +407,14 @@ impl Session {
 
     /// Carries out how planning ended, once the batch has run.
     async fn after(&mut self, flow: Flow, io: &mut ClientIo) -> Next {
+        // What follows writes to the client after the batch's replies, which may still be
+        // on their way straight from the lane.
+        if !matches!(flow, Flow::Continue)
+            && self.slot.direct_in_flight()
+            && !io.settle(&self.slot).await
+        {
+            return Next::Stop;
+        }
         match flow {
             Flow::Continue => Next::Read,
             Flow::Drop => Next::Stop,

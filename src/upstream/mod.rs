@@ -295,6 +295,7 @@ impl Upstream {
                 chunks,
                 replies,
                 woven: Vec::new(),
+                slow: false,
                 ticket: slot.begin(),
             })
             .await?;

@@ -56,6 +56,9 @@ pub struct Job {
     /// between two of its requests), in order: one Redis refuses leaves the connection in
     /// another state than the writer thinks (see `Reader::poison`).
     pub woven: Vec<usize>,
+    /// The batch may keep Redis busy for long (see `command::may_hold_lane`): later
+    /// batches go to another lane while it is in flight.
+    pub slow: bool,
     /// Where the replies go, in order, an error ending them: the client's slot, which
     /// bounds what it holds by the client output limit (a client that reads slowly never
     /// makes its lane wait).
@@ -76,6 +79,8 @@ struct Lane {
     /// When the lane's oldest batch in flight began waiting for its replies (see
     /// `clock`), 0 when none waits.
     front: Arc<AtomicU64>,
+    /// Slow batches (see `Job::slow`) submitted and not yet answered.
+    slow: Arc<AtomicUsize>,
 }
 
 /// Microseconds since the first call, plus one: 0 is left to mean "never".
@@ -118,6 +123,7 @@ impl Mux {
                     tx,
                     load: counters.load,
                     front: counters.front,
+                    slow: counters.slow,
                 }
             })
             .collect();
@@ -131,9 +137,16 @@ impl Mux {
             job.ticket.close();
             return Err(UnavailableReason::NoLanes.into());
         };
+        let slow = job.slow;
         lane.load.fetch_add(1, Ordering::Relaxed);
+        if slow {
+            lane.slow.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(mut unsent) = lane.tx.send(job).await {
             lane.load.fetch_sub(1, Ordering::Relaxed);
+            if slow {
+                lane.slow.fetch_sub(1, Ordering::Relaxed);
+            }
             unsent.0.ticket.close();
             return Err(UnavailableReason::LaneStopped.into());
         }
@@ -145,7 +158,8 @@ impl Mux {
         let stall = STALL.as_micros() as u64;
         let free = self.lanes.iter().find(|lane| {
             let front = lane.front.load(Ordering::Relaxed);
-            front == 0 || now.get_or_insert_with(clock).saturating_sub(front) < stall
+            lane.slow.load(Ordering::Relaxed) == 0
+                && (front == 0 || now.get_or_insert_with(clock).saturating_sub(front) < stall)
         });
         free.or_else(|| {
             self.lanes
@@ -168,6 +182,7 @@ struct InFlight {
     swallow: usize,
     replies: usize,
     woven: Vec<usize>,
+    slow: bool,
     ticket: Ticket,
 }
 
@@ -177,6 +192,17 @@ struct InFlight {
 struct Counters {
     load: Arc<AtomicUsize>,
     front: Arc<AtomicU64>,
+    slow: Arc<AtomicUsize>,
+}
+
+impl Counters {
+    /// A batch is over (answered, or failed).
+    fn done(&self, slow: bool) {
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        if slow {
+            self.slow.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The writer's side of a live connection.
@@ -211,7 +237,7 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, counte
                 Err(error) => {
                     for mut job in jobs {
                         job.ticket.fail(error.clone());
-                        load.fetch_sub(1, Ordering::Relaxed);
+                        counters.done(job.slow);
                     }
                     continue;
                 }
@@ -220,7 +246,7 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, counte
         if load.load(Ordering::Relaxed) == jobs.len() {
             live.recycle_if_rotated(&context, &counters).await;
         }
-        let chunks = live.register(jobs, load);
+        let chunks = live.register(jobs, &counters);
         let write = write_chunks(&mut live.half, &chunks);
         let result = match context.command_timeout {
             Some(limit) => tokio::time::timeout(limit, write)
@@ -277,7 +303,7 @@ impl Writer {
 
     /// Tells the reader about each batch, in order, and returns the bytes to write: each
     /// batch behind the SELECT/HELLO it needs.
-    fn register(&mut self, jobs: Vec<Job>, load: &AtomicUsize) -> Vec<Bytes> {
+    fn register(&mut self, jobs: Vec<Job>, counters: &Counters) -> Vec<Bytes> {
         let mut chunks = Vec::with_capacity(jobs.len() * 2);
         for job in jobs {
             let swallow = push_transition(&mut chunks, self.state, job.first);
@@ -290,13 +316,16 @@ impl Writer {
                 swallow,
                 replies: job.replies,
                 woven: job.woven,
+                slow: job.slow,
                 ticket: job.ticket,
             };
             if let Err(unsent) = self.in_flight.send(in_flight) {
                 // The reader is gone: this batch was not written.
-                let mut ticket = unsent.0.ticket;
+                let InFlight {
+                    mut ticket, slow, ..
+                } = unsent.0;
                 ticket.fail(LostReason::ClosedBeforeSent.into());
-                load.fetch_sub(1, Ordering::Relaxed);
+                counters.done(slow);
             }
         }
         chunks
@@ -388,7 +417,7 @@ impl Reader {
                     item.ticket.fail(error);
                 }
             }
-            self.counters.load.fetch_sub(1, Ordering::Relaxed);
+            self.counters.done(item.slow);
         }
     }
 
