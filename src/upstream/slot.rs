@@ -379,7 +379,12 @@ fn write_direct(
     if state.held.is_empty() && !state.session_writing && !state.broken {
         if let Some(client) = client {
             let parts = [IoSlice::new(&staged), IoSlice::new(bytes)];
-            match client.try_write_vectored(&parts) {
+            let tried = if staged.is_empty() {
+                client.try_write(bytes)
+            } else {
+                client.try_write_vectored(&parts)
+            };
+            match tried {
                 Ok(n) => written = n,
                 Err(error) if error.kind() == ErrorKind::WouldBlock => {}
                 Err(error) => {
