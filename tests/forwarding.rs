@@ -1,6 +1,7 @@
 //! Forwarding over the shared pool: per-client database isolation (C2), RESP2 and RESP3
 //! clients side by side (C7), a long mixed pipeline diffed against bare Redis (C5), large
-//! and binary values (E2), many concurrent clients, and a half-closed pipeline (D8).
+//! and binary values (E2), many concurrent clients, a half-closed pipeline (D8), and replies
+//! written straight from a lane kept in order with local ones.
 
 mod common;
 
@@ -328,6 +329,62 @@ fn d8_pipeline_then_half_close() {
     }
     writer.join().unwrap().expect("write");
     c.expect_eof();
+}
+
+/// Replies the lane writes straight to the client come before whatever the ambassador
+/// answers itself after them, even when the client's socket cannot take them at once: a
+/// large value the client does not read yet, then local answers (CLIENT GETNAME, SELECT),
+/// then more forwarded commands, all sent before a byte is read; then the client reads
+/// slowly. Every reply arrives whole and in order.
+#[test]
+fn direct_replies_stay_in_order_with_local_ones_when_the_socket_is_full() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream).start();
+    let mut c = proxy.conn();
+    c.timeout = Duration::from_secs(20);
+    let value = pseudo_random(SIZE, 7);
+    let mut set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${SIZE}\r\n").into_bytes();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    c.send(&set);
+    c.expect(b"+OK\r\n");
+    c.call_expect(&["CLIENT", "SETNAME", "reader"], b"+OK\r\n");
+    c.call_expect(&["SET", "small", "s"], b"+OK\r\n");
+    // Each in its own write, so that each is its own batch.
+    let sends: [&[&str]; 6] = [
+        &["GET", "big"],
+        &["CLIENT", "GETNAME"],
+        &["GET", "big"],
+        &["SELECT", "0"],
+        &["GET", "small"],
+        &["STRLEN", "big"],
+    ];
+    for args in sends {
+        c.send(&resp(args));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut want = Vec::new();
+    let bulk = |v: &[u8]| {
+        let mut b = format!("${}\r\n", v.len()).into_bytes();
+        b.extend_from_slice(v);
+        b.extend_from_slice(b"\r\n");
+        b
+    };
+    want.extend(bulk(&value));
+    want.extend(bulk(b"reader"));
+    want.extend(bulk(&value));
+    want.extend_from_slice(b"+OK\r\n");
+    want.extend(bulk(b"s"));
+    want.extend_from_slice(format!(":{SIZE}\r\n").as_bytes());
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let chunk = (want.len() - got.len()).min(256 * 1024);
+        got.extend(c.read_exact_bytes(chunk));
+    }
+    assert!(got == want, "replies out of order or damaged");
+    c.expect_silence(Duration::from_millis(50));
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {

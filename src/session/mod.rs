@@ -7,7 +7,10 @@
 //!    (`transaction`), sent to its cluster node (`route`, with `spread` for pipelines over
 //!    several nodes), or forwarded;
 //! 3. `execute`: run the batch upstream — one write, replies matched back in order, local
-//!    ones in their place — and settle the state it leaves;
+//!    ones in their place — and settle the state it leaves. The common batch (plain
+//!    forwarded commands, a plain-TCP client) goes *direct*: the lane writes its replies
+//!    into the client's socket and the session goes back to reading at once; before it
+//!    writes anything else, it waits for them (see `upstream::slot`);
 //! 4. `relay`: the modes where replies are not one per request (pub/sub, MONITOR, CLIENT
 //!    TRACKING, CLIENT REPLY OFF) relay frames both ways on a dedicated connection.
 //!
