@@ -245,6 +245,28 @@ pub enum Mode {
     Cluster,
 }
 
+/// Whether `endpoint` is `host:port` with a host and a port from 1 to 65535 (an IPv6 host
+/// in brackets); `Err` says what is wrong.
+fn check_host_port(endpoint: &str) -> Result<(), &'static str> {
+    if endpoint.contains('/') {
+        return Err("a path is not allowed");
+    }
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return Err("the port is missing");
+    };
+    if host.is_empty() {
+        return Err("the host is missing");
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    if (host.contains(':') || host.starts_with('[') || host.ends_with(']')) && !bracketed {
+        return Err("an IPv6 host must be in brackets");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("the port must be a number from 1 to 65535"),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// An address without its `redis://` / `rediss://` scheme: what is dialled.
 fn strip_scheme(address: &str) -> &str {
     let address = address.trim();
@@ -744,10 +766,18 @@ impl Upstream {
             return invalid("[upstream] address is empty");
         }
         for (raw, endpoint) in self.raw_addresses().zip(self.seeds()) {
-            if endpoint.contains('/') || !endpoint.contains(':') {
+            // First, and without echoing the address: it may hold a password.
+            if endpoint.contains('@') {
+                return invalid(
+                    "[upstream] address must not carry credentials (user:password@host): \
+                     give the password with [upstream] password_file or password_env, and \
+                     the user with [upstream] username",
+                );
+            }
+            if let Err(why) = check_host_port(endpoint) {
                 return invalid(format!(
-                    "[upstream] address `{raw}` must be host:port, redis://host:port or \
-                     rediss://host:port"
+                    "[upstream] address `{raw}`: {why}; expected host:port, \
+                     redis://host:port or rediss://host:port (IPv6 in brackets)"
                 ));
             }
         }
@@ -968,6 +998,38 @@ impl Shutdown {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn upstream_addresses_are_host_and_a_real_port() {
+        for good in ["127.0.0.1:6379", "redis.example:1", "[::1]:65535", "h:6379"] {
+            assert_eq!(check_host_port(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:abc",
+            "127.0.0.1:99999",
+            "127.0.0.1:",
+            ":6390",
+            "127.0.0.1:0",
+            "127.0.0.1",
+            "::1:6379",
+            "[]:6379",
+            "h:6379/0",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_address_is_refused_without_being_echoed() {
+        let text = "[upstream]\naddress = \"redis://:s3cretpw@127.0.0.1:6390\"\n";
+        let error = Config::from_str(text).unwrap_err().to_string();
+        assert!(error.contains("password_file"), "{error}");
+        assert!(!error.contains("s3cretpw"), "{error}");
+        let text = "[upstream]\naddress = \"127.0.0.1:6390\"\n\
+                    addresses = [\"rediss://user:hunter2@h:1\"]\n";
+        let error = Config::from_str(text).unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
     use super::*;
     use std::str::FromStr;
 

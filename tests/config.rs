@@ -210,3 +210,36 @@ fn unset_password_env_is_named() {
     assert_eq!(status.code(), Some(1), "output:\n{out}");
     assert!(out.contains(var), "the variable is not named:\n{out}");
 }
+
+/// A password written into the upstream address (people paste `REDIS_URL`s) is refused by
+/// `--check`, which points at `password_file`/`password_env` and never echoes it; addresses
+/// whose port cannot work are refused too, naming the address.
+#[test]
+fn check_refuses_credentials_and_bad_ports_in_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = minimal();
+    config.upstream.address = Some("redis://:s3cretpw@127.0.0.1:6390".to_owned());
+    let p = config.write(&dir.path().join("userinfo.toml"));
+    let (status, out) = check_config(&p);
+    assert_eq!(status.code(), Some(1), "--check passed:\n{out}");
+    assert!(
+        out.contains("password_file"),
+        "no pointer to password_file:\n{out}"
+    );
+    assert!(!out.contains("s3cretpw"), "the password was echoed:\n{out}");
+    for (n, bad) in [
+        "127.0.0.1:abc",
+        "127.0.0.1:99999",
+        "127.0.0.1:",
+        ":6390",
+        "127.0.0.1:0",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut config = minimal();
+        config.upstream.address = Some(bad.to_owned());
+        let p = config.write(&dir.path().join(format!("port{n}.toml")));
+        assert_check_rejects_naming(bad, &p, &format!("`{bad}`"));
+    }
+}
