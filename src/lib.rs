@@ -86,12 +86,21 @@ pub async fn run(
     let listener = net::listen(config.listen.address, LISTEN_BACKLOG).map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!("cannot listen on {}: {e}", config.listen.address),
+            format!(
+                "cannot listen on {} ([listen] address): {e}",
+                config.listen.address
+            ),
         )
     })?;
+    // What was bound (port 0 picks one), not what was asked for.
+    let bound = listener.local_addr().unwrap_or(config.listen.address);
+    let admin_bound = admin_listener
+        .local_addr()
+        .unwrap_or(config.metrics.address);
     tracing::info!(
-        address = %config.listen.address,
-        admin = %config.metrics.address,
+        version = env!("CARGO_PKG_VERSION"),
+        address = %bound,
+        admin = %admin_bound,
         upstream = %config.upstream.address,
         upstream_tls = config.upstream.tls_enabled(),
         client_tls = secrets.listen_tls.is_some(),
