@@ -120,7 +120,12 @@ impl ReplySlot {
         let ticket = self.begin();
         let mut state = self.lock();
         state.direct = true;
-        state.commands.clear();
+        // A long pipeline's list is not kept for the small batches after it.
+        if state.commands.capacity() > KEEP_CAPACITY {
+            state.commands = Vec::new();
+        } else {
+            state.commands.clear();
+        }
         state.commands.extend(commands);
         state.next = 0;
         state.started = Some(started);
