@@ -108,9 +108,10 @@ fn typed_config_uses_only_keys_the_proxy_knows() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("pw");
     std::fs::write(&secret, "Harness-Pw-1\n").unwrap();
+    let (listen_port, metrics_port) = free_port_pair();
     let mut c = AmbassadorConfig::new("127.0.0.1:6380")
-        .listen_on(free_port())
-        .metrics_on(free_port());
+        .listen_on(listen_port)
+        .metrics_on(metrics_port);
     c.listen.max_clients = Some(100);
     c.listen.allow_unauthenticated_remote = Some(false);
     c.listen.tls_handshake_timeout_ms = Some(5000);

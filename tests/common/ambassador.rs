@@ -20,7 +20,7 @@ use tempfile::TempDir;
 use super::config::{AmbassadorConfig, ClientUser, loopback};
 use super::conn::RawConn;
 use super::servers::{RedisServer, ServerAuth};
-use super::support::{free_port, read_lossy, tail};
+use super::support::{free_port_pair, read_lossy, tail};
 
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_redis-ambassador");
 
@@ -116,8 +116,7 @@ impl AmbassadorBuilder {
             log,
         };
         for _attempt in 0..5 {
-            amb.port = free_port();
-            amb.metrics_port = free_port();
+            (amb.port, amb.metrics_port) = free_port_pair();
             let text = self.render(amb.dir.path(), amb.port, amb.metrics_port);
             fs::write(&amb.config, text).unwrap();
             amb.child = Some(self.spawn(&amb.config, &amb.log));

@@ -16,6 +16,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Two distinct ports that were free a moment ago: both are held while the second is
+/// chosen, so the kernel cannot hand out the same port twice.
+pub fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
 /// A file's text (lossy UTF-8), or a note saying why it could not be read.
 pub fn read_lossy(p: &Path) -> String {
     fs::read(p)
