@@ -109,20 +109,43 @@ impl ClientIo {
         requires_auth: bool,
     ) -> Read {
         shrink_if_empty(&mut self.inbuf);
-        self.inbuf.reserve(self.read_size);
-        let spare = self.inbuf.capacity() - self.inbuf.len();
-        let read = tokio::select! {
-            biased;
-            read = self.reader.read_buf(&mut self.inbuf) => read,
-            _ = closing.cancelled(), if idle => {
-                tracing::debug!("closing an idle client for shutdown");
-                let _ = self.writer.shutdown().await;
-                return Read::Closed;
+        let read = match &self.reader {
+            ClientRead::Plain(reader) => loop {
+                self.inbuf.reserve(self.read_size);
+                let spare = self.inbuf.capacity() - self.inbuf.len();
+                // No system call when the socket is known to have nothing more.
+                match reader.try_read_buf(&mut self.inbuf) {
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    read => break read.map(|n| (n, spare)),
+                }
+                // Nothing to read: a client that waits holds no buffer (the next request
+                // takes a fresh one), so 10 000 idle clients cost that much less.
+                if self.inbuf.is_empty() {
+                    self.inbuf = BytesMut::new();
+                }
+                tokio::select! {
+                    biased;
+                    ready = reader.readable() => {
+                        if let Err(error) = ready {
+                            break Err(error);
+                        }
+                    }
+                    _ = closing.cancelled(), if idle => return self.close_idle().await,
+                }
+            },
+            ClientRead::Tls(_) => {
+                self.inbuf.reserve(self.read_size);
+                let spare = self.inbuf.capacity() - self.inbuf.len();
+                tokio::select! {
+                    biased;
+                    read = self.reader.read_buf(&mut self.inbuf) => read.map(|n| (n, spare)),
+                    _ = closing.cancelled(), if idle => return self.close_idle().await,
+                }
             }
         };
         match read {
-            Ok(0) => Read::Gone,
-            Ok(n) => {
+            Ok((0, _)) => Read::Gone,
+            Ok((n, spare)) => {
                 if n == spare && self.read_size < 4 * READ_CHUNK {
                     self.read_size *= 2;
                 }
@@ -138,5 +161,12 @@ impl ClientIo {
                 Read::Gone
             }
         }
+    }
+
+    /// An idle client when the proxy shuts down: closed, after what it sent was served.
+    async fn close_idle(&mut self) -> Read {
+        tracing::debug!("closing an idle client for shutdown");
+        let _ = self.writer.shutdown().await;
+        Read::Closed
     }
 }

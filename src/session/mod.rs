@@ -48,6 +48,7 @@ use crate::upstream::slot::ReplySlot;
 use batch::{Batch, Mark};
 use clients::Signal;
 use io::{ClientIo, Read};
+use plan::Dispatch;
 use spread::Spread;
 use state::{Flow, fd_of};
 
@@ -131,7 +132,7 @@ impl Session {
             } = self.plan(&mut io, &mut spread, deferred.take()).await;
             // The last batch's replies may still be on their way to the client, straight
             // from the lane: whatever comes next is written after them.
-            if self.slot.direct_in_flight() && !io.settle(&self.slot).await {
+            if self.slot.direct_in_flight() && !Box::pin(io.settle(&self.slot)).await {
                 return;
             }
             // Cluster mode: a request for another node than this batch's sets the batch
@@ -205,7 +206,7 @@ impl Session {
             // writes those the socket did not take at once, and is not idle until the
             // batch is over.
             let direct = self.slot.direct_in_flight();
-            if direct && self.client.target_wanted() && !io.settle(&self.slot).await {
+            if direct && self.client.target_wanted() && !Box::pin(io.settle(&self.slot)).await {
                 return false;
             }
             if self.client.target_wanted() && self.multi.is_none() && !self.watching {
@@ -233,7 +234,7 @@ impl Session {
                 // Once the proxy is closing, the end of the batch matters too (the client is
                 // then idle, and closed).
                 settled = self.slot.settled(closing.is_cancelled()), if direct => {
-                    match io.on_settled(&self.slot, settled).await {
+                    match Box::pin(io.on_settled(&self.slot, settled)).await {
                         Some(_) => continue,
                         None => Read::Gone,
                     }
@@ -251,7 +252,7 @@ impl Session {
                 Read::Gone | Read::Closed => {
                     // A client that half-closes still gets the replies of what it sent.
                     if direct {
-                        io.settle(&self.slot).await;
+                        Box::pin(io.settle(&self.slot)).await;
                     }
                     return false;
                 }
@@ -328,6 +329,9 @@ impl Session {
         let mut spread_at = None;
         let mut part = batch.mark();
         let mut flow = Flow::Continue;
+        // The deferred request first (in its node's batch, if one was set aside), then
+        // what the client sent.
+        let mut next = None;
         if let Some(request) = deferred {
             let at = self.spread_batch(spread, &request);
             if let Some(resumed) = at.and_then(|at| spread.batches.get_mut(at)?.take()) {
@@ -335,36 +339,49 @@ impl Session {
                 spread_at = at;
                 part = batch.mark();
             }
-            flow = self.handle(request, &mut batch).await;
+            next = Some(request);
         }
-        while matches!(flow, Flow::Continue)
-            && !batch.is_full()
-            && !batch.barrier
-            && spread.steps + batch.len() - part.step() < max
-        {
-            match io.scanner.next(&mut io.inbuf, self.requires_auth()) {
-                Ok(Some(request)) => {
-                    if spread_at.is_some() && !self.may_join_spread(&request) {
-                        // A batch taken back from `spread` stays one that may go ahead:
-                        // the request starts a batch of its own.
-                        flow = Flow::Defer(request);
+        while matches!(flow, Flow::Continue) {
+            let request = match next.take() {
+                Some(request) => request,
+                None if batch.is_full()
+                    || batch.barrier
+                    || spread.steps + batch.len() - part.step() >= max =>
+                {
+                    break;
+                }
+                None => match io.scanner.next(&mut io.inbuf, self.requires_auth()) {
+                    Ok(Some(request)) => {
+                        if spread_at.is_some() && !self.may_join_spread(&request) {
+                            // A batch taken back from `spread` stays one that may go
+                            // ahead: the request starts a batch of its own.
+                            flow = Flow::Defer(request);
+                            break;
+                        }
+                        request
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::debug!(%error, "protocol error from client");
+                        metrics::global().protocol_errors.increment(1);
+                        flow = match error.reply() {
+                            Some(reply) => {
+                                batch.reply(&reply);
+                                Flow::Close
+                            }
+                            None => Flow::Drop,
+                        };
                         break;
                     }
-                    flow = self.handle(request, &mut batch).await;
+                },
+            };
+            // Only what must wait is boxed (see `dispatch`).
+            flow = match self.dispatch(request, &mut batch) {
+                Dispatch::Done(flow) => flow,
+                Dispatch::Later(request, command) => {
+                    Box::pin(self.dispatch_later(request, command, &mut batch)).await
                 }
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(%error, "protocol error from client");
-                    metrics::global().protocol_errors.increment(1);
-                    flow = match error.reply() {
-                        Some(reply) => {
-                            batch.reply(&reply);
-                            Flow::Close
-                        }
-                        None => Flow::Drop,
-                    };
-                }
-            }
+            };
         }
         Planned {
             batch,
@@ -414,7 +431,7 @@ impl Session {
         // on their way straight from the lane.
         if !matches!(flow, Flow::Continue)
             && self.slot.direct_in_flight()
-            && !io.settle(&self.slot).await
+            && !Box::pin(io.settle(&self.slot)).await
         {
             return Next::Stop;
         }

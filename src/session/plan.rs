@@ -14,11 +14,63 @@ use crate::replies::{self, refusal};
 /// Sent before WAIT/WAITAOF (see [`Kind::WaitReplicas`]): `SPUBLISH redis-ambassador:wait ""`.
 const WAIT_FENCE: &[u8] = b"*3\r\n$8\r\nSPUBLISH\r\n$21\r\nredis-ambassador:wait\r\n$0\r\n\r\n";
 
+/// What [`Session::dispatch`] made of a request.
+pub(super) enum Dispatch {
+    Done(Flow),
+    /// To finish with [`Session::dispatch_later`].
+    Later(Request, Option<Command>),
+}
+
 impl Session {
     /// Dispatches one request: a local answer, a refusal, or a place in the batch.
     pub(super) async fn handle(&mut self, request: Request, batch: &mut Batch) -> Flow {
+        match self.dispatch(request, batch) {
+            Dispatch::Done(flow) => flow,
+            Dispatch::Later(request, classified) => {
+                self.dispatch_later(request, classified, batch).await
+            }
+        }
+    }
+
+    /// What is decided without waiting — a forwarded command, a transaction's queued
+    /// one, a wrong arity — is done here; the rest (cluster routing, local commands) is
+    /// left to [`dispatch_later`](Self::dispatch_later). The plan loop boxes only that
+    /// rest: the future of a session waiting for its client is as large as its largest
+    /// state, and every idle client pays for it.
+    pub(super) fn dispatch(&mut self, request: Request, batch: &mut Batch) -> Dispatch {
         let classified = command::classify(request.name());
         batch.begin(classified.id);
+        if self.shared.cluster.is_some() {
+            return Dispatch::Later(request, classified.command);
+        }
+        let Some(command) = classified.command else {
+            return Dispatch::Done(if self.multi.is_some() {
+                self.queue_forward(request, batch)
+            } else {
+                self.forward(request, batch)
+            });
+        };
+        if command.kind == Kind::HttpProbe
+            || !command::arity_ok(command.arity, request.args.len())
+            || self.multi.is_none() && command.kind != Kind::Forward
+        {
+            return Dispatch::Later(request, Some(command));
+        }
+        Dispatch::Done(if self.multi.is_some() {
+            self.handle_in_multi(command.kind, command.name, request, batch)
+        } else {
+            self.forward(request, batch)
+        })
+    }
+
+    /// The part of [`handle`](Self::handle) that may wait, after [`dispatch`](Self::dispatch)
+    /// classified the request.
+    pub(super) async fn dispatch_later(
+        &mut self,
+        request: Request,
+        command: Option<Command>,
+        batch: &mut Batch,
+    ) -> Flow {
         if let Some(cluster) = &self.shared.cluster {
             if cluster.topology().is_none() {
                 // Until the first slot map is read (just after start): read it now; an
@@ -26,12 +78,12 @@ impl Session {
                 let _ = Box::pin(cluster.ready()).await;
             }
         }
-        let Some(command) = classified.command else {
+        let Some(command) = command else {
             if self.multi.is_some() {
                 return self.queue_forward(request, batch);
             }
             if let Some(cluster) = self.shared.cluster.clone() {
-                return self.route(cluster, request, batch, false).await;
+                return Box::pin(self.route(cluster, request, batch, false)).await;
             }
             return self.forward(request, batch);
         };
@@ -58,7 +110,7 @@ impl Session {
                     | Kind::Interrupt
             ) {
                 let may_block = command.kind.may_block(&request.args);
-                return self.route(cluster, request, batch, may_block).await;
+                return Box::pin(self.route(cluster, request, batch, may_block)).await;
             }
         }
         self.plan_command(command, request, batch).await
