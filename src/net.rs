@@ -123,6 +123,16 @@ pub enum UpstreamStream {
 delegate_io!(UpstreamStream { Plain, Tls });
 
 impl UpstreamStream {
+    /// A second descriptor of the TCP socket underneath (TLS included), for closing it
+    /// from elsewhere: a lane's command timeout watchdog (see `upstream::mux`).
+    pub fn dup_socket(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            UpstreamStream::Plain(tcp) => tcp.as_fd().try_clone_to_owned(),
+            UpstreamStream::Tls(tls) => tls.get_ref().0.as_fd().try_clone_to_owned(),
+        }
+    }
+
     /// Checks, without waiting, that an idle connection was not closed and sent nothing.
     /// Plain TCP reads (a byte there means the connection is unusable anyway); TLS peeks
     /// at the TCP socket underneath, so the rustls session is left untouched: any pending

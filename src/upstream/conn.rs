@@ -508,15 +508,15 @@ pub(super) async fn write_chunks(
     const MAX_SLICES: usize = 64;
     let (mut index, mut offset) = (0usize, 0usize);
     while index < chunks.len() {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES.min(chunks.len() - index));
-        slices.push(IoSlice::new(&chunks[index][offset..]));
-        slices.extend(
-            chunks[index + 1..]
-                .iter()
-                .take(MAX_SLICES - 1)
-                .map(|c| IoSlice::new(c)),
-        );
-        let mut written = stream.write_vectored(&slices).await?;
+        // On the stack: nothing is allocated per write.
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        slices[0] = IoSlice::new(&chunks[index][offset..]);
+        let mut used = 1;
+        for (slot, chunk) in slices[1..].iter_mut().zip(&chunks[index + 1..]) {
+            *slot = IoSlice::new(chunk);
+            used += 1;
+        }
+        let mut written = stream.write_vectored(&slices[..used]).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -7,11 +7,14 @@
 //!
 //! Each lane is two tasks. The writer owns the write half and the connection's state
 //! (database, protocol): before each batch it adds the SELECT/HELLO that batch needs, and
-//! tells the reader how many replies to swallow and how many to pass on. The reader owns
-//! the read half: it matches replies to batches in order, applies the command timeout while
-//! a batch waits, and notices at once when an idle connection is closed by Redis, so the
-//! next batch goes out on a fresh connection instead of a dead one. (Over TLS the idle
-//! watch reads through rustls instead of polling socket readiness: see `net`.)
+//! queues for the reader how many replies to swallow and how many to pass on (a queue the
+//! reader looks at when bytes arrive: registering a batch wakes no one). The reader owns
+//! the read half: it matches replies to batches in order, and notices at once when an idle
+//! connection is closed by Redis, so the next batch goes out on a fresh connection instead
+//! of a dead one. (Over TLS the idle watch reads through rustls instead of polling socket
+//! readiness: see `net`.) The command timeout is a watchdog per lane, a few ticks per
+//! timeout, which closes a connection whose oldest batch has had no reply for that long:
+//! no timer is set per batch.
 //!
 //! A batch goes to the first lane whose oldest batch in flight has waited less than
 //! `STALL` for its replies (in practice the first lane): one lane carries everything, so
@@ -25,13 +28,15 @@
 //! Connection-bound work (MULTI, WATCH, blocking commands, pub/sub) never comes here: it
 //! has dedicated connections (see `Pinned`).
 
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bb8::Pool;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::conn::ConnState;
 use super::conn::{ReplyBuffer, push_transition, write_chunks};
@@ -118,6 +123,9 @@ impl Mux {
             .map(|_| {
                 let (tx, rx) = mpsc::channel(1024);
                 let counters = Counters::default();
+                if let Some(timeout) = context.command_timeout {
+                    tokio::spawn(watchdog(tx.downgrade(), counters.links.clone(), timeout));
+                }
                 tokio::spawn(run_lane(rx, context.clone(), counters.clone()));
                 Lane {
                     tx,
@@ -187,12 +195,13 @@ struct InFlight {
 }
 
 /// What a lane's tasks share with the `Mux`: its load and when its front batch began
-/// waiting (see `Lane`).
+/// waiting (see `Lane`), and the lane's connections (for the watchdog).
 #[derive(Clone, Default)]
 struct Counters {
     load: Arc<AtomicUsize>,
     front: Arc<AtomicU64>,
     slow: Arc<AtomicUsize>,
+    links: Arc<Mutex<Vec<Weak<Link>>>>,
 }
 
 impl Counters {
@@ -205,26 +214,123 @@ impl Counters {
     }
 }
 
+/// What a connection's writer and reader share.
+struct Link {
+    queue: Mutex<Queue>,
+    /// Wakes the reader when the writer has left (it ends once the queue is empty).
+    wake: Notify,
+    /// Set when the connection can no longer be used.
+    dead: AtomicBool,
+    /// When the oldest batch queued began waiting (see `clock`), 0 when none waits.
+    front: AtomicU64,
+    /// Replies read: the watchdog's sign of progress, and what it last saw of it.
+    replies: AtomicU64,
+    seen_replies: AtomicU64,
+    seen_at: AtomicU64,
+    /// The watchdog closed the connection: its failure is a timeout.
+    timed_out: AtomicBool,
+    /// The socket underneath, for the watchdog to close (`None`: it could not be had).
+    socket: Option<OwnedFd>,
+}
+
+/// Batches written and not yet answered, in order.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<InFlight>,
+    writer_gone: bool,
+    /// The reader failed: batches are failed at once instead of queued.
+    failed: bool,
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while the lock is held; a poisoned lock still holds valid state.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The command timeout passed with no reply: the connection is closed under the
+    /// reader, which then fails what is in flight with a timeout.
+    fn time_out(&self) {
+        if self.timed_out.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.dead.store(true, Ordering::Release);
+        if let Some(socket) = &self.socket {
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The command timeout of a lane's connections: every few ticks per timeout, a connection
+/// whose oldest batch has waited that long since its last reply is closed (see
+/// `Link::time_out`). Ends with the lane.
+async fn watchdog(
+    lane: mpsc::WeakSender<Job>,
+    links: Arc<Mutex<Vec<Weak<Link>>>>,
+    timeout: Duration,
+) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    let limit = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if lane.strong_count() == 0 {
+            return;
+        }
+        let now = clock();
+        let mut links = links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        links.retain(|link| {
+            let Some(link) = link.upgrade() else {
+                return false;
+            };
+            let replies = link.replies.load(Ordering::Relaxed);
+            if link.seen_replies.swap(replies, Ordering::Relaxed) != replies {
+                link.seen_at.store(now, Ordering::Relaxed);
+            }
+            let front = link.front.load(Ordering::Relaxed);
+            let since = front.max(link.seen_at.load(Ordering::Relaxed));
+            if front != 0 && now.saturating_sub(since) >= limit {
+                link.time_out();
+            }
+            true
+        });
+    }
+}
+
 /// The writer's side of a live connection.
 struct Writer {
     half: UpstreamWrite,
     state: ConnState,
-    in_flight: mpsc::UnboundedSender<InFlight>,
-    /// Set by the reader when the connection can no longer be used.
-    dead: Arc<AtomicBool>,
+    link: Arc<Link>,
     /// The password generation the connection logged in with.
     credentials: u64,
     /// The target generation the connection was made in.
     target: u64,
 }
 
+impl Drop for Writer {
+    /// Nothing more is written: the reader reads what is due, then ends.
+    fn drop(&mut self) {
+        self.link.lock().writer_gone = true;
+        self.link.wake.notify_one();
+    }
+}
+
 async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, counters: Counters) {
     let load = &counters.load;
     let mut writer: Option<Writer> = None;
+    // Reused from one write to the next.
+    let mut jobs = Vec::new();
+    let mut chunks = Vec::new();
     while let Some(first) = rx.recv().await {
-        let jobs = gather(first, &mut rx, load).await;
+        gather(first, &mut rx, load, &mut jobs).await;
         if writer.as_ref().is_some_and(|w| {
-            w.dead.load(Ordering::Acquire) || w.target != context.target.generation()
+            w.link.dead.load(Ordering::Acquire) || w.target != context.target.generation()
         }) {
             // Dead, or connected to a master that is one no more: replies still due on it
             // are read by its reader; nothing more is written to it.
@@ -235,7 +341,7 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, counte
             None => match connect(&context, counters.clone()).await {
                 Ok(live) => writer.insert(live),
                 Err(error) => {
-                    for mut job in jobs {
+                    for mut job in jobs.drain(..) {
                         job.ticket.fail(error.clone());
                         counters.done(job.slow);
                     }
@@ -246,38 +352,39 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, context: Arc<LaneContext>, counte
         if load.load(Ordering::Relaxed) == jobs.len() {
             live.recycle_if_rotated(&context, &counters).await;
         }
-        let chunks = live.register(jobs, &counters);
-        let write = write_chunks(&mut live.half, &chunks);
-        let result = match context.command_timeout {
-            Some(limit) => tokio::time::timeout(limit, write)
-                .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-            None => write.await,
-        };
-        if let Err(error) = result {
+        live.register(&mut jobs, &mut chunks, &counters);
+        // A write Redis does not take is caught by the watchdog (the batch waits).
+        if let Err(error) = write_chunks(&mut live.half, &chunks).await {
             tracing::debug!(%error, "upstream write failed");
             // The reader fails what is in flight when the connection closes.
-            live.dead.store(true, Ordering::Release);
+            live.link.dead.store(true, Ordering::Release);
             writer = None;
+        }
+        chunks.clear();
+        if jobs.capacity() > KEEP_JOBS {
+            jobs = Vec::new();
+            chunks = Vec::new();
         }
     }
 }
 
+/// The job and chunk lists a lane keeps between writes, at most.
+const KEEP_JOBS: usize = 64;
+
 /// `first` and the batches that other clients hand in meanwhile, so they travel in one
 /// write: this one yield is what turns many clients' single commands into one pipeline
 /// for Redis. Alone on the lane, a batch goes at once: the yield would only add latency.
-async fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, load: &AtomicUsize) -> Vec<Job> {
+async fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, load: &AtomicUsize, jobs: &mut Vec<Job>) {
     if load.load(Ordering::Relaxed) > 1 {
         tokio::task::yield_now().await;
     }
-    let mut jobs = vec![first];
+    jobs.push(first);
     while jobs.len() < MAX_JOBS_PER_WRITE {
         match rx.try_recv() {
             Ok(job) => jobs.push(job),
             Err(_) => break,
         }
     }
-    jobs
 }
 
 impl Writer {
@@ -301,34 +408,39 @@ impl Writer {
         }
     }
 
-    /// Tells the reader about each batch, in order, and returns the bytes to write: each
-    /// batch behind the SELECT/HELLO it needs.
-    fn register(&mut self, jobs: Vec<Job>, counters: &Counters) -> Vec<Bytes> {
-        let mut chunks = Vec::with_capacity(jobs.len() * 2);
-        for job in jobs {
-            let swallow = push_transition(&mut chunks, self.state, job.first);
+    /// Queues each batch for the reader, in order, and puts the bytes to write in
+    /// `chunks`: each batch behind the SELECT/HELLO it needs. On a connection whose reader
+    /// failed, the batches fail at once and nothing is to be written.
+    fn register(&mut self, jobs: &mut Vec<Job>, chunks: &mut Vec<Bytes>, counters: &Counters) {
+        let mut queue = self.link.lock();
+        if queue.failed {
+            drop(queue);
+            for mut job in jobs.drain(..) {
+                job.ticket.fail(LostReason::ClosedBeforeSent.into());
+                counters.done(job.slow);
+            }
+            return;
+        }
+        if queue.items.is_empty() && !jobs.is_empty() {
+            let now = clock();
+            self.link.front.store(now, Ordering::Relaxed);
+            counters.front.store(now, Ordering::Relaxed);
+        }
+        for job in jobs.drain(..) {
+            let swallow = push_transition(chunks, self.state, job.first);
             chunks.extend(job.chunks);
             self.state = job.last;
             if job.db_unknown {
                 self.state.db = ConnState::UNKNOWN_DB;
             }
-            let in_flight = InFlight {
+            queue.items.push_back(InFlight {
                 swallow,
                 replies: job.replies,
                 woven: job.woven,
                 slow: job.slow,
                 ticket: job.ticket,
-            };
-            if let Err(unsent) = self.in_flight.send(in_flight) {
-                // The reader is gone: this batch was not written.
-                let InFlight {
-                    mut ticket, slow, ..
-                } = unsent.0;
-                ticket.fail(LostReason::ClosedBeforeSent.into());
-                counters.done(slow);
-            }
+            });
         }
-        chunks
     }
 }
 
@@ -350,14 +462,36 @@ async fn connect(context: &LaneContext, counters: Counters) -> Result<Writer, Up
     let credentials = conn.credentials;
     let target = conn.target;
     let (stream, replies) = conn.into_parts();
+    let socket = match stream.dup_socket() {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            tracing::debug!(%error, "no command timeout on this lane connection");
+            None
+        }
+    };
     let (read_half, write_half) = stream.into_split();
-    let (in_flight_tx, in_flight_rx) = mpsc::unbounded_channel();
-    let dead = Arc::new(AtomicBool::new(false));
+    let link = Arc::new(Link {
+        queue: Mutex::new(Queue::default()),
+        wake: Notify::new(),
+        dead: AtomicBool::new(false),
+        front: AtomicU64::new(0),
+        replies: AtomicU64::new(0),
+        seen_replies: AtomicU64::new(0),
+        seen_at: AtomicU64::new(0),
+        timed_out: AtomicBool::new(false),
+        socket,
+    });
+    if context.command_timeout.is_some() {
+        counters
+            .links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::downgrade(&link));
+    }
     let reader = Reader {
         half: read_half,
         replies,
-        in_flight: in_flight_rx,
-        dead: dead.clone(),
+        link: link.clone(),
         counters,
         timeout: context.command_timeout,
         output_limit: context.output_limit,
@@ -368,8 +502,7 @@ async fn connect(context: &LaneContext, counters: Counters) -> Result<Writer, Up
     Ok(Writer {
         half: write_half,
         state,
-        in_flight: in_flight_tx,
-        dead,
+        link,
         credentials,
         target,
     })
@@ -379,11 +512,9 @@ async fn connect(context: &LaneContext, counters: Counters) -> Result<Writer, Up
 struct Reader {
     half: UpstreamRead,
     replies: ReplyBuffer,
-    in_flight: mpsc::UnboundedReceiver<InFlight>,
-    /// Set here when the connection can no longer be used.
-    dead: Arc<AtomicBool>,
+    link: Arc<Link>,
     counters: Counters,
-    /// The command timeout, while a batch waits.
+    /// The command timeout (for the error the watchdog's close becomes).
     timeout: Option<Duration>,
     /// `[limits] client_output_hard_limit`.
     output_limit: usize,
@@ -400,20 +531,21 @@ impl Reader {
     async fn run(mut self) {
         // `None`: the writer moved on to a new connection.
         while let Some(mut item) = self.next_batch().await {
-            self.counters.front.store(clock(), Ordering::Relaxed);
             let result = match &self.failure {
                 Some(error) => Err(error.clone()),
                 None => self.answer(&mut item).await,
             };
-            self.counters.front.store(0, Ordering::Relaxed);
+            {
+                // The next batch (if any) waits from now.
+                let queue = self.link.lock();
+                let front = if queue.items.is_empty() { 0 } else { clock() };
+                self.link.front.store(front, Ordering::Relaxed);
+                self.counters.front.store(front, Ordering::Relaxed);
+            }
             match result {
                 Ok(()) => item.ticket.close(),
                 Err(error) => {
-                    if self.failure.is_none() {
-                        tracing::debug!(%error, "upstream lane failed");
-                        self.dead.store(true, Ordering::Release);
-                        self.failure = Some(error.clone());
-                    }
+                    let error = self.fail(error);
                     item.ticket.fail(error);
                 }
             }
@@ -421,40 +553,72 @@ impl Reader {
         }
     }
 
-    /// The next batch written. While none is in flight, anything from Redis (its close,
-    /// above all) ends the connection.
-    async fn next_batch(&mut self) -> Option<InFlight> {
-        if self.failure.is_some() {
-            return self.in_flight.recv().await;
+    /// The connection failed: the first failure is what every batch still queued gets
+    /// (a timeout if the watchdog closed it), and later batches are failed by the writer.
+    fn fail(&mut self, error: UpstreamError) -> UpstreamError {
+        if let Some(failure) = &self.failure {
+            return failure.clone();
         }
+        let error = match self.timeout {
+            Some(limit) if self.link.timed_out.load(Ordering::Acquire) => {
+                UpstreamError::Timeout(limit.as_millis() as u64)
+            }
+            _ => error,
+        };
+        tracing::debug!(%error, "upstream lane failed");
+        self.link.dead.store(true, Ordering::Release);
+        self.link.lock().failed = true;
+        self.failure = Some(error.clone());
+        error
+    }
+
+    /// The next batch written, once its replies begin to arrive (or at once after a
+    /// failure). While none is queued, anything from Redis (its close, above all) ends
+    /// the connection.
+    async fn next_batch(&mut self) -> Option<InFlight> {
         loop {
+            {
+                let mut queue = self.link.lock();
+                if let Some(item) = queue.items.pop_front() {
+                    return Some(item);
+                }
+                if queue.writer_gone {
+                    return None;
+                }
+            }
+            if self.failure.is_some() {
+                // Nothing more is queued (see `Writer::register`): wait for the writer
+                // to leave.
+                self.link.wake.notified().await;
+                continue;
+            }
             tokio::select! {
-                // The writer registers a batch before writing it, so reply bytes never
-                // arrive before their batch is here: polling it first keeps them apart.
                 biased;
-                item = self.in_flight.recv() => return item,
-                // A reply may land between the two polls of this select (its batch then
-                // arrives next): bytes are kept for it.
+                () = self.link.wake.notified() => {}
+                // The writer queues a batch before writing it, so bytes that arrive find
+                // their batch queued; they are kept for it.
                 closed = self.half.idle_read(&mut self.replies.buf) => {
                     if closed {
                         tracing::debug!("idle upstream connection closed");
-                        self.dead.store(true, Ordering::Release);
-                        self.failure = Some(LostReason::ClosedByServer.into());
-                        return self.in_flight.recv().await;
+                        self.fail(LostReason::ClosedByServer.into());
                     }
                 }
             }
         }
     }
 
+    /// One reply; counted for the watchdog.
+    async fn read(&mut self) -> Result<(Bytes, ReplyFrame), UpstreamError> {
+        let reply = self.replies.read_reply(&mut self.half, None).await?;
+        self.link.replies.fetch_add(1, Ordering::Relaxed);
+        Ok(reply)
+    }
+
     /// Reads one batch's replies: swallows those of its state changes, hands the rest
     /// over. Fails when the connection does (the batch is then told by the caller).
     async fn answer(&mut self, item: &mut InFlight) -> Result<(), UpstreamError> {
         for _ in 0..item.swallow {
-            let reply = self
-                .replies
-                .read_reply(&mut self.half, self.timeout)
-                .await?;
+            let reply = self.read().await?;
             if reply.1.error {
                 self.poisoned_by(reply);
             }
@@ -462,10 +626,7 @@ impl Reader {
         let mut woven = item.woven.iter().peekable();
         let mut client_gone = false;
         for index in 0..item.replies {
-            let reply = self
-                .replies
-                .read_reply(&mut self.half, self.timeout)
-                .await?;
+            let reply = self.read().await?;
             let reply = match &self.poison {
                 Some(poison) => poison.clone(),
                 None => reply,
@@ -489,7 +650,7 @@ impl Reader {
         if self.poison.is_none() {
             tracing::debug!(reply = %super::conn::error_text(&reply.0),
                 "upstream refused a state change; lane moves to a new connection");
-            self.dead.store(true, Ordering::Release);
+            self.link.dead.store(true, Ordering::Release);
             self.poison = Some(reply);
         }
     }
