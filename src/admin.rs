@@ -20,7 +20,8 @@
 //! It records results; it does not fix anything (the pool reconnects on its own).
 //!
 //! Nothing here logs or returns a secret: reasons are `UpstreamError` texts (which never
-//! hold one) or the upstream's own one-line reply to PING.
+//! hold one), the upstream's own one-line reply to PING, and after an authentication
+//! failure the key and path (or variable) of the password that was sent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::session::Shared;
-use crate::upstream::Upstream;
+use crate::upstream::{AuthFailure, Upstream, UpstreamError};
 
 /// Largest request head (request line and headers) accepted; over it hyper answers 431.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -53,8 +54,9 @@ const MAX_BUF_BYTES: usize = 8 * 1024;
 /// How often the recorder drains recorded histogram samples when nobody scrapes, so
 /// that their memory stays bounded.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest reason `/readyz` gives (an upstream's reply is cut to it).
-const MAX_REASON_CHARS: usize = 200;
+/// Longest reason `/readyz` gives (an upstream's reply is cut to it): room for Redis's
+/// WRONGPASS text and the key and path of the password that was sent.
+const MAX_REASON_CHARS: usize = 400;
 
 /// `PING redis-ambassador-probe`: its argument tells it apart from an application's PING in
 /// what Redis shows (MONITOR, which the ambassador filters it from; the slow log).
@@ -278,18 +280,67 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// The readiness prober's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProbeSettings {
     pub interval: Duration,
     /// Bound on writing the PING and on reading its reply (each).
     pub ping_timeout: Duration,
+    /// Which credentials the upstream connections present, said next to an
+    /// authentication failure.
+    pub credentials: Credentials,
+}
+
+/// Which credentials the upstream connections present, as the config names them (`user
+/// `app`, password from [upstream] password_file /var/run/…`): an operator reading
+/// `upstream authentication failed: WRONGPASS …` learns which Secret to check. Never a
+/// value.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// What Redis (the master, a cluster node) is given.
+    pub upstream: Option<String>,
+    /// What the Sentinels are given.
+    pub sentinel: Option<String>,
+}
+
+impl Credentials {
+    /// `describe`: each password's key and path or variable (`RotatingSecret::describe`).
+    pub fn new(
+        upstream: &config::Upstream,
+        password: Option<String>,
+        sentinel_password: Option<String>,
+    ) -> Credentials {
+        let said = |user: Option<&str>, password: Option<String>| {
+            password.map(|from| match user {
+                Some(user) => format!("sent user `{user}` and the password from {from}"),
+                None => format!("sent the password from {from}"),
+            })
+        };
+        Credentials {
+            upstream: said(upstream.username.as_deref(), password),
+            sentinel: said(upstream.sentinel_username.as_deref(), sentinel_password),
+        }
+    }
+
+    /// `error` as a one-line reason; an authentication failure says what was sent.
+    fn reason(&self, error: &UpstreamError) -> String {
+        let sent = match error {
+            UpstreamError::AuthFailed(AuthFailure::Sentinel(_)) => self.sentinel.as_deref(),
+            UpstreamError::AuthFailed(AuthFailure::Refused(_)) => self.upstream.as_deref(),
+            _ => None,
+        };
+        match sent {
+            Some(sent) => one_line(&format!("{error} ({sent})")),
+            None => one_line(&error.to_string()),
+        }
+    }
 }
 
 impl ProbeSettings {
-    pub fn new(config: &config::Config) -> ProbeSettings {
+    pub fn new(config: &config::Config, credentials: Credentials) -> ProbeSettings {
         ProbeSettings {
             interval: config.metrics.readiness_interval(),
             ping_timeout: config.upstream.connect_timeout(),
+            credentials,
         }
     }
 
@@ -317,8 +368,8 @@ pub async fn probe_upstream(
         // Not raced against `stop`: every step is bounded, and dropping a checked-out
         // connection between the write and the read would return it to the pool dirty.
         let result = match &shared.cluster {
-            Some(cluster) => ping_cluster(cluster, settings.ping_timeout).await,
-            None => ping(&shared.upstream, settings.ping_timeout).await,
+            Some(cluster) => ping_cluster(cluster, &settings).await,
+            None => ping(&shared.upstream, &settings).await,
         };
         readiness.record(result);
     }
@@ -326,11 +377,14 @@ pub async fn probe_upstream(
 
 /// Cluster mode: the slot map is known, every slot has a master, and every master answers
 /// PING.
-async fn ping_cluster(cluster: &crate::cluster::Cluster, timeout: Duration) -> Result<(), String> {
+async fn ping_cluster(
+    cluster: &crate::cluster::Cluster,
+    settings: &ProbeSettings,
+) -> Result<(), String> {
     let topology = cluster
         .ready()
         .await
-        .map_err(|e| one_line(&e.to_string()))?;
+        .map_err(|e| settings.credentials.reason(&e))?;
     if topology.unassigned() > 0 {
         return Err(format!(
             "{} cluster slots have no master",
@@ -338,23 +392,25 @@ async fn ping_cluster(cluster: &crate::cluster::Cluster, timeout: Duration) -> R
         ));
     }
     for master in &topology.masters {
-        ping(&cluster.node(&master.address), timeout)
+        ping(&cluster.node(&master.address), settings)
             .await
-            .map_err(|e| one_line(&format!("{}: {e}", master.address)))?;
+            .map_err(|e| {
+                let address = config::redact_address(&master.address);
+                one_line(&format!("{address}: {e}"))
+            })?;
     }
     Ok(())
 }
 
 /// One probe: a pooled connection (authenticated when it was opened) answers PING.
-async fn ping(upstream: &Upstream, timeout: Duration) -> Result<(), String> {
-    let mut conn = upstream.get().await.map_err(|e| one_line(&e.to_string()))?;
-    conn.write_all(&[Bytes::from_static(PING)], Some(timeout))
+async fn ping(upstream: &Upstream, settings: &ProbeSettings) -> Result<(), String> {
+    let reason = |e: UpstreamError| settings.credentials.reason(&e);
+    let timeout = Some(settings.ping_timeout);
+    let mut conn = upstream.get().await.map_err(reason)?;
+    conn.write_all(&[Bytes::from_static(PING)], timeout)
         .await
-        .map_err(|e| one_line(&e.to_string()))?;
-    let (reply, _) = conn
-        .read_reply(Some(timeout))
-        .await
-        .map_err(|e| one_line(&e.to_string()))?;
+        .map_err(reason)?;
+    let (reply, _) = conn.read_reply(timeout).await.map_err(reason)?;
     if reply.as_ref() == PROBE_REPLY {
         return Ok(());
     }
@@ -427,6 +483,36 @@ mod tests {
                 .check()
                 .unwrap_err()
                 .contains("last answered PING")
+        );
+    }
+
+    #[test]
+    fn an_authentication_failure_says_which_secret_was_sent() {
+        let config: config::Config = "[upstream]\nmode = \"sentinel\"\naddress = \"s:1\"\n\
+                                      master_name = \"m\"\nusername = \"app\"\n\
+                                      password_file = \"/pw\"\n"
+            .parse()
+            .unwrap();
+        let credentials = Credentials::new(
+            &config.upstream,
+            Some("[upstream] password_file /pw".to_owned()),
+            Some("[upstream] sentinel_password_env SPW".to_owned()),
+        );
+        let refused = AuthFailure::Refused("WRONGPASS invalid username-password pair".into());
+        assert_eq!(
+            credentials.reason(&UpstreamError::AuthFailed(refused.clone())),
+            "upstream authentication failed: WRONGPASS invalid username-password pair \
+             (sent user `app` and the password from [upstream] password_file /pw)"
+        );
+        let sentinel = AuthFailure::Sentinel(Box::new(refused));
+        assert!(
+            credentials
+                .reason(&UpstreamError::AuthFailed(sentinel))
+                .ends_with("(sent the password from [upstream] sentinel_password_env SPW)")
+        );
+        assert_eq!(
+            credentials.reason(&UpstreamError::Timeout(5)),
+            "upstream timed out: no reply within 5 ms"
         );
     }
 

@@ -59,7 +59,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use admin::{Admin, ProbeSettings, Readiness};
+use admin::{Admin, Credentials, ProbeSettings, Readiness};
 use auth::ClientAuth;
 use config::Config;
 use credentials::Secrets;
@@ -97,17 +97,27 @@ pub async fn run(
     let admin_bound = admin_listener
         .local_addr()
         .unwrap_or(config.metrics.address);
+    // The first line of the log: what runs, from which file, where it listens (as bound),
+    // what it forwards to (redacted), how.
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        config = %config.loaded_from().map_or("-".into(), |p| p.display().to_string()),
         address = %bound,
         admin = %admin_bound,
-        upstream = %config.upstream.address,
+        upstream = %config.upstream.printable_addresses(),
+        mode = %config.upstream.mode,
+        worker_threads = config.runtime.threads(),
         upstream_tls = config.upstream.tls_enabled(),
         client_tls = secrets.listen_tls.is_some(),
         client_auth = secrets.client_users.is_some(),
-        "redis-ambassador listening"
+        "redis-ambassador started"
     );
     let all_secrets = secrets.all();
+    let credentials = Credentials::new(
+        &config.upstream,
+        secrets.upstream_password.as_ref().map(|s| s.describe()),
+        secrets.sentinel_password.as_ref().map(|s| s.describe()),
+    );
     rotation::warn_unwatchable(&all_secrets, &config.secrets);
     let upstream = Upstream::new(&config, &secrets);
     let cluster = (config.upstream.mode == config::Mode::Cluster)
@@ -128,7 +138,7 @@ pub async fn run(
     let admin_stop = CancellationToken::new();
     let _admin_guard = admin_stop.clone().drop_guard();
     rotation::spawn(all_secrets, config.secrets.clone(), admin_stop.clone());
-    let probe = ProbeSettings::new(&config);
+    let probe = ProbeSettings::new(&config, credentials);
     let readiness = Arc::new(Readiness::new(
         probe.stale_after(config.upstream.pool_wait_timeout()),
     ));

@@ -46,13 +46,6 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     init_logging(&config.log);
-    if !cli.check {
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %cli.config.display(),
-            "redis-ambassador starting"
-        );
-    }
     let secrets = Secrets::load(&config)?;
     if cli.check {
         println!("{}: configuration is valid", cli.config.display());

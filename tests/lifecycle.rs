@@ -1,15 +1,17 @@
 //! The sidecar's lifecycle against the real binary: liveness that never depends on Redis,
 //! readiness that follows the upstream (down, wrong password, recovered), SIGTERM with
 //! clients in flight (every reply delivered, idle clients closed, exit 0), serving during
-//! the drain delay, a second signal, the end of the grace period, start-up errors, and
-//! logging (level and format from the config, no secret, key or value in the log).
+//! the drain delay, a second signal, the end of the grace period, start-up errors, the
+//! first log line, and logging (level and format from the config, no secret, key or value
+//! in the log).
 //!
 //! Waits are bounded by generous deadlines that only detect hangs; no assertion depends on
 //! how fast the machine is.
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -102,6 +104,14 @@ fn readiness_is_503_while_the_upstream_password_is_wrong() {
     let r = last.unwrap();
     assert_one_line_reason(&r);
     assert!(!r.body.contains(wrong) && !r.body.contains(right), "{r:?}");
+    // Which secret was sent: the key and the file, never the value.
+    let file = amb.dir().join("upstream_password");
+    let sent = format!(
+        "the password from [upstream] password_file {}",
+        file.display()
+    );
+    assert!(r.body.contains(&sent), "{r:?}");
+    assert!(amb.log().contains(&sent), "{}", amb.log());
     assert_eq!(amb.http_get("/healthz").status, 200);
     let metrics = amb.scrape();
     assert!(
@@ -299,4 +309,56 @@ fn a_quieter_config_level_applies_without_rust_log() {
     assert!(amb.wait_exit(SOON).expect("did not exit").success());
     let log = amb.log();
     assert!(!log.contains("INFO"), "info lines at level warn:\n{log}");
+}
+
+/// The first line of the log says what runs: version, config file, the addresses as bound
+/// (port 0 resolved), the upstream, the mode and the worker threads.
+#[test]
+fn the_first_log_line_says_what_runs_and_where_it_listens() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let mut config = AmbassadorConfig::new(&redis.addr()).metrics_on(admin_port);
+    config.listen.address = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.runtime.worker_threads = Some(2);
+    let path = config.write(&dir.path().join("port0.toml"));
+    let log_path = dir.path().join("log");
+    let mut child = Command::new(PROXY_BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove(IN_POD_VARIABLE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let found = wait_until(SOON, || {
+        first = read_lossy(&log_path)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        !first.is_empty()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no log line");
+    assert!(first.contains("redis-ambassador started"), "{first}");
+    for field in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        format!("config={}", path.display()),
+        format!("admin=127.0.0.1:{admin_port}"),
+        format!("upstream={}", redis.addr()),
+        "mode=standalone".to_owned(),
+        "worker_threads=2".to_owned(),
+    ] {
+        assert!(first.contains(&field), "{field} not in: {first}");
+    }
+    let bound = first
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("address=127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no bound address in: {first}"));
+    let port: u16 = bound.parse().unwrap();
+    assert_ne!(port, 0, "{first}");
 }

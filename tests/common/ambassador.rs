@@ -24,6 +24,10 @@ use super::support::{free_port_pair, read_lossy, tail};
 
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_redis-ambassador");
 
+/// Set by Kubernetes in every container: the proxy then says more about how it is
+/// deployed. Removed from the proxy's environment unless a test sets it.
+pub const IN_POD_VARIABLE: &str = "KUBERNETES_SERVICE_HOST";
+
 /// Builder for a proxy started from a generated TOML config.
 #[derive(Clone, Debug)]
 pub struct AmbassadorBuilder {
@@ -79,6 +83,13 @@ impl AmbassadorBuilder {
     /// `RUST_LOG` for the proxy (default "info"; empty counts as unset, so `[log]` applies).
     pub fn log_level(mut self, l: &str) -> Self {
         self.rust_log = Some(l.to_string());
+        self
+    }
+
+    /// A variable in the proxy's environment (`KUBERNETES_SERVICE_HOST` included, which is
+    /// otherwise removed: the tests' own environment may be a pod).
+    pub fn env(mut self, var: &str, value: &str) -> Self {
+        self.env.push((var.to_string(), value.to_string()));
         self
     }
 
@@ -142,6 +153,7 @@ impl AmbassadorBuilder {
                 "RUST_LOG",
                 self.rust_log.clone().unwrap_or_else(|| "info".into()),
             )
+            .env_remove(IN_POD_VARIABLE)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
@@ -452,6 +464,7 @@ pub fn run_proxy_to_exit(
     let mut cmd = Command::new(PROXY_BIN);
     cmd.args(args)
         .env("RUST_LOG", "info")
+        .env_remove(IN_POD_VARIABLE)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out_p).unwrap())
         .stderr(fs::File::create(&err_p).unwrap());
