@@ -527,8 +527,15 @@ impl Metrics {
 #[serde(deny_unknown_fields, default)]
 pub struct Shutdown {
     /// After the signal, `/readyz` answers 503 but the proxy goes on serving (and accepting)
-    /// for this long, so that Kubernetes can take the pod out of its endpoints first.
+    /// for this long while clients are connected, so that the application can finish and
+    /// Kubernetes can take the pod out of its endpoints first.
     pub drain_delay_ms: u64,
+    /// Wait the whole `drain_delay_ms` even with no client connected. Off, the delay ends
+    /// as soon as no client is connected (at once if none was): a native sidecar is stopped
+    /// after the application has exited, so nobody is left to wait for. On, for the
+    /// pre-1.29 layout, where the application gets SIGTERM at the same moment and may
+    /// still connect during its own shutdown.
+    pub drain_delay_always: bool,
     /// Then the listener closes and clients are closed as they go idle; those still busy
     /// after this long are dropped and the process exits.
     pub grace_period_ms: u64,
@@ -538,6 +545,7 @@ impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             drain_delay_ms: 5000,
+            drain_delay_always: false,
             grace_period_ms: 20_000,
         }
     }
@@ -1316,6 +1324,7 @@ mod tests {
         assert_eq!(config.metrics.max_connections, 16);
         assert_eq!(config.metrics.request_timeout_ms, 5000);
         assert_eq!(config.shutdown.drain_delay_ms, 5000);
+        assert!(!config.shutdown.drain_delay_always);
         assert_eq!(config.shutdown.grace_period_ms, 20_000);
         assert_eq!(config.log.level, "info");
         assert_eq!(config.log.format, LogFormat::Text);

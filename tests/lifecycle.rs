@@ -1,9 +1,9 @@
 //! The sidecar's lifecycle against the real binary: liveness that never depends on Redis,
 //! readiness that follows the upstream (down, wrong password, recovered), SIGTERM with
 //! clients in flight (every reply delivered, idle clients closed, exit 0), serving during
-//! the drain delay, a second signal, the end of the grace period, start-up errors, the
-//! first log line, and logging (level and format from the config, no secret, key or value
-//! in the log).
+//! the drain delay, the delay skipped with no client, a second signal, the end of the grace
+//! period, start-up errors, the first log line, and logging (level and format from the
+//! config, no secret, key or value in the log).
 //!
 //! Waits are bounded by generous deadlines that only detect hangs; no assertion depends on
 //! how fast the machine is.
@@ -12,7 +12,7 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -309,6 +309,86 @@ fn a_quieter_config_level_applies_without_rust_log() {
     assert!(amb.wait_exit(SOON).expect("did not exit").success());
     let log = amb.log();
     assert!(!log.contains("INFO"), "info lines at level warn:\n{log}");
+}
+
+/// How long the proxy takes to exit after SIGTERM, or a panic after `SOON`.
+#[track_caller]
+fn exit_after_sigterm(amb: &mut Ambassador) -> Duration {
+    let sent = Instant::now();
+    amb.signal("TERM");
+    let status = amb.wait_exit(SOON).expect("still running after SIGTERM");
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status}\n{}", amb.log());
+    took
+}
+
+/// A native sidecar gets SIGTERM once its application has exited: with no client connected
+/// there is nothing to wait for, and the drain delay (5 s by default) is skipped.
+#[test]
+fn sigterm_with_no_client_exits_without_the_drain_delay() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis).start();
+    wait_readyz(&amb, 200);
+    let took = exit_after_sigterm(&mut amb);
+    eprintln!("SIGTERM with no client connected: exited after {took:?}");
+    // A hang detector well below the default 5 s delay, not a performance bound.
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?}\n{}",
+        amb.log()
+    );
+    let log = amb.log();
+    assert!(
+        log.contains("draining 0 clients; a second SIGTERM/SIGINT exits now"),
+        "{log}"
+    );
+    assert!(
+        log.contains("no client connected: the drain delay ends"),
+        "{log}"
+    );
+}
+
+/// `drain_delay_always`: the whole delay even with no client (the pre-1.29 layout, where
+/// the application is stopped at the same moment and may still connect).
+#[test]
+fn drain_delay_always_waits_the_whole_delay_without_clients() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        .drain_delay_ms(1500)
+        .configure(|c| c.shutdown.drain_delay_always = Some(true))
+        .start();
+    wait_readyz(&amb, 200);
+    let took = exit_after_sigterm(&mut amb);
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    assert!(!amb.log().contains("the drain delay ends"), "{}", amb.log());
+}
+
+/// The delay lasts while clients are connected, and ends when the last one leaves.
+#[test]
+fn the_drain_delay_ends_when_the_last_client_leaves() {
+    let redis = RedisServer::start();
+    let mut amb = AmbassadorBuilder::for_server(&redis)
+        // Longer than the test's deadline: only the client's leaving can end it in time.
+        .drain_delay_ms(120_000)
+        .start();
+    wait_readyz(&amb, 200);
+    let mut c = amb.conn();
+    c.call_expect(&["PING"], b"+PONG\r\n");
+    amb.signal("TERM");
+    wait_readyz(&amb, 503);
+    c.call_expect(&["SET", "k", "v"], b"+OK\r\n");
+    assert!(amb.is_running());
+    assert!(
+        amb.log()
+            .contains("draining 1 clients; a second SIGTERM/SIGINT exits now"),
+        "{}",
+        amb.log()
+    );
+    drop(c);
+    let status = amb
+        .wait_exit(SOON)
+        .expect("still running after the last client left");
+    assert!(status.success(), "exit status {status}\n{}", amb.log());
 }
 
 /// The first line of the log says what runs: version, config file, the addresses as bound

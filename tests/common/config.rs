@@ -191,6 +191,8 @@ pub struct Shutdown {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_delay_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_delay_always: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grace_period_ms: Option<u64>,
 }
 
