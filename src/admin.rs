@@ -7,7 +7,12 @@
 //! - `GET /readyz`: readiness. `200 ok` only while the Redis listener is bound, no shutdown
 //!   has begun, and the upstream answered the prober's last PING (recently);
 //!   otherwise `503` and a one-line reason.
-//! - Any other path: 404. A known path with another method than GET or HEAD: 405.
+//! - `GET /startup`: `200 ok` from the first PING the upstream answered on (an
+//!   authenticated connection) on, for good; `503` and the reason before.
+//! - `POST /quitquitquit`: starts the same shutdown as SIGTERM, when `[metrics]
+//!   quitquitquit` is on and the peer is on loopback (the pod's own containers); otherwise
+//!   `403` and why. For a Kubernetes Job whose application tells its sidecar to go.
+//! - Any other path: 404. A known path with another method: 405.
 //!
 //! The endpoint is HTTP/1.1 through hyper and is bounded so that a slow or broken HTTP
 //! client cannot hurt the proxy: at most `max_connections` admin connections at once (more
@@ -24,7 +29,7 @@
 //! failure the key and path (or variable) of the password that was sent.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +84,8 @@ enum Probe {
 pub struct Readiness {
     listening: AtomicBool,
     shutting_down: AtomicBool,
+    /// The upstream has answered a PING once (`/startup`); never unset.
+    started: AtomicBool,
     probe: Mutex<Probe>,
     /// An answered probe older than this no longer counts (the prober is stuck or gone).
     stale_after: Duration,
@@ -90,6 +97,7 @@ impl Readiness {
         Readiness {
             listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             probe: Mutex::new(Probe::Never),
             stale_after,
         }
@@ -133,6 +141,22 @@ impl Readiness {
         }
     }
 
+    /// `Ok` once the upstream has answered a PING (on a connection that authenticated), and
+    /// from then on; before, the reason, as `/readyz` gives it.
+    pub fn startup(&self) -> Result<(), String> {
+        if self.started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let probe = match self.probe.lock() {
+            Ok(probe) => probe.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        Err(match probe {
+            Probe::Failed(reason) => reason,
+            _ => "no upstream connection has answered PING yet".to_owned(),
+        })
+    }
+
     /// Records a probe's result, logging only changes (not one line per second).
     fn record(&self, result: Result<(), String>) {
         let mut probe = match self.probe.lock() {
@@ -144,6 +168,9 @@ impl Readiness {
             (_, Ok(())) => tracing::info!("upstream answers PING: ready"),
             (Probe::Failed(before), Err(reason)) if before == reason => {}
             (_, Err(reason)) => tracing::warn!(%reason, "upstream PING failed: not ready"),
+        }
+        if result.is_ok() {
+            self.started.store(true, Ordering::Release);
         }
         *probe = match result {
             Ok(()) => Probe::Answered(Instant::now()),
@@ -167,14 +194,22 @@ pub struct Admin {
     metrics: PrometheusHandle,
     shared: Arc<Shared>,
     readiness: Arc<Readiness>,
+    /// Cancelled by `POST /quitquitquit`; `None` when `[metrics] quitquitquit` is off.
+    quit: Option<CancellationToken>,
 }
 
 impl Admin {
-    pub fn new(metrics: PrometheusHandle, shared: Arc<Shared>, readiness: Arc<Readiness>) -> Admin {
+    pub fn new(
+        metrics: PrometheusHandle,
+        shared: Arc<Shared>,
+        readiness: Arc<Readiness>,
+        quit: Option<CancellationToken>,
+    ) -> Admin {
         Admin {
             metrics,
             shared,
             readiness,
+            quit,
         }
     }
 
@@ -223,7 +258,7 @@ impl Admin {
             let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let response = admin.respond(&request);
+                    let response = admin.respond(&request, peer);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -237,19 +272,26 @@ impl Admin {
         }
     }
 
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn respond(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = request.uri().path();
-        if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-            return text(StatusCode::NOT_FOUND, "not found\n".to_owned());
-        }
-        if request.method() != Method::GET && request.method() != Method::HEAD {
+        let allowed = match path {
+            "/metrics" | "/healthz" | "/readyz" | "/startup" => "GET, HEAD",
+            "/quitquitquit" => "POST",
+            _ => return text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        };
+        let method = request.method();
+        let method_ok = match allowed {
+            "POST" => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        };
+        if !method_ok {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".to_owned(),
             );
             response
                 .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                .insert(ALLOW, HeaderValue::from_static(allowed));
             return response;
         }
         match path {
@@ -262,11 +304,49 @@ impl Admin {
                 response
             }
             "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-            _ => match self.readiness.check() {
-                Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
-                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-            },
+            "/readyz" => status_text(self.readiness.check()),
+            "/startup" => status_text(self.readiness.startup()),
+            _ => self.quit(peer),
         }
+    }
+
+    /// `POST /quitquitquit`: the first signal's shutdown, if enabled and asked from the pod.
+    fn quit(&self, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let Some(quit) = &self.quit else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "/quitquitquit is disabled: set [metrics] quitquitquit = true to enable it\n"
+                    .to_owned(),
+            );
+        };
+        if !is_loopback_peer(peer.ip()) {
+            tracing::warn!(%peer, "POST /quitquitquit refused: not from loopback");
+            return text(
+                StatusCode::FORBIDDEN,
+                "/quitquitquit is only accepted from loopback (127.0.0.1 or ::1): from a \
+                 container of the ambassador's own pod\n"
+                    .to_owned(),
+            );
+        }
+        if !quit.is_cancelled() {
+            tracing::info!(%peer, "POST /quitquitquit: shutting down");
+            quit.cancel();
+        }
+        text(StatusCode::OK, "shutting down\n".to_owned())
+    }
+}
+
+/// Whether `ip` is a loopback address, an IPv4 one written as IPv6 (`::ffff:127.0.0.1`,
+/// what a dual-stack listener on `[::]` sees) included.
+fn is_loopback_peer(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// `200 ok`, or `503` and the one-line reason.
+fn status_text(state: Result<(), String>) -> Response<Full<Bytes>> {
+    match state {
+        Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
@@ -460,6 +540,40 @@ mod tests {
         );
         readiness.record(Ok(()));
         assert_eq!(readiness.check(), Ok(()));
+    }
+
+    #[test]
+    fn startup_turns_ok_at_the_first_answer_and_stays() {
+        let readiness = ready();
+        assert!(readiness.startup().unwrap_err().contains("PING"));
+        readiness.record(Err("upstream authentication failed: WRONGPASS".to_owned()));
+        assert_eq!(
+            readiness.startup(),
+            Err("upstream authentication failed: WRONGPASS".to_owned())
+        );
+        readiness.record(Ok(()));
+        assert_eq!(readiness.startup(), Ok(()));
+        readiness.record(Err("upstream unavailable: connection refused".to_owned()));
+        readiness.set_shutting_down();
+        assert_eq!(readiness.startup(), Ok(()));
+        assert!(readiness.check().is_err());
+    }
+
+    #[test]
+    fn only_loopback_peers_may_quit() {
+        for peer in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback_peer(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in [
+            "10.0.0.7",
+            "192.0.2.2",
+            "::ffff:10.0.0.7",
+            "fd00::2",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!is_loopback_peer(peer.parse().unwrap()), "{peer}");
+        }
     }
 
     #[test]

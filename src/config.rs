@@ -500,6 +500,9 @@ pub struct Metrics {
     /// Time an admin connection has to send its request headers and receive the whole
     /// response; then it is closed.
     pub request_timeout_ms: u64,
+    /// Serve `POST /quitquitquit` (from loopback peers only): it starts the same shutdown
+    /// as SIGTERM, for a Kubernetes Job whose application tells its sidecar to exit.
+    pub quitquitquit: bool,
 }
 
 impl Default for Metrics {
@@ -509,6 +512,7 @@ impl Default for Metrics {
             readiness_interval_ms: 1000,
             max_connections: 16,
             request_timeout_ms: 5000,
+            quitquitquit: false,
         }
     }
 }
@@ -1325,6 +1329,7 @@ mod tests {
         assert_eq!(config.metrics.request_timeout_ms, 5000);
         assert_eq!(config.shutdown.drain_delay_ms, 5000);
         assert!(!config.shutdown.drain_delay_always);
+        assert!(!config.metrics.quitquitquit);
         assert_eq!(config.shutdown.grace_period_ms, 20_000);
         assert_eq!(config.log.level, "info");
         assert_eq!(config.log.format, LogFormat::Text);

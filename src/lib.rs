@@ -10,8 +10,10 @@
 //! (`scripts/layers` checks that the import graph has no circle and no upward edge):
 //!
 //! - app — [`server`]: the listener, `max_clients`, the TLS handshake with clients, one
-//!   session per client; [`admin`]: `/metrics`, `/healthz`, `/readyz` and the readiness
-//!   prober; [`shutdown`]: signals and the drain; [`rotation`]: watches secret files.
+//!   session per client; [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/startup`,
+//!   `/quitquitquit` and the readiness prober; [`shutdown`]: signals and the drain;
+//!   [`rotation`]: watches secret files; [`wait`]: the `wait` command's client of
+//!   `/readyz`.
 //! - [`session`]: one client, as a short loop over named steps: `io` (read, write),
 //!   `plan` (classify once, then `local` answers, `transaction` queues, `route` to a
 //!   cluster node), `execute` (run the batch upstream, replies in order), `relay` (pub/sub,
@@ -54,6 +56,7 @@ pub mod session;
 pub mod shutdown;
 pub mod tls;
 pub mod upstream;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -72,9 +75,9 @@ use upstream::Upstream;
 const LISTEN_BACKLOG: u32 = 511;
 
 /// Runs the proxy: installs the metrics recorder, binds the admin address and the Redis
-/// listener, serves until `shutdown` fires (the first SIGTERM/SIGINT), then drains as
-/// [`shutdown`] describes and returns. Fails only at start-up, when an address cannot be
-/// bound.
+/// listener, serves until `shutdown` fires (the first SIGTERM/SIGINT, or an enabled `POST
+/// /quitquitquit`, which cancels it), then drains as [`shutdown`] describes and returns.
+/// Fails only at start-up, when an address cannot be bound.
 pub async fn run(
     config: Config,
     secrets: Secrets,
@@ -142,10 +145,13 @@ pub async fn run(
     let readiness = Arc::new(Readiness::new(
         probe.stale_after(config.upstream.pool_wait_timeout()),
     ));
+    // An enabled POST /quitquitquit cancels `shutdown`, as the first signal does.
+    let quit = config.metrics.quitquitquit.then(|| shutdown.clone());
     let admin = Arc::new(Admin::new(
         metrics_handle.clone(),
         shared.clone(),
         readiness.clone(),
+        quit,
     ));
     tokio::spawn(admin.serve(admin_listener, config.metrics.clone(), admin_stop.clone()));
     // The first probe runs at once: it also opens the pool's first connection, so that

@@ -11,6 +11,8 @@
 //! batch gets that batch's replies first, then is closed) and the sessions are awaited for
 //! up to `[shutdown] grace_period_ms`. Sessions still running then (a slow upstream, and
 //! later blocking or subscribed clients) are dropped when the process exits, with status 0.
+//! An enabled `POST /quitquitquit` (see `admin`) starts the same sequence: it cancels the
+//! token the first signal cancels.
 //!
 //! This module owns the order of those steps and nothing else: it does not know what a
 //! session does with its token, and it never exits the process itself (`main` does, for a

@@ -9,7 +9,7 @@
 //! (`--check`, start-up errors).
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -43,6 +43,8 @@ pub struct AmbassadorBuilder {
     env: Vec<(String, String)>,
     /// `RUST_LOG` for the process (default "info").
     rust_log: Option<String>,
+    /// The IP `[metrics] address` binds (default 127.0.0.1); the port is picked at start.
+    metrics_ip: IpAddr,
 }
 
 impl AmbassadorBuilder {
@@ -53,6 +55,7 @@ impl AmbassadorBuilder {
             upstream_password: None,
             env: Vec::new(),
             rust_log: None,
+            metrics_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 
@@ -93,13 +96,20 @@ impl AmbassadorBuilder {
         self
     }
 
+    /// The admin endpoint on `ip` (`0.0.0.0` to be reached on every address of the host)
+    /// instead of 127.0.0.1.
+    pub fn metrics_ip(mut self, ip: IpAddr) -> Self {
+        self.metrics_ip = ip;
+        self
+    }
+
     /// Writes the password files into `dir` and returns the TOML text, listening on
     /// `listen_port` with the admin endpoint on `metrics_port` (every proxy a test starts
     /// needs its own).
     pub fn render(&self, dir: &Path, listen_port: u16, metrics_port: u16) -> String {
         let mut config = self.config.clone();
         config.listen.address = Some(loopback(listen_port));
-        config.metrics.address = Some(loopback(metrics_port));
+        config.metrics.address = Some(SocketAddr::new(self.metrics_ip, metrics_port));
         if let Some(pw) = &self.client_password {
             config.client_mut().password_file = Some(write_secret_file(dir, "client_password", pw));
         }
