@@ -210,7 +210,10 @@ trap_bench_cleanup() {
 build_ambassador() {
     step "Building redis-ambassador (cargo build --release)"
     cargo build --release
-    ambassador="$repo_root/target/release/redis-ambassador"
+    # Where cargo put it: CARGO_TARGET_DIR when set (relative to the repository), else target/.
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    case "$target_dir" in /*) ;; *) target_dir="$repo_root/$target_dir" ;; esac
+    ambassador="$target_dir/release/redis-ambassador"
     [ -x "$ambassador" ] || die "$ambassador was not built"
 }
 

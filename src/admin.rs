@@ -7,7 +7,12 @@
 //! - `GET /readyz`: readiness. `200 ok` only while the Redis listener is bound, no shutdown
 //!   has begun, and the upstream answered the prober's last PING (recently);
 //!   otherwise `503` and a one-line reason.
-//! - Any other path: 404. A known path with another method than GET or HEAD: 405.
+//! - `GET /startup`: `200 ok` from the first PING the upstream answered on (an
+//!   authenticated connection) on, for good; `503` and the reason before.
+//! - `POST /quitquitquit`: starts the same shutdown as SIGTERM, when `[metrics]
+//!   quitquitquit` is on and the peer is on loopback (the pod's own containers); otherwise
+//!   `403` and why. For a Kubernetes Job whose application tells its sidecar to go.
+//! - Any other path: 404. A known path with another method: 405.
 //!
 //! The endpoint is HTTP/1.1 through hyper and is bounded so that a slow or broken HTTP
 //! client cannot hurt the proxy: at most `max_connections` admin connections at once (more
@@ -20,10 +25,11 @@
 //! It records results; it does not fix anything (the pool reconnects on its own).
 //!
 //! Nothing here logs or returns a secret: reasons are `UpstreamError` texts (which never
-//! hold one) or the upstream's own one-line reply to PING.
+//! hold one), the upstream's own one-line reply to PING, and after an authentication
+//! failure the key and path (or variable) of the password that was sent.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::session::Shared;
-use crate::upstream::Upstream;
+use crate::upstream::{AuthFailure, Upstream, UpstreamError};
 
 /// Largest request head (request line and headers) accepted; over it hyper answers 431.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -53,8 +59,9 @@ const MAX_BUF_BYTES: usize = 8 * 1024;
 /// How often the recorder drains recorded histogram samples when nobody scrapes, so
 /// that their memory stays bounded.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest reason `/readyz` gives (an upstream's reply is cut to it).
-const MAX_REASON_CHARS: usize = 200;
+/// Longest reason `/readyz` gives (an upstream's reply is cut to it): room for Redis's
+/// WRONGPASS text and the key and path of the password that was sent.
+const MAX_REASON_CHARS: usize = 400;
 
 /// `PING redis-ambassador-probe`: its argument tells it apart from an application's PING in
 /// what Redis shows (MONITOR, which the ambassador filters it from; the slow log).
@@ -77,6 +84,8 @@ enum Probe {
 pub struct Readiness {
     listening: AtomicBool,
     shutting_down: AtomicBool,
+    /// The upstream has answered a PING once (`/startup`); never unset.
+    started: AtomicBool,
     probe: Mutex<Probe>,
     /// An answered probe older than this no longer counts (the prober is stuck or gone).
     stale_after: Duration,
@@ -88,6 +97,7 @@ impl Readiness {
         Readiness {
             listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             probe: Mutex::new(Probe::Never),
             stale_after,
         }
@@ -131,6 +141,22 @@ impl Readiness {
         }
     }
 
+    /// `Ok` once the upstream has answered a PING (on a connection that authenticated), and
+    /// from then on; before, the reason, as `/readyz` gives it.
+    pub fn startup(&self) -> Result<(), String> {
+        if self.started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let probe = match self.probe.lock() {
+            Ok(probe) => probe.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        Err(match probe {
+            Probe::Failed(reason) => reason,
+            _ => "no upstream connection has answered PING yet".to_owned(),
+        })
+    }
+
     /// Records a probe's result, logging only changes (not one line per second).
     fn record(&self, result: Result<(), String>) {
         let mut probe = match self.probe.lock() {
@@ -142,6 +168,9 @@ impl Readiness {
             (_, Ok(())) => tracing::info!("upstream answers PING: ready"),
             (Probe::Failed(before), Err(reason)) if before == reason => {}
             (_, Err(reason)) => tracing::warn!(%reason, "upstream PING failed: not ready"),
+        }
+        if result.is_ok() {
+            self.started.store(true, Ordering::Release);
         }
         *probe = match result {
             Ok(()) => Probe::Answered(Instant::now()),
@@ -165,14 +194,22 @@ pub struct Admin {
     metrics: PrometheusHandle,
     shared: Arc<Shared>,
     readiness: Arc<Readiness>,
+    /// Cancelled by `POST /quitquitquit`; `None` when `[metrics] quitquitquit` is off.
+    quit: Option<CancellationToken>,
 }
 
 impl Admin {
-    pub fn new(metrics: PrometheusHandle, shared: Arc<Shared>, readiness: Arc<Readiness>) -> Admin {
+    pub fn new(
+        metrics: PrometheusHandle,
+        shared: Arc<Shared>,
+        readiness: Arc<Readiness>,
+        quit: Option<CancellationToken>,
+    ) -> Admin {
         Admin {
             metrics,
             shared,
             readiness,
+            quit,
         }
     }
 
@@ -221,7 +258,7 @@ impl Admin {
             let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let response = admin.respond(&request);
+                    let response = admin.respond(&request, peer);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -235,19 +272,26 @@ impl Admin {
         }
     }
 
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn respond(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = request.uri().path();
-        if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-            return text(StatusCode::NOT_FOUND, "not found\n".to_owned());
-        }
-        if request.method() != Method::GET && request.method() != Method::HEAD {
+        let allowed = match path {
+            "/metrics" | "/healthz" | "/readyz" | "/startup" => "GET, HEAD",
+            "/quitquitquit" => "POST",
+            _ => return text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        };
+        let method = request.method();
+        let method_ok = match allowed {
+            "POST" => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        };
+        if !method_ok {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".to_owned(),
             );
             response
                 .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                .insert(ALLOW, HeaderValue::from_static(allowed));
             return response;
         }
         match path {
@@ -260,11 +304,49 @@ impl Admin {
                 response
             }
             "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-            _ => match self.readiness.check() {
-                Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
-                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-            },
+            "/readyz" => status_text(self.readiness.check()),
+            "/startup" => status_text(self.readiness.startup()),
+            _ => self.quit(peer),
         }
+    }
+
+    /// `POST /quitquitquit`: the first signal's shutdown, if enabled and asked from the pod.
+    fn quit(&self, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let Some(quit) = &self.quit else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "/quitquitquit is disabled: set [metrics] quitquitquit = true to enable it\n"
+                    .to_owned(),
+            );
+        };
+        if !is_loopback_peer(peer.ip()) {
+            tracing::warn!(%peer, "POST /quitquitquit refused: not from loopback");
+            return text(
+                StatusCode::FORBIDDEN,
+                "/quitquitquit is only accepted from loopback (127.0.0.1 or ::1): from a \
+                 container of the ambassador's own pod\n"
+                    .to_owned(),
+            );
+        }
+        if !quit.is_cancelled() {
+            tracing::info!(%peer, "POST /quitquitquit: shutting down");
+            quit.cancel();
+        }
+        text(StatusCode::OK, "shutting down\n".to_owned())
+    }
+}
+
+/// Whether `ip` is a loopback address, an IPv4 one written as IPv6 (`::ffff:127.0.0.1`,
+/// what a dual-stack listener on `[::]` sees) included.
+fn is_loopback_peer(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// `200 ok`, or `503` and the one-line reason.
+fn status_text(state: Result<(), String>) -> Response<Full<Bytes>> {
+    match state {
+        Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
@@ -278,18 +360,67 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// The readiness prober's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProbeSettings {
     pub interval: Duration,
     /// Bound on writing the PING and on reading its reply (each).
     pub ping_timeout: Duration,
+    /// Which credentials the upstream connections present, said next to an
+    /// authentication failure.
+    pub credentials: Credentials,
+}
+
+/// Which credentials the upstream connections present, as the config names them (`user
+/// `app`, password from [upstream] password_file /var/run/…`): an operator reading
+/// `upstream authentication failed: WRONGPASS …` learns which Secret to check. Never a
+/// value.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// What Redis (the master, a cluster node) is given.
+    pub upstream: Option<String>,
+    /// What the Sentinels are given.
+    pub sentinel: Option<String>,
+}
+
+impl Credentials {
+    /// `describe`: each password's key and path or variable (`RotatingSecret::describe`).
+    pub fn new(
+        upstream: &config::Upstream,
+        password: Option<String>,
+        sentinel_password: Option<String>,
+    ) -> Credentials {
+        let said = |user: Option<&str>, password: Option<String>| {
+            password.map(|from| match user {
+                Some(user) => format!("sent user `{user}` and the password from {from}"),
+                None => format!("sent the password from {from}"),
+            })
+        };
+        Credentials {
+            upstream: said(upstream.username.as_deref(), password),
+            sentinel: said(upstream.sentinel_username.as_deref(), sentinel_password),
+        }
+    }
+
+    /// `error` as a one-line reason; an authentication failure says what was sent.
+    fn reason(&self, error: &UpstreamError) -> String {
+        let sent = match error {
+            UpstreamError::AuthFailed(AuthFailure::Sentinel(_)) => self.sentinel.as_deref(),
+            UpstreamError::AuthFailed(AuthFailure::Refused(_)) => self.upstream.as_deref(),
+            _ => None,
+        };
+        match sent {
+            Some(sent) => one_line(&format!("{error} ({sent})")),
+            None => one_line(&error.to_string()),
+        }
+    }
 }
 
 impl ProbeSettings {
-    pub fn new(config: &config::Config) -> ProbeSettings {
+    pub fn new(config: &config::Config, credentials: Credentials) -> ProbeSettings {
         ProbeSettings {
             interval: config.metrics.readiness_interval(),
             ping_timeout: config.upstream.connect_timeout(),
+            credentials,
         }
     }
 
@@ -317,8 +448,8 @@ pub async fn probe_upstream(
         // Not raced against `stop`: every step is bounded, and dropping a checked-out
         // connection between the write and the read would return it to the pool dirty.
         let result = match &shared.cluster {
-            Some(cluster) => ping_cluster(cluster, settings.ping_timeout).await,
-            None => ping(&shared.upstream, settings.ping_timeout).await,
+            Some(cluster) => ping_cluster(cluster, &settings).await,
+            None => ping(&shared.upstream, &settings).await,
         };
         readiness.record(result);
     }
@@ -326,11 +457,14 @@ pub async fn probe_upstream(
 
 /// Cluster mode: the slot map is known, every slot has a master, and every master answers
 /// PING.
-async fn ping_cluster(cluster: &crate::cluster::Cluster, timeout: Duration) -> Result<(), String> {
+async fn ping_cluster(
+    cluster: &crate::cluster::Cluster,
+    settings: &ProbeSettings,
+) -> Result<(), String> {
     let topology = cluster
         .ready()
         .await
-        .map_err(|e| one_line(&e.to_string()))?;
+        .map_err(|e| settings.credentials.reason(&e))?;
     if topology.unassigned() > 0 {
         return Err(format!(
             "{} cluster slots have no master",
@@ -338,23 +472,25 @@ async fn ping_cluster(cluster: &crate::cluster::Cluster, timeout: Duration) -> R
         ));
     }
     for master in &topology.masters {
-        ping(&cluster.node(&master.address), timeout)
+        ping(&cluster.node(&master.address), settings)
             .await
-            .map_err(|e| one_line(&format!("{}: {e}", master.address)))?;
+            .map_err(|e| {
+                let address = config::redact_address(&master.address);
+                one_line(&format!("{address}: {e}"))
+            })?;
     }
     Ok(())
 }
 
 /// One probe: a pooled connection (authenticated when it was opened) answers PING.
-async fn ping(upstream: &Upstream, timeout: Duration) -> Result<(), String> {
-    let mut conn = upstream.get().await.map_err(|e| one_line(&e.to_string()))?;
-    conn.write_all(&[Bytes::from_static(PING)], Some(timeout))
+async fn ping(upstream: &Upstream, settings: &ProbeSettings) -> Result<(), String> {
+    let reason = |e: UpstreamError| settings.credentials.reason(&e);
+    let timeout = Some(settings.ping_timeout);
+    let mut conn = upstream.get().await.map_err(reason)?;
+    conn.write_all(&[Bytes::from_static(PING)], timeout)
         .await
-        .map_err(|e| one_line(&e.to_string()))?;
-    let (reply, _) = conn
-        .read_reply(Some(timeout))
-        .await
-        .map_err(|e| one_line(&e.to_string()))?;
+        .map_err(reason)?;
+    let (reply, _) = conn.read_reply(timeout).await.map_err(reason)?;
     if reply.as_ref() == PROBE_REPLY {
         return Ok(());
     }
@@ -407,6 +543,40 @@ mod tests {
     }
 
     #[test]
+    fn startup_turns_ok_at_the_first_answer_and_stays() {
+        let readiness = ready();
+        assert!(readiness.startup().unwrap_err().contains("PING"));
+        readiness.record(Err("upstream authentication failed: WRONGPASS".to_owned()));
+        assert_eq!(
+            readiness.startup(),
+            Err("upstream authentication failed: WRONGPASS".to_owned())
+        );
+        readiness.record(Ok(()));
+        assert_eq!(readiness.startup(), Ok(()));
+        readiness.record(Err("upstream unavailable: connection refused".to_owned()));
+        readiness.set_shutting_down();
+        assert_eq!(readiness.startup(), Ok(()));
+        assert!(readiness.check().is_err());
+    }
+
+    #[test]
+    fn only_loopback_peers_may_quit() {
+        for peer in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback_peer(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in [
+            "10.0.0.7",
+            "192.0.2.2",
+            "::ffff:10.0.0.7",
+            "fd00::2",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!is_loopback_peer(peer.parse().unwrap()), "{peer}");
+        }
+    }
+
+    #[test]
     fn shutting_down_wins() {
         let readiness = ready();
         readiness.record(Ok(()));
@@ -427,6 +597,36 @@ mod tests {
                 .check()
                 .unwrap_err()
                 .contains("last answered PING")
+        );
+    }
+
+    #[test]
+    fn an_authentication_failure_says_which_secret_was_sent() {
+        let config: config::Config = "[upstream]\nmode = \"sentinel\"\naddress = \"s:1\"\n\
+                                      master_name = \"m\"\nusername = \"app\"\n\
+                                      password_file = \"/pw\"\n"
+            .parse()
+            .unwrap();
+        let credentials = Credentials::new(
+            &config.upstream,
+            Some("[upstream] password_file /pw".to_owned()),
+            Some("[upstream] sentinel_password_env SPW".to_owned()),
+        );
+        let refused = AuthFailure::Refused("WRONGPASS invalid username-password pair".into());
+        assert_eq!(
+            credentials.reason(&UpstreamError::AuthFailed(refused.clone())),
+            "upstream authentication failed: WRONGPASS invalid username-password pair \
+             (sent user `app` and the password from [upstream] password_file /pw)"
+        );
+        let sentinel = AuthFailure::Sentinel(Box::new(refused));
+        assert!(
+            credentials
+                .reason(&UpstreamError::AuthFailed(sentinel))
+                .ends_with("(sent the password from [upstream] sentinel_password_env SPW)")
+        );
+        assert_eq!(
+            credentials.reason(&UpstreamError::Timeout(5)),
+            "upstream timed out: no reply within 5 ms"
         );
     }
 

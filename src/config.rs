@@ -4,11 +4,13 @@
 //! `RequestLimits`), and `validate()`, one check per section, rejecting values that would
 //! make the proxy or a dependency misbehave.
 //!
-//! Secrets and TLS material are not in the file: it names where they are (`SecretSource`,
-//! the `tls_*` paths), and `credentials` reads them. This module reads nothing but the
-//! config file itself, and imports only the layers below it (`protocol`): never `secret`,
-//! `tls`, `credentials`, or anything that uses the config (settings flow down).
+//! Secrets and TLS material are not in the file: it names where they are (`SecretSetting`:
+//! the key and the file or variable; the `tls_*` paths), and `credentials` reads them.
+//! This module reads nothing but the config file itself, and imports only the layers below
+//! it (`protocol`): never `secret`, `tls`, `credentials`, or anything that uses the config
+//! (settings flow down).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,10 @@ use crate::protocol::RequestLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {error}")]
+    #[error(
+        "cannot read config file {path} (given with --config): {error}; in Kubernetes, mount \
+         the ConfigMap holding it as a directory on the file's directory"
+    )]
     Read {
         path: PathBuf,
         error: std::io::Error,
@@ -50,6 +55,10 @@ pub struct Config {
     pub secrets: SecretsWatch,
     #[serde(default)]
     pub runtime: Runtime,
+    /// The file this config was read from (`Config::load`), for the start-up log line.
+    /// Not a key: private, so that it cannot be set from the file or mistaken for one.
+    #[serde(skip)]
+    loaded_from: Option<PathBuf>,
 }
 
 /// The async runtime.
@@ -245,6 +254,17 @@ pub enum Mode {
     Cluster,
 }
 
+impl fmt::Display for Mode {
+    /// As written in the config.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Standalone => "standalone",
+            Mode::Sentinel => "sentinel",
+            Mode::Cluster => "cluster",
+        })
+    }
+}
+
 /// Whether `endpoint` is `host:port` with a host and a port from 1 to 65535 (an IPv6 host
 /// in brackets); `Err` says what is wrong.
 fn check_host_port(endpoint: &str) -> Result<(), &'static str> {
@@ -264,6 +284,24 @@ fn check_host_port(endpoint: &str) -> Result<(), &'static str> {
     match port.parse::<u16>() {
         Ok(0) | Err(_) => Err("the port must be a number from 1 to 65535"),
         Ok(_) => Ok(()),
+    }
+}
+
+/// An address as it may be printed — in the log, in `/readyz`, in a client's error reply:
+/// credentials before an `@` (`redis://user:password@host:port`) become `***`.
+///
+/// `validate` refuses such an address in the config, so this is the guard for the paths
+/// that do not come from there (an address a Sentinel or a cluster node hands out) and for
+/// any path added later: every printed address goes through this one function.
+pub fn redact_address(address: &str) -> Cow<'_, str> {
+    let (scheme, rest) = match address.find("://") {
+        Some(i) => address.split_at(i + 3),
+        None => ("", address),
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        None => Cow::Borrowed(address),
+        Some(at) => Cow::Owned(format!("{scheme}***{}", &rest[at..])),
     }
 }
 
@@ -297,6 +335,13 @@ impl Upstream {
             .filter(|a| !a.is_empty())
     }
 
+    /// Every address as written (`address`, then `addresses`), redacted
+    /// ([`redact_address`]) and joined with commas: for the start-up log line.
+    pub fn printable_addresses(&self) -> String {
+        let printed: Vec<Cow<'_, str>> = self.raw_addresses().map(redact_address).collect();
+        printed.join(",")
+    }
+
     /// Whether connections to the upstream use TLS.
     pub fn tls_enabled(&self) -> bool {
         self.tls || self.raw_addresses().any(|a| a.starts_with("rediss://"))
@@ -319,14 +364,20 @@ impl Upstream {
     }
 
     /// Where the upstream password is, if anywhere.
-    pub fn password_source(&self) -> Result<Option<SecretSource>, ConfigError> {
-        source("upstream", &self.password_file, &self.password_env)
+    pub fn password_source(&self) -> Result<Option<SecretSetting>, ConfigError> {
+        source(
+            "[upstream]",
+            "password",
+            &self.password_file,
+            &self.password_env,
+        )
     }
 
     /// Where the Sentinels' own password is, if anywhere (sentinel mode).
-    pub fn sentinel_password_source(&self) -> Result<Option<SecretSource>, ConfigError> {
+    pub fn sentinel_password_source(&self) -> Result<Option<SecretSetting>, ConfigError> {
         source(
-            "upstream sentinel",
+            "[upstream]",
+            "sentinel_password",
             &self.sentinel_password_file,
             &self.sentinel_password_env,
         )
@@ -449,6 +500,9 @@ pub struct Metrics {
     /// Time an admin connection has to send its request headers and receive the whole
     /// response; then it is closed.
     pub request_timeout_ms: u64,
+    /// Serve `POST /quitquitquit` (from loopback peers only): it starts the same shutdown
+    /// as SIGTERM, for a Kubernetes Job whose application tells its sidecar to exit.
+    pub quitquitquit: bool,
 }
 
 impl Default for Metrics {
@@ -458,6 +512,7 @@ impl Default for Metrics {
             readiness_interval_ms: 1000,
             max_connections: 16,
             request_timeout_ms: 5000,
+            quitquitquit: false,
         }
     }
 }
@@ -476,8 +531,15 @@ impl Metrics {
 #[serde(deny_unknown_fields, default)]
 pub struct Shutdown {
     /// After the signal, `/readyz` answers 503 but the proxy goes on serving (and accepting)
-    /// for this long, so that Kubernetes can take the pod out of its endpoints first.
+    /// for this long while clients are connected, so that the application can finish and
+    /// Kubernetes can take the pod out of its endpoints first.
     pub drain_delay_ms: u64,
+    /// Wait the whole `drain_delay_ms` even with no client connected. Off, the delay ends
+    /// as soon as no client is connected (at once if none was): a native sidecar is stopped
+    /// after the application has exited, so nobody is left to wait for. On, for the
+    /// pre-1.29 layout, where the application gets SIGTERM at the same moment and may
+    /// still connect during its own shutdown.
+    pub drain_delay_always: bool,
     /// Then the listener closes and clients are closed as they go idle; those still busy
     /// after this long are dropped and the process exits.
     pub grace_period_ms: u64,
@@ -487,6 +549,7 @@ impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             drain_delay_ms: 5000,
+            drain_delay_always: false,
             grace_period_ms: 20_000,
         }
     }
@@ -561,7 +624,7 @@ fn check_log_level(level: &str) -> Result<(), String> {
 }
 
 /// Where a secret is read from, as the config names it (`*_file` or `*_env`). Reading it is
-/// `secret`'s job (`SecretSource::load` there); the config only says where.
+/// `secret`'s job (`SecretSetting::load` there); the config only says where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     File(PathBuf),
@@ -577,19 +640,45 @@ impl fmt::Display for SecretSource {
     }
 }
 
-/// The one place a password is named: `password_file` or `password_env` (not both) of
-/// `[section]`; `None` when neither is set.
+/// A secret as the config names it: where it is, and the key that says so
+/// (`[upstream] password_file`), so that every message about it names that key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSetting {
+    /// The section and key, as an operator finds them in the file: `[upstream]
+    /// password_file`, ``[[client.users]] `app` password_env``.
+    pub key: String,
+    pub source: SecretSource,
+}
+
+impl fmt::Display for SecretSetting {
+    /// The key and the path or variable name (never a value): `[upstream] password_file
+    /// /var/run/secrets/redis/password`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            SecretSource::File(path) => write!(f, "{} {}", self.key, path.display()),
+            SecretSource::Env(name) => write!(f, "{} {name}", self.key),
+        }
+    }
+}
+
+/// The one place a password is named: `<prefix>_file` or `<prefix>_env` (not both) of
+/// `section` (written as in the file: `[upstream]`); `None` when neither is set.
 fn source(
     section: &str,
+    prefix: &str,
     file: &Option<PathBuf>,
     env: &Option<String>,
-) -> Result<Option<SecretSource>, ConfigError> {
+) -> Result<Option<SecretSetting>, ConfigError> {
+    let setting = |kind: &str, source| SecretSetting {
+        key: format!("{section} {prefix}_{kind}"),
+        source,
+    };
     match (file, env) {
         (Some(_), Some(_)) => invalid(format!(
-            "[{section}] sets both password_file and password_env; choose one"
+            "{section} sets both {prefix}_file and {prefix}_env; choose one"
         )),
-        (Some(path), None) => Ok(Some(SecretSource::File(path.clone()))),
-        (None, Some(name)) => Ok(Some(SecretSource::Env(name.clone()))),
+        (Some(path), None) => Ok(Some(setting("file", SecretSource::File(path.clone())))),
+        (None, Some(name)) => Ok(Some(setting("env", SecretSource::Env(name.clone())))),
         (None, None) => Ok(None),
     }
 }
@@ -597,9 +686,14 @@ fn source(
 impl Client {
     /// Every client user and where its password is: the `[client]` keys' user first (when
     /// it has a password), then `[[client.users]]`. Names must be distinct and not empty.
-    pub fn sources(&self) -> Result<Vec<(String, SecretSource)>, ConfigError> {
+    pub fn sources(&self) -> Result<Vec<(String, SecretSetting)>, ConfigError> {
         let mut users = Vec::new();
-        match source("client", &self.password_file, &self.password_env)? {
+        match source(
+            "[client]",
+            "password",
+            &self.password_file,
+            &self.password_env,
+        )? {
             Some(s) => users.push((self.username.clone(), s)),
             None if self.username != "default" => {
                 return invalid("[client] username needs password_file or password_env");
@@ -607,9 +701,15 @@ impl Client {
             None => {}
         }
         for user in &self.users {
-            let section = format!("client.users `{}`", user.username);
-            let Some(s) = source(&section, &user.password_file, &user.password_env)? else {
-                return invalid(format!("[{section}] needs password_file or password_env"));
+            let section = format!("[[client.users]] `{}`", user.username);
+            let Some(s) = source(
+                &section,
+                "password",
+                &user.password_file,
+                &user.password_env,
+            )?
+            else {
+                return invalid(format!("{section} needs password_file or password_env"));
             };
             users.push((user.username.clone(), s));
         }
@@ -648,7 +748,14 @@ impl Config {
             path: path.to_owned(),
             error,
         })?;
-        text.parse()
+        let mut config: Config = text.parse()?;
+        config.loaded_from = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The file the config was read from; `None` when it was parsed from a string.
+    pub fn loaded_from(&self) -> Option<&Path> {
+        self.loaded_from.as_deref()
     }
 
     pub fn request_limits(&self) -> RequestLimits {
@@ -1034,6 +1141,25 @@ mod tests {
     use std::str::FromStr;
 
     #[test]
+    fn printed_addresses_never_carry_credentials() {
+        for (address, printed) in [
+            ("127.0.0.1:6379", "127.0.0.1:6379"),
+            ("redis://:s3cret@h:1", "redis://***@h:1"),
+            ("rediss://user:p@ss@h:1/0", "rediss://***@h:1/0"),
+            ("u:pw@[::1]:6379", "***@[::1]:6379"),
+            ("redis://h:1/a@b", "redis://h:1/a@b"),
+        ] {
+            assert_eq!(redact_address(address), printed, "{address}");
+        }
+        let upstream = Config::from_str(
+            "[upstream]\nmode = \"cluster\"\naddress = \"a:1\"\naddresses = [\"redis://b:2\"]\n",
+        )
+        .unwrap()
+        .upstream;
+        assert_eq!(upstream.printable_addresses(), "a:1,redis://b:2");
+    }
+
+    #[test]
     fn example_config_parses() {
         let text = include_str!("../config.toml");
         let config = Config::from_str(text).expect("config.toml must stay valid");
@@ -1202,6 +1328,8 @@ mod tests {
         assert_eq!(config.metrics.max_connections, 16);
         assert_eq!(config.metrics.request_timeout_ms, 5000);
         assert_eq!(config.shutdown.drain_delay_ms, 5000);
+        assert!(!config.shutdown.drain_delay_always);
+        assert!(!config.metrics.quitquitquit);
         assert_eq!(config.shutdown.grace_period_ms, 20_000);
         assert_eq!(config.log.level, "info");
         assert_eq!(config.log.format, LogFormat::Text);
@@ -1257,7 +1385,7 @@ mod tests {
             ),
             (
                 "[client]\n[[client.users]]\nusername = \"a\"\n",
-                "client.users `a`",
+                "[[client.users]] `a` needs password_file",
             ),
             (
                 "[client]\n[[client.users]]\nusername = \"\"\npassword_file = \"/a\"\n",

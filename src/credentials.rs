@@ -156,7 +156,21 @@ mod tests {
         .unwrap();
         let err = Secrets::load(&config).unwrap_err().to_string();
         assert!(
-            err.starts_with("cannot read secret file /nonexistent/password"),
+            err.starts_with("[upstream] password_file /nonexistent/password: cannot read it")
+                && err.contains("mount the Secret as a directory"),
+            "{err}"
+        );
+        // Every secret names its own key.
+        let config = Config::from_str(
+            "[client]\n[[client.users]]\nusername = \"app\"\npassword_env = \"AMB_UNSET_81\"\n\
+             [upstream]\naddress = \"x:1\"\n",
+        )
+        .unwrap();
+        let err = Secrets::load(&config).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "[[client.users]] `app` password_env: environment variable AMB_UNSET_81"
+            ),
             "{err}"
         );
     }

@@ -10,8 +10,10 @@
 //! (`scripts/layers` checks that the import graph has no circle and no upward edge):
 //!
 //! - app — [`server`]: the listener, `max_clients`, the TLS handshake with clients, one
-//!   session per client; [`admin`]: `/metrics`, `/healthz`, `/readyz` and the readiness
-//!   prober; [`shutdown`]: signals and the drain; [`rotation`]: watches secret files.
+//!   session per client; [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/startup`,
+//!   `/quitquitquit` and the readiness prober; [`shutdown`]: signals and the drain;
+//!   [`rotation`]: watches secret files; [`wait`]: the `wait` command's client of
+//!   `/readyz`.
 //! - [`session`]: one client, as a short loop over named steps: `io` (read, write),
 //!   `plan` (classify once, then `local` answers, `transaction` queues, `route` to a
 //!   cluster node), `execute` (run the batch upstream, replies in order), `relay` (pub/sub,
@@ -54,12 +56,13 @@ pub mod session;
 pub mod shutdown;
 pub mod tls;
 pub mod upstream;
+pub mod wait;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use admin::{Admin, ProbeSettings, Readiness};
+use admin::{Admin, Credentials, ProbeSettings, Readiness};
 use auth::ClientAuth;
 use config::Config;
 use credentials::Secrets;
@@ -72,9 +75,9 @@ use upstream::Upstream;
 const LISTEN_BACKLOG: u32 = 511;
 
 /// Runs the proxy: installs the metrics recorder, binds the admin address and the Redis
-/// listener, serves until `shutdown` fires (the first SIGTERM/SIGINT), then drains as
-/// [`shutdown`] describes and returns. Fails only at start-up, when an address cannot be
-/// bound.
+/// listener, serves until `shutdown` fires (the first SIGTERM/SIGINT, or an enabled `POST
+/// /quitquitquit`, which cancels it), then drains as [`shutdown`] describes and returns.
+/// Fails only at start-up, when an address cannot be bound.
 pub async fn run(
     config: Config,
     secrets: Secrets,
@@ -97,17 +100,27 @@ pub async fn run(
     let admin_bound = admin_listener
         .local_addr()
         .unwrap_or(config.metrics.address);
+    // The first line of the log: what runs, from which file, where it listens (as bound),
+    // what it forwards to (redacted), how.
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        config = %config.loaded_from().map_or("-".into(), |p| p.display().to_string()),
         address = %bound,
         admin = %admin_bound,
-        upstream = %config.upstream.address,
+        upstream = %config.upstream.printable_addresses(),
+        mode = %config.upstream.mode,
+        worker_threads = config.runtime.threads(),
         upstream_tls = config.upstream.tls_enabled(),
         client_tls = secrets.listen_tls.is_some(),
         client_auth = secrets.client_users.is_some(),
-        "redis-ambassador listening"
+        "redis-ambassador started"
     );
     let all_secrets = secrets.all();
+    let credentials = Credentials::new(
+        &config.upstream,
+        secrets.upstream_password.as_ref().map(|s| s.describe()),
+        secrets.sentinel_password.as_ref().map(|s| s.describe()),
+    );
     rotation::warn_unwatchable(&all_secrets, &config.secrets);
     let upstream = Upstream::new(&config, &secrets);
     let cluster = (config.upstream.mode == config::Mode::Cluster)
@@ -128,14 +141,17 @@ pub async fn run(
     let admin_stop = CancellationToken::new();
     let _admin_guard = admin_stop.clone().drop_guard();
     rotation::spawn(all_secrets, config.secrets.clone(), admin_stop.clone());
-    let probe = ProbeSettings::new(&config);
+    let probe = ProbeSettings::new(&config, credentials);
     let readiness = Arc::new(Readiness::new(
         probe.stale_after(config.upstream.pool_wait_timeout()),
     ));
+    // An enabled POST /quitquitquit cancels `shutdown`, as the first signal does.
+    let quit = config.metrics.quitquitquit.then(|| shutdown.clone());
     let admin = Arc::new(Admin::new(
         metrics_handle.clone(),
         shared.clone(),
         readiness.clone(),
+        quit,
     ));
     tokio::spawn(admin.serve(admin_listener, config.metrics.clone(), admin_stop.clone()));
     // The first probe runs at once: it also opens the pool's first connection, so that

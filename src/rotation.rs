@@ -39,26 +39,53 @@ const DATA_LINK: &str = "..data";
 /// before waiting for the next event or poll.
 const MAX_SETTLE_ATTEMPTS: usize = 10;
 
+/// Set by Kubernetes in every container of a pod (the API server's address): its presence
+/// is how the ambassador knows it runs in a pod.
+const IN_POD_VARIABLE: &str = "KUBERNETES_SERVICE_HOST";
+
+/// Whether the process runs in a Kubernetes pod (see [`IN_POD_VARIABLE`]).
+fn in_kubernetes() -> bool {
+    std::env::var_os(IN_POD_VARIABLE).is_some()
+}
+
 /// Warns, at start-up, about secrets whose rotation the proxy cannot see: environment
 /// variables, files outside a Kubernetes Secret volume directory (a `subPath` mount, which
-/// kubelet never updates), and every file when both watching and polling are off.
+/// kubelet never updates), and every file when both watching and polling are off. Each
+/// names the secret's config key.
+///
+/// A file outside a Secret volume is only worth a warning in a pod: on a laptop or a VM
+/// the secret is a plain file, rewritten in place if at all, so it is said at info level.
 pub fn warn_unwatchable(secrets: &[Arc<RotatingSecret>], settings: &SecretsWatch) {
+    let in_pod = in_kubernetes();
     let mut any_file = false;
     for secret in secrets {
+        let key = secret.setting().map_or("", |s| s.key.as_str());
         match secret.source() {
             Some(SecretSource::Env(name)) => tracing::warn!(
+                key,
                 variable = %name,
                 "secret comes from an environment variable: it cannot rotate without a restart \
                  (mount the Kubernetes Secret as a directory and use *_file to rotate it)"
             ),
             Some(SecretSource::File(path)) => {
                 any_file = true;
-                if !directory_of(path).join(DATA_LINK).exists() {
+                if directory_of(path).join(DATA_LINK).exists() {
+                    continue;
+                }
+                if in_pod {
                     tracing::warn!(
+                        key,
                         file = %path.display(),
                         "secret file is not in a Kubernetes Secret volume (no `..data` next to \
-                         it, as with a subPath mount): Kubernetes will not update it; only a \
-                         rewrite of the file itself is picked up"
+                         it, as with a subPath mount): Kubernetes will not update it; mount the \
+                         Secret as a directory"
+                    );
+                } else {
+                    tracing::info!(
+                        key,
+                        file = %path.display(),
+                        "secret file is not in a Kubernetes Secret volume (not running in a \
+                         pod): a rewrite of the file itself is picked up"
                     );
                 }
             }
@@ -234,8 +261,15 @@ fn directory_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::secret::{Secret, SecretSetting};
     use std::os::unix::fs::symlink;
+
+    fn file(path: PathBuf) -> SecretSetting {
+        SecretSetting {
+            key: "[upstream] password_file".to_owned(),
+            source: SecretSource::File(path),
+        }
+    }
 
     /// Lays out a Kubernetes Secret volume and swaps its data the way kubelet does.
     fn kube_swap(dir: &Path, stamp: &str, value: &str) {
@@ -274,11 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         kube_swap(dir.path(), "..2026_11_26_10_00_00.000000001", "one");
         let secret = Arc::new(
-            RotatingSecret::load(
-                SecretSource::File(dir.path().join("password")),
-                Duration::ZERO,
-            )
-            .unwrap(),
+            RotatingSecret::load(file(dir.path().join("password")), Duration::ZERO).unwrap(),
         );
         let stop = CancellationToken::new();
         // Polling off: only the watcher can see the change.
@@ -300,9 +330,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "one\n").unwrap();
-        let secret = Arc::new(
-            RotatingSecret::load(SecretSource::File(path.clone()), Duration::ZERO).unwrap(),
-        );
+        let secret = Arc::new(RotatingSecret::load(file(path.clone()), Duration::ZERO).unwrap());
         let stop = CancellationToken::new();
         spawn(vec![secret.clone()], settings(false, 20), stop.clone());
         std::fs::write(&path, "").unwrap();

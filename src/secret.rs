@@ -3,8 +3,9 @@
 //!
 //! A `Secret` never shows its bytes through `Debug` or `Display`, compares in constant
 //! time, and is read from a file (a mounted Kubernetes Secret; one trailing newline is
-//! stripped) or an environment variable. Errors name the file or variable, never the value.
-//! `SecretSource` (where a secret is) is part of the config's schema and is defined in
+//! stripped) or an environment variable. Errors name the config key, the file or variable
+//! and what to do about it, never the value. `SecretSetting` (a secret as the config names
+//! it: the key and where the secret is) is part of the config's schema and is defined in
 //! `config`; it is re-exported here with the `load` that reads it.
 //!
 //! A `RotatingSecret` holds the current value and, for the configured overlap after a
@@ -14,14 +15,15 @@
 //! `credentials`', not this module's.
 
 use std::fmt;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-pub use crate::config::SecretSource;
+pub use crate::config::{SecretSetting, SecretSource};
 
 /// A password or other credential. Binary-safe, redacted in every printout.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,33 +51,63 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Why a secret could not be read. Each names the config key and the path or variable, and
+/// says what to do; none holds a secret's bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read secret {source_name}: {error}")]
+    #[error("{key} {}: cannot read it: {error}; {}", path.display(), read_hint(error))]
     Unreadable {
-        source_name: String,
-        error: std::io::Error,
+        key: String,
+        path: PathBuf,
+        error: io::Error,
     },
-    #[error("secret {0} is not set")]
-    Unset(String),
-    #[error("secret {0} is empty")]
-    Empty(String),
+    #[error(
+        "{key}: environment variable {name} is not set; set it in the container's environment \
+         (from a Kubernetes Secret: env[].valueFrom.secretKeyRef)"
+    )]
+    Unset { key: String, name: String },
+    /// The setting (key and path or variable) holds nothing once its trailing newline is
+    /// stripped.
+    #[error("{0} is empty: the ambassador never uses a blank password; put the password there")]
+    Empty(SecretSetting),
+}
+
+/// What to do about a file the ambassador cannot read (a secret, a TLS certificate or key),
+/// by the reason the system gave.
+pub fn read_hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::NotFound => {
+            "mount the Secret as a directory on the file's directory (a volume without \
+             subPath) and check that the Secret has a key of that file name"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "the ambassador's user cannot read it: give the Secret volume defaultMode 0440 \
+             and the pod securityContext.fsGroup the ambassador's group (65532 in its image)"
+        }
+        io::ErrorKind::IsADirectory => {
+            "it is a directory: name the file inside it (the Secret's key, such as .../password)"
+        }
+        _ => "check the volume mounted there",
+    }
 }
 
 // An inherent impl outside the type's module: `config` says where a secret is, this module
 // reads it.
-impl SecretSource {
+impl SecretSetting {
     /// Reads the secret now. A missing or empty secret is an error: an empty password is
     /// never sent, and never accepted.
     pub fn load(&self) -> Result<Secret, SecretError> {
-        let bytes = match self {
-            SecretSource::File(path) => read_file(path)?,
+        let bytes = match &self.source {
+            SecretSource::File(path) => read_file(&self.key, path)?,
             SecretSource::Env(name) => std::env::var_os(name)
                 .map(|v| v.into_encoded_bytes())
-                .ok_or_else(|| SecretError::Unset(self.to_string()))?,
+                .ok_or_else(|| SecretError::Unset {
+                    key: self.key.clone(),
+                    name: name.clone(),
+                })?,
         };
         if bytes.is_empty() {
-            return Err(SecretError::Empty(self.to_string()));
+            return Err(SecretError::Empty(self.clone()));
         }
         Ok(Secret(bytes))
     }
@@ -98,7 +130,7 @@ pub enum Reload {
 /// they happen at authentication and upstream connect, never per command.
 #[derive(Debug)]
 pub struct RotatingSecret {
-    source: Option<SecretSource>,
+    setting: Option<SecretSetting>,
     state: RwLock<State>,
     /// How long the previous value is still accepted by `matches` after a change.
     overlap: Duration,
@@ -116,11 +148,11 @@ struct State {
 }
 
 impl RotatingSecret {
-    /// Reads `source` now; fails as `SecretSource::load` does (a start-up error).
-    pub fn load(source: SecretSource, overlap: Duration) -> Result<RotatingSecret, SecretError> {
-        let current = source.load()?;
+    /// Reads `setting` now; fails as `SecretSetting::load` does (a start-up error).
+    pub fn load(setting: SecretSetting, overlap: Duration) -> Result<RotatingSecret, SecretError> {
+        let current = setting.load()?;
         Ok(RotatingSecret {
-            source: Some(source),
+            setting: Some(setting),
             state: RwLock::new(State {
                 current,
                 previous: None,
@@ -134,7 +166,7 @@ impl RotatingSecret {
     /// A value that never changes (for embedding the library, and tests).
     pub fn fixed(secret: Secret) -> RotatingSecret {
         RotatingSecret {
-            source: None,
+            setting: None,
             state: RwLock::new(State {
                 current: secret,
                 previous: None,
@@ -145,13 +177,19 @@ impl RotatingSecret {
         }
     }
 
+    /// Where the value is read from (`None` for a fixed value).
     pub fn source(&self) -> Option<&SecretSource> {
-        self.source.as_ref()
+        self.setting.as_ref().map(|s| &s.source)
+    }
+
+    /// The config key and where the value is read from (`None` for a fixed value).
+    pub fn setting(&self) -> Option<&SecretSetting> {
+        self.setting.as_ref()
     }
 
     /// Whether a change of the source can be seen while running (only files can).
     pub fn can_rotate(&self) -> bool {
-        matches!(self.source, Some(SecretSource::File(_)))
+        matches!(self.source(), Some(SecretSource::File(_)))
     }
 
     /// How many times the value has changed since start-up.
@@ -186,8 +224,13 @@ impl RotatingSecret {
     /// Reads the source once. A file only: an environment variable is read at start-up
     /// and never again.
     pub fn read_source(&self) -> Option<Result<Secret, SecretError>> {
-        match &self.source {
-            Some(source @ SecretSource::File(_)) => Some(source.load()),
+        match &self.setting {
+            Some(
+                setting @ SecretSetting {
+                    source: SecretSource::File(_),
+                    ..
+                },
+            ) => Some(setting.load()),
             _ => None,
         }
     }
@@ -236,16 +279,19 @@ impl RotatingSecret {
         Reload::Changed
     }
 
-    fn describe(&self) -> String {
-        self.source
+    /// The key and the path or variable (`[upstream] password_file /var/run/…`), or
+    /// `fixed`: what a message about this secret names, never its value.
+    pub fn describe(&self) -> String {
+        self.setting
             .as_ref()
             .map_or_else(|| "fixed".to_owned(), ToString::to_string)
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, SecretError> {
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, SecretError> {
     let mut bytes = std::fs::read(path).map_err(|error| SecretError::Unreadable {
-        source_name: SecretSource::File(path.to_owned()).to_string(),
+        key: key.to_owned(),
+        path: path.to_owned(),
         error,
     })?;
     // `kubectl create secret --from-file` and editors leave one trailing newline.
@@ -261,6 +307,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>, SecretError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file(path: &Path) -> SecretSetting {
+        SecretSetting {
+            key: "[upstream] password_file".to_owned(),
+            source: SecretSource::File(path.to_owned()),
+        }
+    }
 
     #[test]
     fn redacted() {
@@ -281,9 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "one\n").unwrap();
-        let secret =
-            RotatingSecret::load(SecretSource::File(path.clone()), Duration::from_secs(60))
-                .unwrap();
+        let secret = RotatingSecret::load(file(&path), Duration::from_secs(60)).unwrap();
         assert!(secret.can_rotate());
         assert_eq!(secret.reload(), Reload::Unchanged);
         for bad in [&b""[..], b"\n", b"\r\n"] {
@@ -307,8 +358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "one").unwrap();
-        let secret =
-            RotatingSecret::load(SecretSource::File(path.clone()), Duration::ZERO).unwrap();
+        let secret = RotatingSecret::load(file(&path), Duration::ZERO).unwrap();
         std::fs::write(&path, "two").unwrap();
         assert_eq!(secret.reload(), Reload::Changed);
         assert!(secret.matches(b"two") && !secret.matches(b"one"));
@@ -323,25 +373,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "pw\n\n").unwrap();
-        assert_eq!(
-            SecretSource::File(path.clone()).load().unwrap().expose(),
-            b"pw\n"
-        );
+        assert_eq!(file(&path).load().unwrap().expose(), b"pw\n");
         std::fs::write(&path, "pw\r\n").unwrap();
-        assert_eq!(
-            SecretSource::File(path.clone()).load().unwrap().expose(),
-            b"pw"
-        );
+        assert_eq!(file(&path).load().unwrap().expose(), b"pw");
         std::fs::write(&path, "\n").unwrap();
-        let err = SecretSource::File(path.clone())
+        let err = file(&path).load().unwrap_err().to_string();
+        assert!(
+            err.contains("[upstream] password_file")
+                && err.contains("is empty")
+                && err.contains("pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = file(&dir.path().join("nope"))
             .load()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is empty") && err.contains("pw"), "{err}");
-        let missing = SecretSource::File(dir.path().join("nope"))
-            .load()
-            .unwrap_err()
-            .to_string();
-        assert!(missing.contains("nope"), "{missing}");
+        assert!(
+            missing.starts_with("[upstream] password_file ")
+                && missing.contains("nope")
+                && missing.contains("mount the Secret as a directory"),
+            "{missing}"
+        );
+        let directory = file(dir.path()).load().unwrap_err().to_string();
+        assert!(directory.contains("name the file inside it"), "{directory}");
+        let unset = SecretSetting {
+            key: "[client] password_env".to_owned(),
+            source: SecretSource::Env("REDIS_AMBASSADOR_SURELY_UNSET_71".to_owned()),
+        };
+        let unset = unset.load().unwrap_err().to_string();
+        assert!(
+            unset.starts_with(
+                "[client] password_env: environment variable \
+                               REDIS_AMBASSADOR_SURELY_UNSET_71 is not set"
+            ),
+            "{unset}"
+        );
     }
 }

@@ -1,14 +1,18 @@
 //! The sidecar's end of life: the signals that start it and the drain that follows.
 //!
 //! On the first SIGTERM or SIGINT the process stops being *ready* at once (`/readyz`
-//! answers 503, "shutting down") but goes on serving, and accepting, for
-//! `[shutdown] drain_delay_ms`: Kubernetes takes a terminating pod out of its Service
-//! endpoints asynchronously, and the application beside the ambassador may still be
-//! finishing requests. Then the listener closes, every session's `closing` token fires
-//! (an idle client is closed at once; a client in the middle of a batch gets that batch's
-//! replies first, then is closed) and the sessions are awaited for up to
-//! `[shutdown] grace_period_ms`. Sessions still running then (a slow upstream, and later
-//! blocking or subscribed clients) are dropped when the process exits, with status 0.
+//! answers 503, "shutting down") but goes on serving, and accepting, for `[shutdown]
+//! drain_delay_ms` while clients are connected: the application beside the ambassador may
+//! still be finishing requests, and Kubernetes takes a terminating pod out of its Service
+//! endpoints asynchronously. The delay ends early once no client is connected (at once
+//! when none was: a native sidecar is stopped after its application has exited), unless
+//! `drain_delay_always` asks for all of it. Then the listener closes, every session's
+//! `closing` token fires (an idle client is closed at once; a client in the middle of a
+//! batch gets that batch's replies first, then is closed) and the sessions are awaited for
+//! up to `[shutdown] grace_period_ms`. Sessions still running then (a slow upstream, and
+//! later blocking or subscribed clients) are dropped when the process exits, with status 0.
+//! An enabled `POST /quitquitquit` (see `admin`) starts the same sequence: it cancels the
+//! token the first signal cancels.
 //!
 //! This module owns the order of those steps and nothing else: it does not know what a
 //! session does with its token, and it never exits the process itself (`main` does, for a
@@ -100,13 +104,28 @@ impl Lifecycle {
         server: JoinHandle<()>,
     ) -> Outcome {
         readiness.set_shutting_down();
+        let clients = self.sessions.len();
         tracing::info!(
             drain_delay_ms = settings.drain_delay_ms,
+            drain_delay_always = settings.drain_delay_always,
             grace_period_ms = settings.grace_period_ms,
-            sessions = self.sessions.len(),
-            "shutting down: /readyz now answers 503; still serving during the drain delay"
+            "draining {clients} clients; a second SIGTERM/SIGINT exits now"
         );
-        tokio::time::sleep(settings.drain_delay()).await;
+        // Closed now, so that `wait` sees the moment no session is left; sessions accepted
+        // during the delay are still tracked.
+        self.sessions.close();
+        let started = Instant::now();
+        if settings.drain_delay_always {
+            tokio::time::sleep(settings.drain_delay()).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(settings.drain_delay()) => {}
+                () = self.sessions.wait() => tracing::info!(
+                    waited_ms = millis(started.elapsed()),
+                    "no client connected: the drain delay ends"
+                ),
+            }
+        }
 
         self.stop_accepting.cancel();
         if let Err(error) = server.await {
@@ -114,7 +133,6 @@ impl Lifecycle {
         }
         readiness.set_not_listening();
         self.closing.cancel();
-        self.sessions.close();
         let open = self.sessions.len();
         tracing::info!(
             sessions = open,

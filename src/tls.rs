@@ -28,7 +28,7 @@ use crate::config;
 /// Why the TLS settings could not be built. Never contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {key} {path}: {error}")]
+    #[error("cannot read {key} {}: {error}; {}", path.display(), crate::secret::read_hint(error))]
     Read {
         key: &'static str,
         path: PathBuf,
@@ -342,7 +342,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            error.starts_with("cannot read [upstream] tls_key_file /nonexistent/key.pem"),
+            error.starts_with("cannot read [upstream] tls_key_file /nonexistent/key.pem")
+                && error.contains("mount the Secret as a directory"),
             "{error}"
         );
     }

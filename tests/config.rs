@@ -152,8 +152,97 @@ fn missing_secret_file_is_named() {
     config.upstream.password_file = Some(missing.clone());
     let p = config.write(&dir.path().join("missing.toml"));
     assert_check_rejects_naming("a missing secret file", &p, missing.to_str().unwrap());
+    // The key, the path, and what to do.
+    let (_, out) = check_config(&p);
+    assert!(
+        out.contains(&format!("[upstream] password_file {}", missing.display()))
+            && out.contains("mount the Secret as a directory"),
+        "{out}"
+    );
     // Running (not just checking) fails at start-up the same way.
     assert_start_fails_naming("a missing secret file", &p, &missing);
+}
+
+/// Every secret's error names its own key: `[client]`, `[[client.users]]` (with the
+/// user), the Sentinels' password, TLS files; a missing file says to mount the Secret as
+/// a directory, an unset variable names the variable. Never a value.
+#[test]
+fn every_startup_error_names_its_key_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent");
+    let present = write(dir.path(), "pw", "Present-Secret-Value-9\n");
+    let cases: Vec<(&str, AmbassadorConfig, String)> = vec![
+        (
+            "[client] password_file",
+            {
+                let mut c = minimal();
+                c.client_mut().password_file = Some(missing.clone());
+                c
+            },
+            format!("[client] password_file {}", missing.display()),
+        ),
+        (
+            "[[client.users]] password_env",
+            {
+                let mut c = minimal();
+                c.client_mut().password_file = Some(present.clone());
+                c.client_mut().users.push(common::config::ClientUser {
+                    username: "reports".into(),
+                    password_file: None,
+                    password_env: Some("AMBASSADOR_TEST_UNSET_USER_PW".into()),
+                });
+                c
+            },
+            "[[client.users]] `reports` password_env: environment variable \
+            AMBASSADOR_TEST_UNSET_USER_PW is not set"
+                .to_owned(),
+        ),
+        (
+            "[upstream] sentinel_password_file",
+            {
+                let mut c = minimal();
+                c.upstream.mode = Some(UpstreamMode::Sentinel);
+                c.upstream.master_name = Some("mymaster".into());
+                c.upstream.password_file = Some(present.clone());
+                c.upstream.sentinel_password_file = Some(missing.clone());
+                c
+            },
+            format!("[upstream] sentinel_password_file {}", missing.display()),
+        ),
+        (
+            "[listen] tls_cert_file",
+            {
+                let mut c = minimal();
+                c.listen.tls_cert_file = Some(missing.clone());
+                c.listen.tls_key_file = Some(present.clone());
+                c
+            },
+            format!("[listen] tls_cert_file {}", missing.display()),
+        ),
+    ];
+    for (n, (what, config, named)) in cases.into_iter().enumerate() {
+        let p = config.write(&dir.path().join(format!("case{n}.toml")));
+        let (status, out) = check_config(&p);
+        assert_eq!(status.code(), Some(1), "{what}: --check passed:\n{out}");
+        assert!(out.contains(&named), "{what}: \"{named}\" not in:\n{out}");
+        if named.contains(missing.to_str().unwrap()) {
+            assert!(
+                out.contains("mount the Secret as a directory"),
+                "{what}:\n{out}"
+            );
+        }
+        assert!(
+            !out.contains("Present-Secret-Value-9"),
+            "{what}: a value is shown:\n{out}"
+        );
+        let (status, run_out) = run_proxy_to_exit(
+            &["--config", p.to_str().unwrap()],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(status.code(), Some(1), "{what}: started:\n{run_out}");
+        assert!(run_out.contains(&named), "{what}: at start-up:\n{run_out}");
+    }
 }
 
 #[test]
@@ -208,7 +297,12 @@ fn unset_password_env_is_named() {
         Duration::from_secs(10),
     );
     assert_eq!(status.code(), Some(1), "output:\n{out}");
-    assert!(out.contains(var), "the variable is not named:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "[upstream] password_env: environment variable {var} is not set"
+        )),
+        "the key and the variable are not named:\n{out}"
+    );
 }
 
 /// A password written into the upstream address (people paste `REDIS_URL`s) is refused by
@@ -226,6 +320,15 @@ fn check_refuses_credentials_and_bad_ports_in_the_address() {
         out.contains("password_file"),
         "no pointer to password_file:\n{out}"
     );
+    assert!(!out.contains("s3cretpw"), "the password was echoed:\n{out}");
+    // Started (not just checked): refused the same way, never echoed.
+    let (status, out) = run_proxy_to_exit(
+        &["--config", p.to_str().unwrap()],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.code(), Some(1), "started:\n{out}");
+    assert!(out.contains("[upstream] address"), "{out}");
     assert!(!out.contains("s3cretpw"), "the password was echoed:\n{out}");
     for (n, bad) in [
         "127.0.0.1:abc",

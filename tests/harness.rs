@@ -151,7 +151,9 @@ fn typed_config_uses_only_keys_the_proxy_knows() {
     c.metrics.readiness_interval_ms = Some(500);
     c.metrics.max_connections = Some(4);
     c.metrics.request_timeout_ms = Some(1000);
+    c.metrics.quitquitquit = Some(true);
     c.shutdown.drain_delay_ms = Some(0);
+    c.shutdown.drain_delay_always = Some(true);
     c.shutdown.grace_period_ms = Some(1000);
     c.secrets.watch = Some(false);
     c.secrets.poll_interval_ms = Some(100);

@@ -420,12 +420,34 @@ fn start_up_warns_where_rotation_cannot_be_seen() {
     assert!(!log.contains("not in a Kubernetes Secret volume"), "{log}");
     drop(proxy);
 
+    // Outside a pod a plain file is normal: said at info level.
     let plain = AmbassadorBuilder::for_server(&upstream).start();
     plain.conn().call_expect(&["PING"], b"+PONG\r\n");
     let log = plain.log();
-    assert!(log.contains("not in a Kubernetes Secret volume"), "{log}");
-    assert!(log.contains("upstream_password"), "{log}");
+    let line = volume_line(&log);
+    assert!(line.contains(" INFO ") && !line.contains(" WARN "), "{log}");
+    assert!(line.contains("upstream_password"), "{log}");
+    assert!(line.contains("[upstream] password_file"), "{log}");
     assert_no_secret_in_log(&plain, &["up-Pw-warn-1"]);
+    drop(plain);
+
+    // In a pod (Kubernetes sets KUBERNETES_SERVICE_HOST), a warning.
+    let in_pod = AmbassadorBuilder::for_server(&upstream)
+        .env(IN_POD_VARIABLE, "10.96.0.1")
+        .start();
+    in_pod.conn().call_expect(&["PING"], b"+PONG\r\n");
+    let log = in_pod.log();
+    let line = volume_line(&log);
+    assert!(line.contains(" WARN "), "{log}");
+    assert!(line.contains("mount the Secret as a directory"), "{log}");
+}
+
+/// The log line about a secret file outside a Kubernetes Secret volume.
+#[track_caller]
+fn volume_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("not in a Kubernetes Secret volume"))
+        .unwrap_or_else(|| panic!("no line about the Secret volume:\n{log}"))
 }
 
 /// Item 1's "recycled gradually": after a rotation, a lane moves to a connection made with

@@ -294,8 +294,10 @@ def check_configs(binary, facts):
     k8s = Manifests()
     checked = 0
     pod_labels = []
-    for path, deployment in k8s.by_kind("Deployment"):
-        where = f"{path} Deployment/{deployment['metadata']['name']}"
+    workloads = k8s.by_kind("Deployment") + k8s.by_kind("Job")
+    for path, deployment in workloads:
+        kind = deployment["kind"]
+        where = f"{path} {kind}/{deployment['metadata']['name']}"
         template = deployment["spec"]["template"]
         spec = template["spec"]
         container, native = find_ambassador(spec)
@@ -409,6 +411,23 @@ def check_configs(binary, facts):
                                f"{where}: prometheus.io/port is not {metrics_port}")
             consistency.expect(annotations.get("prometheus.io/path") == "/metrics",
                                f"{where}: prometheus.io/path is not /metrics")
+        if kind == "Job" and not native:
+            # A plain ambassador container outlives the application: the Job completes
+            # only if the application tells it to exit.
+            consistency.expect(config.get("metrics", {}).get("quitquitquit") is True,
+                               f"{label}: a Job's plain ambassador container needs "
+                               f"[metrics] quitquitquit = true")
+            commands = [" ".join(str(a) for a in (c.get("command") or []) + (c.get("args") or []))
+                        for c in spec.get("containers") or [] if c is not container]
+            consistency.expect(any(re.search(rf"(127\.0\.0\.1|localhost):{metrics_port}"
+                                             rf"/quitquitquit", c) for c in commands),
+                               f"{where}: no container POSTs to "
+                               f"127.0.0.1:{metrics_port}/quitquitquit")
+            for c in commands:
+                for admin in re.findall(r"redis-ambassador wait\b[^&;\n]*--admin[ =](\S+)", c):
+                    consistency.expect(port_of(admin) == metrics_port,
+                                       f"{where}: `redis-ambassador wait --admin {admin}` is "
+                                       f"not [metrics] address port {metrics_port}")
         total_ms = shutdown.get("drain_delay_ms", 5000) + shutdown.get("grace_period_ms", 20000)
         grace_s = spec.get("terminationGracePeriodSeconds", 30)
         consistency.expect(total_ms < grace_s * 1000,
@@ -474,7 +493,8 @@ def check_configs(binary, facts):
 
     checked += check_compose_config(binary, configs, consistency, facts)
     configs.name += f" ({checked} configs)"
-    consistency.name += (f" ({consistency.count} checks: {len(pod_labels)} Deployments, "
+    consistency.name += (f" ({consistency.count} checks: {len(pod_labels)} Deployments and "
+                         f"Jobs, "
                          f"{len(k8s.by_kind('ServiceMonitor'))} ServiceMonitor, Compose)")
     return [configs, consistency]
 

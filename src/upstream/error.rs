@@ -5,9 +5,11 @@
 //! Every case is a variant or a reason from a closed set; the text is made only when the
 //! error is displayed. The `Display` text is what the client sees after `-ERR `
 //! (`replies::upstream_error` writes it), so it must never change by accident and never
-//! contain a secret: the tests compare these texts byte for byte. This module decides
-//! nothing and logs nothing.
+//! contain a secret: the tests compare these texts byte for byte. Every address goes
+//! through `config::redact_address`, the one function that prints addresses. This module
+//! decides nothing and logs nothing.
 
+use crate::config::redact_address;
 use crate::metrics::ErrorClass;
 use crate::protocol::ReplyError;
 
@@ -72,11 +74,14 @@ pub enum Side {
 pub enum UnavailableReason {
     // Connecting.
     /// The TCP connect failed (refused, unreachable, a name that does not resolve).
-    #[error("connect to {address}: {error}")]
+    #[error("connect to {}: {error}", redact_address(.address))]
     Connect { address: String, error: IoFailure },
-    #[error("connect to {address}: timed out after {ms} ms")]
+    #[error("connect to {}: timed out after {ms} ms", redact_address(.address))]
     ConnectTimeout { address: String, ms: u64 },
-    #[error("{address} accepted the connection but did not answer the handshake within {ms} ms")]
+    #[error(
+        "{} accepted the connection but did not answer the handshake within {ms} ms",
+        redact_address(.address)
+    )]
     HandshakeTimeout { address: String, ms: u64 },
     /// `READONLY` (for a cluster replica serving reads) was refused: the server's error.
     #[error("the server refused READONLY (is it a cluster replica?): {reply}")]
@@ -93,7 +98,10 @@ pub enum UnavailableReason {
 
     // Sentinel.
     /// The server the Sentinels named says (HELLO's `role`) it is not a master.
-    #[error("{address} is a {role}, not the master of `{master}`; asking the Sentinels again")]
+    #[error(
+        "{} is a {role}, not the master of `{master}`; asking the Sentinels again",
+        redact_address(.address)
+    )]
     NotMaster {
         address: String,
         role: String,
@@ -106,7 +114,10 @@ pub enum UnavailableReason {
     #[error("no Sentinel configured")]
     NoSentinel,
     /// A Sentinel answered without an address (`reply`: its reply, CRLF removed).
-    #[error("Sentinel {sentinel} does not know master `{master}`: {reply}")]
+    #[error(
+        "Sentinel {} does not know master `{master}`: {reply}",
+        redact_address(.sentinel)
+    )]
     UnknownMaster {
         sentinel: String,
         master: String,
@@ -148,9 +159,12 @@ pub enum UnavailableReason {
     #[error("no cluster address")]
     NoClusterAddress,
     /// `reply`: the node's reply to CLUSTER SLOTS, CRLF removed.
-    #[error("{address} did not answer CLUSTER SLOTS with a slot map: {reply}")]
+    #[error(
+        "{} did not answer CLUSTER SLOTS with a slot map: {reply}",
+        redact_address(.address)
+    )]
     NoSlotMap { address: String, reply: String },
-    #[error("{address} knows no slot owners yet")]
+    #[error("{} knows no slot owners yet", redact_address(.address))]
     NoSlotOwners { address: String },
 }
 
@@ -192,9 +206,12 @@ pub enum LostReason {
 pub enum TlsFailure {
     /// The handshake with `address` failed, or the first read after it (TLS 1.3 reports
     /// a refused client certificate there). `reason`: `tls::describe`'s one line.
-    #[error("{reason} ({address})")]
+    #[error("{reason} ({})", redact_address(.address))]
     Handshake { address: String, reason: String },
-    #[error("{address} did not complete the handshake within {ms} ms")]
+    #[error(
+        "{} did not complete the handshake within {ms} ms",
+        redact_address(.address)
+    )]
     HandshakeTimeout { address: String, ms: u64 },
     /// TLS failed on an established connection.
     #[error("{reason}")]

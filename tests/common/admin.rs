@@ -30,7 +30,11 @@ impl HttpResponse {
 /// Sends raw `request` bytes to 127.0.0.1:`port` and reads the response until EOF.
 /// `None` when the connection fails, closes without a status line, or `timeout` passes.
 pub fn http_raw(port: u16, request: &[u8], timeout: Duration) -> Option<HttpResponse> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    http_raw_to(([127, 0, 0, 1], port).into(), request, timeout)
+}
+
+/// [`http_raw`] to any address.
+pub fn http_raw_to(addr: SocketAddr, request: &[u8], timeout: Duration) -> Option<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
@@ -78,7 +82,20 @@ pub fn http(port: u16, method: &str, path: &str) -> HttpResponse {
         .unwrap_or_else(|| panic!("{method} {path} on 127.0.0.1:{port}: no HTTP response"))
 }
 
+/// `METHOD path` on `addr` (any address), one request per connection. Panics on failure.
+#[track_caller]
+pub fn http_to(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_raw_to(addr, request.as_bytes(), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{method} {path} on {addr}: no HTTP response"))
+}
+
 impl Ambassador {
+    /// `POST path` on the admin endpoint (no body).
+    #[track_caller]
+    pub fn http_post(&self, path: &str) -> HttpResponse {
+        http(self.metrics_port(), "POST", path)
+    }
     /// `GET path` on the admin endpoint.
     #[track_caller]
     pub fn http_get(&self, path: &str) -> HttpResponse {

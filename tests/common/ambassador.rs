@@ -9,7 +9,7 @@
 //! (`--check`, start-up errors).
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -23,6 +23,10 @@ use super::servers::{RedisServer, ServerAuth};
 use super::support::{free_port_pair, read_lossy, tail};
 
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_redis-ambassador");
+
+/// Set by Kubernetes in every container: the proxy then says more about how it is
+/// deployed. Removed from the proxy's environment unless a test sets it.
+pub const IN_POD_VARIABLE: &str = "KUBERNETES_SERVICE_HOST";
 
 /// Builder for a proxy started from a generated TOML config.
 #[derive(Clone, Debug)]
@@ -39,6 +43,8 @@ pub struct AmbassadorBuilder {
     env: Vec<(String, String)>,
     /// `RUST_LOG` for the process (default "info").
     rust_log: Option<String>,
+    /// The IP `[metrics] address` binds (default 127.0.0.1); the port is picked at start.
+    metrics_ip: IpAddr,
 }
 
 impl AmbassadorBuilder {
@@ -49,6 +55,7 @@ impl AmbassadorBuilder {
             upstream_password: None,
             env: Vec::new(),
             rust_log: None,
+            metrics_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 
@@ -82,13 +89,27 @@ impl AmbassadorBuilder {
         self
     }
 
+    /// A variable in the proxy's environment (`KUBERNETES_SERVICE_HOST` included, which is
+    /// otherwise removed: the tests' own environment may be a pod).
+    pub fn env(mut self, var: &str, value: &str) -> Self {
+        self.env.push((var.to_string(), value.to_string()));
+        self
+    }
+
+    /// The admin endpoint on `ip` (`0.0.0.0` to be reached on every address of the host)
+    /// instead of 127.0.0.1.
+    pub fn metrics_ip(mut self, ip: IpAddr) -> Self {
+        self.metrics_ip = ip;
+        self
+    }
+
     /// Writes the password files into `dir` and returns the TOML text, listening on
     /// `listen_port` with the admin endpoint on `metrics_port` (every proxy a test starts
     /// needs its own).
     pub fn render(&self, dir: &Path, listen_port: u16, metrics_port: u16) -> String {
         let mut config = self.config.clone();
         config.listen.address = Some(loopback(listen_port));
-        config.metrics.address = Some(loopback(metrics_port));
+        config.metrics.address = Some(SocketAddr::new(self.metrics_ip, metrics_port));
         if let Some(pw) = &self.client_password {
             config.client_mut().password_file = Some(write_secret_file(dir, "client_password", pw));
         }
@@ -142,6 +163,7 @@ impl AmbassadorBuilder {
                 "RUST_LOG",
                 self.rust_log.clone().unwrap_or_else(|| "info".into()),
             )
+            .env_remove(IN_POD_VARIABLE)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
@@ -452,6 +474,7 @@ pub fn run_proxy_to_exit(
     let mut cmd = Command::new(PROXY_BIN);
     cmd.args(args)
         .env("RUST_LOG", "info")
+        .env_remove(IN_POD_VARIABLE)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out_p).unwrap())
         .stderr(fs::File::create(&err_p).unwrap());

@@ -183,6 +183,8 @@ pub struct Metrics {
     pub max_connections: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quitquitquit: Option<bool>,
 }
 
 /// `[shutdown]`: the drain on SIGTERM.
@@ -190,6 +192,8 @@ pub struct Metrics {
 pub struct Shutdown {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_delay_always: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grace_period_ms: Option<u64>,
 }
