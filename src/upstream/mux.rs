@@ -421,7 +421,11 @@ impl Writer {
             }
             return;
         }
-        if queue.items.is_empty() && !jobs.is_empty() {
+        // The first batch to wait starts the clock; one the reader is answering keeps it.
+        if queue.items.is_empty()
+            && !jobs.is_empty()
+            && self.link.front.load(Ordering::Relaxed) == 0
+        {
             let now = clock();
             self.link.front.store(now, Ordering::Relaxed);
             counters.front.store(now, Ordering::Relaxed);
