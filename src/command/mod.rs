@@ -92,6 +92,19 @@ pub enum Channels {
 }
 
 impl Kind {
+    /// Cluster mode: whether a command of this kind is routed by its keys (to its slot's
+    /// node) rather than answered or handled on its own.
+    pub fn routed(self) -> bool {
+        matches!(
+            self,
+            Kind::Forward
+                | Kind::Blocking
+                | Kind::WaitReplicas
+                | Kind::StreamRead
+                | Kind::Interrupt
+        )
+    }
+
     /// Whether a command of this kind may block on the server (XREAD/XREADGROUP only with
     /// BLOCK: see [`stream_read_blocks`]).
     pub fn may_block(self, args: &[bytes::Bytes]) -> bool {

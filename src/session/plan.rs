@@ -2,10 +2,13 @@
 //! becomes a local reply, a refusal, or a forwarded request in the batch — or changes the
 //! session's course (`Flow`: close, relay mode, a cluster scatter, the next batch).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::batch::Batch;
 use super::state::{Flow, Multi, Session, request_bytes};
+use crate::cluster::Cluster;
 use crate::command::{self, Command, Kind};
 use crate::metrics::ErrorClass;
 use crate::protocol::Request;
@@ -33,34 +36,63 @@ impl Session {
     }
 
     /// What is decided without waiting — a forwarded command, a transaction's queued
-    /// one, a wrong arity — is done here; the rest (cluster routing, local commands) is
-    /// left to [`dispatch_later`](Self::dispatch_later). The plan loop boxes only that
+    /// one, a cluster command whose slot's node is known — is done here; the rest (local
+    /// commands, a wrong arity, routing that must wait) is left to
+    /// [`dispatch_later`](Self::dispatch_later). The plan loop boxes only that
     /// rest: the future of a session waiting for its client is as large as its largest
     /// state, and every idle client pays for it.
     pub(super) fn dispatch(&mut self, request: Request, batch: &mut Batch) -> Dispatch {
         let classified = command::classify(request.name());
         batch.begin(classified.id);
-        if self.shared.cluster.is_some() {
+        let cluster = self.shared.cluster.clone();
+        if cluster.as_ref().is_some_and(|c| c.topology().is_none()) {
+            // The first slot map is read first (see `dispatch_later`).
             return Dispatch::Later(request, classified.command);
         }
         let Some(command) = classified.command else {
-            return Dispatch::Done(if self.multi.is_some() {
-                self.queue_forward(request, batch)
-            } else {
-                self.forward(request, batch)
-            });
+            if self.multi.is_some() {
+                return Dispatch::Done(self.queue_forward(request, batch));
+            }
+            return match cluster {
+                Some(cluster) => self.route_now(&cluster, request, None, batch, false),
+                None => Dispatch::Done(self.forward(request, batch)),
+            };
         };
-        if command.kind == Kind::HttpProbe
-            || !command::arity_ok(command.arity, request.args.len())
-            || self.multi.is_none() && command.kind != Kind::Forward
+        if command.kind == Kind::HttpProbe || !command::arity_ok(command.arity, request.args.len())
         {
             return Dispatch::Later(request, Some(command));
         }
-        Dispatch::Done(if self.multi.is_some() {
-            self.handle_in_multi(command.kind, command.name, request, batch)
-        } else {
-            self.forward(request, batch)
-        })
+        if self.multi.is_some() {
+            return Dispatch::Done(self.handle_in_multi(
+                command.kind,
+                command.name,
+                request,
+                batch,
+            ));
+        }
+        match cluster {
+            Some(cluster) if command.kind.routed() => {
+                let may_block = command.kind.may_block(&request.args);
+                self.route_now(&cluster, request, Some(command), batch, may_block)
+            }
+            None if command.kind == Kind::Forward => Dispatch::Done(self.forward(request, batch)),
+            _ => Dispatch::Later(request, Some(command)),
+        }
+    }
+
+    /// Cluster mode: the common case routed at once (see `route_fast`), the rest later.
+    fn route_now(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        request: Request,
+        command: Option<Command>,
+        batch: &mut Batch,
+        may_block: bool,
+    ) -> Dispatch {
+        match self.route_fast(cluster, request, batch, may_block) {
+            Ok(flow) => Dispatch::Done(flow),
+            Err(request) => Dispatch::Later(request, command),
+        }
     }
 
     /// The part of [`handle`](Self::handle) that may wait, after [`dispatch`](Self::dispatch)
@@ -101,14 +133,7 @@ impl Session {
             return self.handle_in_multi(command.kind, command.name, request, batch);
         }
         if let Some(cluster) = self.shared.cluster.clone() {
-            if matches!(
-                command.kind,
-                Kind::Forward
-                    | Kind::Blocking
-                    | Kind::WaitReplicas
-                    | Kind::StreamRead
-                    | Kind::Interrupt
-            ) {
+            if command.kind.routed() {
                 let may_block = command.kind.may_block(&request.args);
                 return Box::pin(self.route(cluster, request, batch, may_block)).await;
             }

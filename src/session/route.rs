@@ -55,7 +55,7 @@ impl Session {
     /// The common case of [`route_cluster`](Session::route_cluster), without waiting or
     /// allocating: keys in one slot, the slot map in hand, no connection-bound state, no
     /// replica reads. `Err` hands the request to `route_cluster`.
-    fn route_fast(
+    pub(super) fn route_fast(
         &mut self,
         cluster: &Arc<Cluster>,
         request: Request,
