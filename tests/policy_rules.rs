@@ -276,3 +276,47 @@ fn summary(catalogue: &Catalogue) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// `read_only` on a real Redis's catalogue: every command Redis flags `write` is refused,
+/// and so are the scripts that may write; their read-only forms and the rest are not.
+#[test]
+fn read_only_on_the_real_catalogue() {
+    let server = RedisServer::start();
+    let catalogue = Arc::new(catalogue(&mut server.conn()));
+    let permissions =
+        Permissions::compile(&Rules::default(), Arc::clone(&catalogue), true).unwrap();
+    let check = |request: &str| {
+        let args: Vec<Bytes> = request
+            .split(' ')
+            .map(|a| Bytes::from(a.to_owned()))
+            .collect();
+        permissions.check(&args)
+    };
+    for refused in [
+        "set k v",
+        "flushall",
+        "eval s 0",
+        "evalsha s 0",
+        "fcall f 0",
+        "function load x",
+        "xgroup create s g $",
+        "del k",
+    ] {
+        assert!(matches!(check(refused), Verdict::Refused(_)), "{refused}");
+    }
+    for allowed in [
+        "get k",
+        "eval_ro s 0",
+        "evalsha_ro s 0",
+        "fcall_ro f 0",
+        "script load s",
+        "script exists s",
+        "publish c m",
+        "config set a b",
+        "multi",
+    ] {
+        assert_eq!(check(allowed), Verdict::Allowed, "{allowed}");
+    }
+    let writes = catalogue.entries().iter().filter(|e| e.write).count();
+    assert!(writes > 80, "{writes} write commands");
+}
