@@ -19,6 +19,8 @@
 //!   cluster node), `execute` (run the batch upstream, replies in order), `relay` (pub/sub,
 //!   MONITOR, tracking); `state` holds what the session knows; `clients` is the registry
 //!   of the application's connections (CLIENT LIST, KILL, UNBLOCK, TRACKING … REDIRECT).
+//! - [`policy`]: per-user command rules (Redis ACL syntax), resolved against the
+//!   upstream's own `COMMAND` catalogue and checked as Redis's ACL checks them.
 //! - [`cluster`]: Redis Cluster — slots, key positions, the slot map, where a request goes
 //!   (`route`), commands answered by several nodes (`scatter`), `-MOVED`/`-ASK` settled
 //!   (`router`), shard-channel links (`shards`).
@@ -47,6 +49,7 @@ pub mod config;
 pub mod credentials;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod protocol;
 pub mod replies;
 pub mod rotation;

@@ -60,6 +60,26 @@ pub fn wrong_arity(out: &mut BytesMut, name: &str) {
     out.put_slice(b"' command\r\n");
 }
 
+/// `-NOPERM User <user> has no permissions to run the '<command>' command`: Redis's reply
+/// to a command its ACL refuses, `command` being the name Redis prints (`get`,
+/// `config|set`). Redis 7.2's wording; 7.0 says `this user` instead of `User <user>`. CR
+/// and LF become spaces, as Redis's `rejectCommandFormat` makes them, so a name cannot
+/// break the reply's framing.
+pub fn noperm_command(out: &mut BytesMut, user: &str, command: &str) {
+    let start = out.len();
+    out.put_slice(b"-NOPERM User ");
+    out.put_slice(user.as_bytes());
+    out.put_slice(b" has no permissions to run the '");
+    out.put_slice(command.as_bytes());
+    out.put_slice(b"' command");
+    for b in &mut out[start..] {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
+    out.put_slice(b"\r\n");
+}
+
 /// `-ERR unknown subcommand '<sub>'. Try <CONTAINER> HELP.`, the subcommand cut at 128
 /// bytes as Redis does.
 pub fn unknown_subcommand(out: &mut BytesMut, container: &[u8], sub: &[u8]) {
@@ -251,6 +271,15 @@ mod tests {
         assert_eq!(
             &out[..],
             b"-ERR unknown subcommand 'a  b'. Try CLIENT HELP.\r\n"
+        );
+        let mut out = BytesMut::from(&b"+OK\r\n"[..]);
+        noperm_command(&mut out, "report", "config|set");
+        noperm_command(&mut out, "a\r\nb", "get");
+        assert_eq!(
+            &out[..],
+            &b"+OK\r\n\
+               -NOPERM User report has no permissions to run the 'config|set' command\r\n\
+               -NOPERM User a  b has no permissions to run the 'get' command\r\n"[..]
         );
     }
 }
