@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::policy::Rules;
 use crate::protocol::RequestLimits;
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,13 @@ pub struct Client {
     /// this long (new AUTHs only: authenticated clients stay authenticated regardless).
     #[serde(default = "defaults::rotation_overlap_ms")]
     pub rotation_overlap_ms: u64,
+    /// Redis ACL command rules for the `[client]` user (`+@all -@dangerous -flushall`);
+    /// absent, `+@all` (see [`crate::policy`]).
+    pub commands: Option<String>,
+    /// Refuse to the `[client]` user every command Redis flags `write` (and scripts that
+    /// are not `_RO`).
+    #[serde(default)]
+    pub read_only: bool,
     /// More users (`[[client.users]]`), each with its own password.
     #[serde(default)]
     pub users: Vec<ClientUser>,
@@ -147,6 +155,20 @@ pub struct ClientUser {
     pub username: String,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// Redis ACL command rules for this user; absent, `+@all`.
+    pub commands: Option<String>,
+    /// Refuse this user every command Redis flags `write` (and scripts not `_RO`).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// One client user's command policy as configured: the rules (parsed, not yet resolved
+/// against the upstream's catalogue) and `read_only`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPolicy {
+    pub username: String,
+    pub rules: Rules,
+    pub read_only: bool,
 }
 
 /// How secret files are watched for rotation (`[secrets]`).
@@ -725,6 +747,52 @@ impl Client {
         }
         Ok(users)
     }
+
+    /// The command policy of every user that has one (`commands` or `read_only` set):
+    /// the `[client]` user's (only when it has a password: otherwise there is no such
+    /// user), then `[[client.users]]`. Rule syntax errors name the key and the user.
+    pub fn policies(&self) -> Result<Vec<UserPolicy>, ConfigError> {
+        let own = self.password_file.is_some() || self.password_env.is_some();
+        if !own && (self.commands.is_some() || self.read_only) {
+            return invalid(
+                "[client] commands and read_only apply to the [client] user, which needs \
+                 password_file or password_env",
+            );
+        }
+        let own = own.then(|| {
+            (
+                "[client]".to_owned(),
+                &self.username,
+                &self.commands,
+                self.read_only,
+            )
+        });
+        let others = self.users.iter().map(|u| {
+            (
+                format!("[[client.users]] `{}`", u.username),
+                &u.username,
+                &u.commands,
+                u.read_only,
+            )
+        });
+        let mut policies = Vec::new();
+        for (section, username, commands, read_only) in own.into_iter().chain(others) {
+            let rules = match commands {
+                Some(text) => Rules::parse(text).map_err(|e| {
+                    ConfigError::Invalid(format!("{section} commands (user `{username}`): {e}"))
+                })?,
+                None => Rules::default(),
+            };
+            if commands.is_some() || read_only {
+                policies.push(UserPolicy {
+                    username: username.clone(),
+                    rules,
+                    read_only,
+                });
+            }
+        }
+        Ok(policies)
+    }
 }
 
 /// The largest poll interval and rotation overlap accepted (one day): a typo guard.
@@ -846,7 +914,9 @@ impl Config {
 impl Client {
     /// `[client]`: the checks of `sources`, and at least one user.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.sources()?.is_empty() {
+        let sources = self.sources()?;
+        self.policies()?;
+        if sources.is_empty() {
             return invalid(
                 "[client] needs password_file or password_env, or [[client.users]] \
                  (or leave the section out)",
@@ -1346,6 +1416,50 @@ mod tests {
             format!("{:?}", config.shutdown)
         );
         assert_eq!(format!("{:?}", example.log), format!("{:?}", config.log));
+    }
+
+    #[test]
+    fn client_user_policies() {
+        let text = format!(
+            "[client]\npassword_file = \"/a\"\nread_only = true\n[[client.users]]\n\
+             username = \"ops\"\npassword_file = \"/b\"\n[[client.users]]\n\
+             username = \"report\"\npassword_file = \"/c\"\n\
+             commands = \"+@all -@dangerous -flushall -config|set\"\n{UPSTREAM}"
+        );
+        let config = Config::from_str(&text).unwrap();
+        let policies = config.client.as_ref().unwrap().policies().unwrap();
+        // `ops` has neither key: no policy at all.
+        assert_eq!(policies.len(), 2);
+        assert_eq!(policies[0].username, "default");
+        assert!(policies[0].read_only);
+        assert_eq!(policies[0].rules, Rules::default());
+        assert_eq!(policies[1].username, "report");
+        assert!(!policies[1].read_only);
+        assert_eq!(
+            policies[1].rules.to_string(),
+            "+@all -@dangerous -flushall -config|set"
+        );
+        for (bad, named) in [
+            (
+                "[client]\n[[client.users]]\nusername = \"r\"\npassword_file = \"/a\"\n\
+                 commands = \"+@all ~*\"\n",
+                "[[client.users]] `r` commands (user `r`): '~*' is not a command rule",
+            ),
+            (
+                "[client]\npassword_file = \"/a\"\ncommands = \"+get get\"\n",
+                "[client] commands (user `default`): Error in ACL SETUSER modifier 'get'",
+            ),
+            (
+                "[client]\nread_only = true\n[[client.users]]\nusername = \"r\"\n\
+                 password_file = \"/a\"\n",
+                "[client] commands and read_only apply to the [client] user",
+            ),
+        ] {
+            let error = Config::from_str(&format!("{bad}{UPSTREAM}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{error}");
+        }
     }
 
     #[test]

@@ -125,6 +125,14 @@ pub async fn run(
         secrets.sentinel_password.as_ref().map(|s| s.describe()),
     );
     rotation::warn_unwatchable(&all_secrets, &config.secrets);
+    // Validated with the config already; an error here is still a start-up error, never
+    // users running without their rules.
+    let policies = match &config.client {
+        Some(client) => client
+            .policies()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
+        None => Vec::new(),
+    };
     let upstream = Upstream::new(&config, &secrets);
     let cluster = (config.upstream.mode == config::Mode::Cluster)
         .then(|| cluster::Cluster::new(&config, &secrets));
@@ -134,11 +142,21 @@ pub async fn run(
         config.request_limits(),
     )
     .with_output_limits(config.output_limits())
-    .with_max_in_flight(config.limits.max_in_flight);
+    .with_max_in_flight(config.limits.max_in_flight)
+    .with_policies(Arc::new(policy::Policies::new(policies)));
     if let Some(cluster) = cluster {
         shared = shared.with_cluster(cluster);
     }
     let shared = Arc::new(shared);
+    if !shared.policies.is_empty() {
+        // The users' command rules need the upstream's command table: read it now, in the
+        // background, so the first request of such a user rarely waits for it (it is read
+        // then if this fails; see `policy::users`).
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = shared.policies.get(0, &shared.upstream).await;
+        });
+    }
 
     // The admin endpoint, the prober and the secret watcher live as long as this function.
     let admin_stop = CancellationToken::new();

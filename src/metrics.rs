@@ -15,7 +15,9 @@
 //! good.
 //!
 //! Labels are bounded: `command` takes only the names of the command table (anything else
-//! is `other`), `class` only the error classes listed here. No key, value, address or
+//! is `other`), `class` only the error classes listed here; `commands_refused_total`'s
+//! `user` only the configured users and its `command` the upstream's own command table.
+//! No key, value, address or
 //! credential is ever a label.
 
 use std::fmt::Write as _;
@@ -36,6 +38,7 @@ pub const CLIENT_CONNECTIONS: &str = "redis_ambassador_client_connections";
 pub const CLIENT_CONNECTIONS_TOTAL: &str = "redis_ambassador_client_connections_total";
 pub const CLIENT_AUTH_FAILURES_TOTAL: &str = "redis_ambassador_client_auth_failures_total";
 pub const PROTOCOL_ERRORS_TOTAL: &str = "redis_ambassador_protocol_errors_total";
+pub const COMMANDS_REFUSED_TOTAL: &str = "redis_ambassador_commands_refused_total";
 pub const CLIENT_TLS_FAILURES_TOTAL: &str = "redis_ambassador_client_tls_handshake_failures_total";
 pub const CLIENT_BYTES_IN_TOTAL: &str = "redis_ambassador_client_bytes_in_total";
 pub const CLIENT_BYTES_OUT_TOTAL: &str = "redis_ambassador_client_bytes_out_total";
@@ -240,6 +243,19 @@ fn bump(cell: &AtomicU64, n: u64) {
         cell.load(Ordering::Relaxed).wrapping_add(n),
         Ordering::Relaxed,
     );
+}
+
+/// Records a command a user's rules refused (`user`, one of the configured users;
+/// `command`, the name Redis prints — `flushall`, `config|set` — from the upstream's own
+/// command table, so both labels are bounded). A refusal is not the hot path: the handle
+/// is looked up (and the labels copied) per refusal.
+pub fn record_refused(user: &str, command: &str) {
+    metrics::counter!(
+        COMMANDS_REFUSED_TOTAL,
+        "user" => user.to_owned(),
+        "command" => command.to_owned()
+    )
+    .increment(1);
 }
 
 /// Records one command: its outcome (`None` for success) and how long it took.
@@ -493,6 +509,10 @@ fn describe() {
     describe_counter!(
         ERRORS_TOTAL,
         "Error replies by class: a Redis error code (ERR, WRONGTYPE, ...) or a proxy-made class."
+    );
+    describe_counter!(
+        COMMANDS_REFUSED_TOTAL,
+        "Commands refused by a user's command rules (commands, read_only), by user and command."
     );
     describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now.");
     describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted.");

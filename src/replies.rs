@@ -236,6 +236,17 @@ pub fn proxy_error(out: &mut BytesMut, error: &impl std::fmt::Display) {
     encode::error(out, format!("ERR {error}").as_bytes());
 }
 
+/// A request of a user with command rules when those rules cannot be checked (the
+/// upstream's command table could not be read, or the rules name what this upstream does
+/// not know): refused rather than forwarded unchecked.
+pub fn policy_unavailable(out: &mut BytesMut, user: &str, reason: &impl std::fmt::Display) {
+    encode::error(
+        out,
+        format!("ERR the command rules of user {user} cannot be checked, so the command is refused: {reason}")
+            .as_bytes(),
+    );
+}
+
 /// `%s` formatting of an sds stops at the first NUL.
 fn c_string(s: &[u8]) -> &[u8] {
     match s.iter().position(|&b| b == 0) {

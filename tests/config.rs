@@ -190,6 +190,7 @@ fn every_startup_error_names_its_key_and_what_to_do() {
                     username: "reports".into(),
                     password_file: None,
                     password_env: Some("AMBASSADOR_TEST_UNSET_USER_PW".into()),
+                    ..Default::default()
                 });
                 c
             },

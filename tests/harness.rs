@@ -119,10 +119,14 @@ fn typed_config_uses_only_keys_the_proxy_knows() {
     client.username = Some("app".into());
     client.password_file = Some(secret.clone());
     client.rotation_overlap_ms = Some(1000);
+    client.commands = Some("+@all -@dangerous".into());
+    client.read_only = Some(false);
     client.users.push(ClientUser {
         username: "other".into(),
         password_file: None,
         password_env: Some("HARNESS_OTHER_PW".into()),
+        commands: Some("-@all +get +config|get".into()),
+        read_only: Some(true),
     });
     let u = &mut c.upstream;
     u.mode = Some(UpstreamMode::Cluster);

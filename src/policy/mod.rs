@@ -8,6 +8,8 @@
 //! - [`Permissions`]: rules compiled against a catalogue into Redis's own representation
 //!   (one allowed bit per command and subcommand, the "all commands" flag, the allowed
 //!   first arguments), and the check of a request against it.
+//! - [`users`]: the configured users' policies at run time, compiled once the catalogue
+//!   is loaded (lazily; see there why).
 //!
 //! What Redis checks before its ACL (unknown command or subcommand, wrong arity) is left
 //! to Redis: such a request is [`Verdict::Unchecked`], and forwarding it gets Redis's own
@@ -15,6 +17,7 @@
 
 pub mod catalogue;
 pub mod rules;
+pub mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use bytes::Bytes;
 
 pub use catalogue::{Catalogue, CatalogueError, CommandIndex, Entry};
 pub use rules::{Rule, RuleError, Rules};
+pub use users::{Compiled, Policies, PolicyError};
 
 /// What the policy says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::batch::Batch;
 use super::clients::{self, ClientType, KillFilter, Layout, Own};
-use super::state::{Flow, Session, request_bytes};
+use super::state::{Access, Flow, Session, request_bytes};
 use crate::command::{self, ClientSub, Local};
 use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
@@ -106,6 +106,7 @@ impl Session {
     async fn log_in(&mut self, username: &[u8], password: &[u8]) -> Result<(), Bytes> {
         if let Some(user) = self.shared.authenticate(username, password) {
             self.authenticated = true;
+            self.access = self.shared.access(&user);
             self.user = user;
             self.identity = None;
             self.publish_text();
@@ -129,6 +130,7 @@ impl Session {
             Ok(()) => {
                 self.authenticated = true;
                 self.user = Arc::from(name);
+                self.access = Access::Any;
                 self.identity = Some(upstream);
                 self.publish_text();
                 Ok(())

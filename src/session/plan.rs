@@ -7,10 +7,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::Batch;
-use super::state::{Flow, Multi, Session, request_bytes};
+use super::state::{Access, Flow, Multi, Session, request_bytes};
 use crate::cluster::Cluster;
 use crate::command::{self, Command, Kind};
-use crate::metrics::ErrorClass;
+use crate::metrics::{self, ErrorClass};
+use crate::policy::Verdict;
 use crate::protocol::Request;
 use crate::replies::{self, refusal};
 
@@ -44,6 +45,17 @@ impl Session {
     pub(super) fn dispatch(&mut self, request: Request, batch: &mut Batch) -> Dispatch {
         let classified = command::classify(request.name());
         batch.begin(classified.id);
+        match &self.access {
+            Access::Any => {}
+            Access::Checked(permissions) => {
+                if let Verdict::Refused(name) = permissions.check(&request.args) {
+                    metrics::record_refused(&self.user, name);
+                    replies::noperm_command(batch.local(), &self.user, name);
+                    return Dispatch::Done(self.end_refusal(batch));
+                }
+            }
+            Access::Pending(_) => return Dispatch::Later(request, classified.command),
+        }
         let cluster = self.shared.cluster.clone();
         if cluster.as_ref().is_some_and(|c| c.topology().is_none()) {
             // The first slot map is read first (see `dispatch_later`).
@@ -103,6 +115,11 @@ impl Session {
         command: Option<Command>,
         batch: &mut Batch,
     ) -> Flow {
+        if let Access::Pending(user) = self.access {
+            if let Some(flow) = self.check_pending(user, &request, batch).await {
+                return flow;
+            }
+        }
         if let Some(cluster) = &self.shared.cluster {
             if cluster.topology().is_none() {
                 // Until the first slot map is read (just after start): read it now; an
@@ -139,6 +156,46 @@ impl Session {
             }
         }
         self.plan_command(command, request, batch).await
+    }
+
+    /// The first request of a user whose permissions were not known when it
+    /// authenticated: they are read (the catalogue loaded if no load has succeeded yet),
+    /// then the request is checked. `Some`: the request was refused — by the rules, or
+    /// because they cannot be checked (never forwarded unchecked).
+    async fn check_pending(
+        &mut self,
+        user: usize,
+        request: &Request,
+        batch: &mut Batch,
+    ) -> Option<Flow> {
+        let shared = Arc::clone(&self.shared);
+        match Box::pin(shared.policies.get(user, &shared.upstream)).await {
+            Ok(Ok(permissions)) => {
+                self.access = Access::Checked(Arc::clone(permissions));
+                if let Verdict::Refused(name) = permissions.check(&request.args) {
+                    metrics::record_refused(&self.user, name);
+                    replies::noperm_command(batch.local(), &self.user, name);
+                    return Some(self.end_refusal(batch));
+                }
+                None
+            }
+            Ok(Err(error)) => {
+                replies::policy_unavailable(batch.local(), &self.user, error);
+                Some(self.end_refusal(batch))
+            }
+            Err(error) => {
+                replies::policy_unavailable(batch.local(), &self.user, &error);
+                Some(self.end_refusal(batch))
+            }
+        }
+    }
+
+    /// After a refusal's reply: its place in the batch, and inside MULTI the
+    /// transaction flagged so that EXEC aborts, as Redis's `rejectCommand` does.
+    fn end_refusal(&mut self, batch: &mut Batch) -> Flow {
+        batch.end_local();
+        self.flag_multi();
+        Flow::Continue
     }
 
     /// A command of the table, outside a transaction (and not routed by cluster mode).

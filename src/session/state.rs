@@ -17,6 +17,7 @@ use crate::auth::ClientAuth;
 use crate::cluster::{Binding, Cluster};
 use crate::config::{DEFAULT_MAX_IN_FLIGHT, OutputLimits};
 use crate::net::ClientStream;
+use crate::policy::{Permissions, Policies};
 use crate::protocol::{Proto, Request, RequestLimits, encode};
 use crate::upstream::slot::ReplySlot;
 use crate::upstream::{ConnState, Pinned, Upstream};
@@ -28,6 +29,8 @@ pub struct Shared {
     pub upstream: Upstream,
     /// The users clients may authenticate as; none is Redis's `nopass`.
     pub client_auth: ClientAuth,
+    /// The users' command rules (`commands`, `read_only`).
+    pub policies: Arc<Policies>,
     pub limits: RequestLimits,
     /// Bounds on what is buffered for a relayed (pub/sub, MONITOR) client.
     pub output_limits: OutputLimits,
@@ -51,6 +54,7 @@ impl Shared {
         Shared {
             upstream,
             client_auth,
+            policies: Arc::default(),
             limits,
             output_limits: OutputLimits::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -65,6 +69,23 @@ impl Shared {
     pub fn with_output_limits(mut self, limits: OutputLimits) -> Shared {
         self.output_limits = limits;
         self
+    }
+
+    /// Checks the users' commands against their rules.
+    pub fn with_policies(mut self, policies: Arc<Policies>) -> Shared {
+        self.policies = policies;
+        self
+    }
+
+    /// What a user who just authenticated may run.
+    pub(super) fn access(&self, user: &str) -> Access {
+        match self.policies.user(user) {
+            None => Access::Any,
+            Some(index) => match self.policies.ready(index) {
+                Some(Ok(permissions)) => Access::Checked(permissions.clone()),
+                _ => Access::Pending(index),
+            },
+        }
     }
 
     /// Routes by key slot over `cluster`'s nodes (cluster mode).
@@ -108,6 +129,19 @@ pub(super) enum Flow {
     Scatter(Request),
 }
 
+/// What the session's user may run (see `crate::policy`).
+#[derive(Debug, Clone)]
+pub(super) enum Access {
+    /// Everything: a user without rules (no check at all).
+    Any,
+    /// A user with rules whose permissions are not known yet (the catalogue is not loaded,
+    /// or the rules do not apply to this upstream): its requests wait for them, or are
+    /// refused.
+    Pending(usize),
+    /// A user with rules: every request is checked.
+    Checked(Arc<Permissions>),
+}
+
 /// A command queued inside MULTI, as far as the proxy must remember it.
 #[derive(Debug)]
 pub(super) enum Queued {
@@ -145,6 +179,8 @@ pub struct Session {
     pub(super) authenticated: bool,
     /// The user the client authenticated as (`default` until then), for CLIENT INFO.
     pub(super) user: Arc<str>,
+    /// What `user` may run, set when the client authenticates.
+    pub(super) access: Access,
     pub(super) db: u32,
     pub(super) proto: Proto,
     pub(super) name: Option<Bytes>,
@@ -198,6 +234,7 @@ impl Session {
             id,
             authenticated,
             user: Arc::from(crate::auth::DEFAULT_USER),
+            access: Access::Any,
             db: 0,
             proto: Proto::Resp2,
             name: None,
@@ -257,6 +294,7 @@ impl Session {
         self.name = None;
         self.authenticated = !self.shared.client_auth.required();
         self.user = Arc::from(crate::auth::DEFAULT_USER);
+        self.access = Access::Any;
         self.identity = None;
         // As Redis 7.2+ (7.0 keeps NO-EVICT): the pinned connection that carried NO-TOUCH
         // is dropped with the rest of the connection-bound state.

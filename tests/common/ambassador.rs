@@ -220,8 +220,27 @@ impl AmbassadorBuilder {
         self.config.client_mut().users.push(ClientUser {
             username: name.to_string(),
             password_file: Some(path.to_owned()),
-            password_env: None,
+            ..ClientUser::default()
         });
+        self
+    }
+    /// The command rules (`commands`, `read_only`) of the `[[client.users]]` entry `name`
+    /// (added by `client_user_file` before).
+    pub fn client_user_rules(
+        mut self,
+        name: &str,
+        commands: Option<&str>,
+        read_only: bool,
+    ) -> Self {
+        let user = self
+            .config
+            .client_mut()
+            .users
+            .iter_mut()
+            .find(|u| u.username == name)
+            .expect("client_user_file first");
+        user.commands = commands.map(str::to_owned);
+        user.read_only = read_only.then_some(true);
         self
     }
     /// `[upstream]` with this password (written to a file at start).

@@ -73,6 +73,11 @@ pub struct Client {
     pub password_env: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_overlap_ms: Option<u64>,
+    /// Redis ACL command rules for the `[client]` user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
     /// `[[client.users]]` (last: a TOML array of tables follows the plain keys).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<ClientUser>,
@@ -86,6 +91,11 @@ pub struct ClientUser {
     pub password_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// Redis ACL command rules (`+@all -@dangerous -flushall`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
 }
 
 /// `[upstream] mode`.
