@@ -280,3 +280,72 @@ fn check_names_the_key_and_the_user_of_bad_rules() {
         "{out}"
     );
 }
+
+/// `[client] commands` / `read_only` apply to the `[client]` keys' own user, however it
+/// authenticates (AUTH with one argument, HELLO … AUTH), and RESET forgets them.
+#[test]
+fn client_section_user_rules() {
+    let upstream = RedisServer::start();
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .client_password(b"Pw-default")
+        .configure(|c| {
+            c.client_mut().commands = Some("+@all -flushall".into());
+            c.client_mut().read_only = Some(true);
+        })
+        .start();
+    let mut c = proxy.conn();
+    c.call_expect(&["AUTH", "Pw-default"], b"+OK\r\n");
+    c.call_expect(&["SET", "k", "v"], &noperm("default", "set"));
+    c.call_expect(&["FLUSHALL"], &noperm("default", "flushall"));
+    c.call_expect(&["GET", "k"], b"$-1\r\n");
+    c.call_expect(&["RESET"], b"+RESET\r\n");
+    c.call_expect(&["SET", "k", "v"], NOAUTH);
+    let hello = c.call(&["HELLO", "3", "AUTH", "default", "Pw-default"]);
+    assert!(hello.starts_with(b"%7\r\n"), "{}", escape(&hello));
+    c.call_expect(&["SET", "k", "v"], &noperm("default", "set"));
+    upstream.conn().call_expect(&["EXISTS", "k"], b":0\r\n");
+}
+
+/// Relay mode (pub/sub, CLIENT TRACKING) carries the client's commands on a connection of
+/// its own: the rules apply there too, in the command's place, and inside MULTI the
+/// refusal aborts the transaction.
+#[test]
+fn rules_apply_in_relay_mode() {
+    let upstream = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let files = password_files(&dir, &["report"]);
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .client_password(b"Pw-default")
+        .client_user_file("report", &files[0])
+        .client_user_rules("report", Some(RULES), false)
+        .start();
+    let mut direct = upstream.conn();
+    direct.call_expect(&["SET", "survivor", "1"], b"+OK\r\n");
+
+    // RESP2 subscribed mode: Redis checks its ACL before the subscribed context.
+    let mut c = proxy.conn();
+    c.call_expect(&["AUTH", "report", "Pw-report"], b"+OK\r\n");
+    c.call_expect(
+        &["SUBSCRIBE", "ch"],
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+    );
+    c.call_expect(&["FLUSHALL"], &noperm("report", "flushall"));
+    c.call_expect(&["PING"], b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+
+    // RESP3 with tracking on: every command goes through the relay.
+    let mut t = proxy.conn();
+    let hello = t.call(&["HELLO", "3", "AUTH", "report", "Pw-report"]);
+    assert!(hello.starts_with(b"%7\r\n"), "{}", escape(&hello));
+    t.call_expect(&["CLIENT", "TRACKING", "ON"], b"+OK\r\n");
+    t.call_expect(&["FLUSHALL"], &noperm("report", "flushall"));
+    t.call_expect(&["MULTI"], b"+OK\r\n");
+    t.call_expect(&["SET", "a", "1"], b"+QUEUED\r\n");
+    t.call_expect(
+        &["CONFIG", "SET", "maxmemory-samples", "5"],
+        &noperm("report", "config|set"),
+    );
+    t.call_expect(&["EXEC"], EXECABORT);
+    t.call_expect(&["GET", "survivor"], b"$1\r\n1\r\n");
+    direct.call_expect(&["EXISTS", "a"], b":0\r\n");
+    direct.call_expect(&["GET", "survivor"], b"$1\r\n1\r\n");
+}

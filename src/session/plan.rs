@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::batch::Batch;
 use super::state::{Access, Flow, Multi, Session, request_bytes};
@@ -115,9 +115,10 @@ impl Session {
         command: Option<Command>,
         batch: &mut Batch,
     ) -> Flow {
-        if let Access::Pending(user) = self.access {
-            if let Some(flow) = self.check_pending(user, &request, batch).await {
-                return flow;
+        if let Access::Pending(_) = self.access {
+            if let Some(reply) = self.policy_refusal(&request).await {
+                batch.local().extend_from_slice(&reply);
+                return self.end_refusal(batch);
             }
         }
         if let Some(cluster) = &self.shared.cluster {
@@ -158,36 +159,33 @@ impl Session {
         self.plan_command(command, request, batch).await
     }
 
-    /// The first request of a user whose permissions were not known when it
-    /// authenticated: they are read (the catalogue loaded if no load has succeeded yet),
-    /// then the request is checked. `Some`: the request was refused — by the rules, or
-    /// because they cannot be checked (never forwarded unchecked).
-    async fn check_pending(
-        &mut self,
-        user: usize,
-        request: &Request,
-        batch: &mut Batch,
-    ) -> Option<Flow> {
-        let shared = Arc::clone(&self.shared);
-        match Box::pin(shared.policies.get(user, &shared.upstream)).await {
-            Ok(Ok(permissions)) => {
-                self.access = Access::Checked(Arc::clone(permissions));
-                if let Verdict::Refused(name) = permissions.check(&request.args) {
-                    metrics::record_refused(&self.user, name);
-                    replies::noperm_command(batch.local(), &self.user, name);
-                    return Some(self.end_refusal(batch));
-                }
-                None
+    /// The user's rules on `request`, where waiting is allowed (`dispatch_later`, relay
+    /// mode): `Some(reply)` when it is refused — by the rules, or because they cannot be
+    /// checked (never forwarded unchecked). A user whose permissions were not known when
+    /// it authenticated gets them here (the catalogue loaded if no load has succeeded).
+    pub(super) async fn policy_refusal(&mut self, request: &Request) -> Option<Bytes> {
+        if let Access::Pending(user) = self.access {
+            let shared = Arc::clone(&self.shared);
+            let mut out = BytesMut::new();
+            match Box::pin(shared.policies.get(user, &shared.upstream)).await {
+                Ok(Ok(permissions)) => self.access = Access::Checked(Arc::clone(permissions)),
+                Ok(Err(error)) => replies::policy_unavailable(&mut out, &self.user, error),
+                Err(error) => replies::policy_unavailable(&mut out, &self.user, &error),
             }
-            Ok(Err(error)) => {
-                replies::policy_unavailable(batch.local(), &self.user, error);
-                Some(self.end_refusal(batch))
-            }
-            Err(error) => {
-                replies::policy_unavailable(batch.local(), &self.user, &error);
-                Some(self.end_refusal(batch))
+            if !out.is_empty() {
+                return Some(out.freeze());
             }
         }
+        let Access::Checked(permissions) = &self.access else {
+            return None;
+        };
+        let Verdict::Refused(name) = permissions.check(&request.args) else {
+            return None;
+        };
+        metrics::record_refused(&self.user, name);
+        let mut out = BytesMut::new();
+        replies::noperm_command(&mut out, &self.user, name);
+        Some(out.freeze())
     }
 
     /// After a refusal's reply: its place in the batch, and inside MULTI the

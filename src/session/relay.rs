@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use super::batch::Batch;
 use super::clients::{self, flag};
 use super::io::ClientIo;
-use super::state::{Flow, Session, request_bytes};
+use super::state::{Access, Flow, Session, request_bytes};
 use crate::cluster::Cluster;
 use crate::cluster::shards::{self, Shards, Wake};
 use crate::cluster::slot::slot;
@@ -484,6 +484,14 @@ impl Session {
         conn: &mut Pinned,
         relay: &mut Relay,
     ) -> Step {
+        // The user's command rules first, as Redis checks its ACL before running (or
+        // showing MONITOR) anything: a refusal takes the command's place (inside MULTI it
+        // aborts the transaction, as Redis's does).
+        if !matches!(self.access, Access::Any) {
+            if let Some(reply) = self.policy_refusal(&request).await {
+                return self.reply_in_relay(reply, conn, relay).await;
+            }
+        }
         self.note_relayed(&request);
         let request = match self.cluster_request(request, conn, relay).await {
             Ok(step) => return step,
