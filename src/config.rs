@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::policy::Rules;
+use crate::command::rules::Rules;
 use crate::protocol::RequestLimits;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 //! This module classifies; it does not act. `session` decides what each class means.
 
 mod names;
+pub mod rules;
 
 pub use names::NAMES;
 

@@ -1,6 +1,10 @@
 //! Rules compiled against a small catalogue and checked, table-driven. The same semantics
 //! are checked against a real Redis, verdict for verdict, in tests/policy_rules.rs.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+
 use super::*;
 
 fn args(request: &str) -> Vec<Bytes> {

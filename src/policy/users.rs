@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
-use super::{Catalogue, CatalogueError, Permissions, RuleError, catalogue};
+use super::catalogue::{self, Catalogue, CatalogueError};
+use super::permissions::Permissions;
+use crate::command::rules::RuleError;
 use crate::config::UserPolicy;
 use crate::upstream::Upstream;
 

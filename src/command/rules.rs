@@ -1,7 +1,7 @@
 //! Redis ACL command rules as text: `+@all -@dangerous +ping -flushall -config|set
 //! +client|setname allcommands nocommands`. Parsing here is syntax only (it needs no
 //! Redis, so a config check can run it); names are resolved against the upstream's
-//! catalogue when the rules are compiled ([`super::Permissions::compile`]), with the error
+//! catalogue when the rules are compiled ([`crate::policy::Permissions::compile`]), with the error
 //! Redis's `ACL SETUSER` gives for the same rule.
 //!
 //! Only command rules belong here: key patterns, channels, passwords and user states are
