@@ -6,7 +6,10 @@
 //! configuration and the candidate's length, never on which part was wrong or which user
 //! matched. It owns no session state: the session records who authenticated.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
@@ -49,6 +52,11 @@ impl ClientAuth {
         !self.users.is_empty()
     }
 
+    /// The configured users' names.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.users.iter().map(|u| &u.name)
+    }
+
     /// Whether a user of this name is configured (not a secret: CLIENT KILL USER asks).
     pub fn knows(&self, username: &[u8]) -> bool {
         self.users.iter().any(|u| u.name.as_bytes() == username)
@@ -74,10 +82,90 @@ impl ClientAuth {
     }
 }
 
+/// Failed logins an address may make before its next attempts wait.
+const FREE_FAILURES: u32 = 5;
+/// The first wait after the free failures; it doubles with each further failure.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait.
+const MAX_DELAY: Duration = Duration::from_secs(2);
+/// An address with no failure for this long starts afresh.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Addresses tracked at most (stale ones are dropped first; beyond it a new address is
+/// not tracked until room is made).
+const MAX_TRACKED: usize = 10_000;
+
+/// Failed logins per client address, for the logins that cost the server a connection
+/// (`AUTH` as a Redis user the ambassador does not know): after [`FREE_FAILURES`] each
+/// attempt from that address waits before it is checked, 100 ms doubling to 2 s, until an
+/// attempt succeeds or a minute passes without a failure. The reply itself is Redis's, as
+/// without the wait, so a client library sees no difference but the time.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl LoginThrottle {
+    /// How long an attempt from `address` waits before it is checked.
+    pub fn delay(&self, address: IpAddr) -> Duration {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match failures.get(&address) {
+            Some(&(count, last)) if count >= FREE_FAILURES && last.elapsed() < FORGET_AFTER => {
+                let doublings = (count - FREE_FAILURES).min(16);
+                FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records a failed attempt from `address`.
+    pub fn failed(&self, address: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&address) {
+            failures.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
+            if failures.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let entry = failures.entry(address).or_insert((0, now));
+        if now.duration_since(entry.1) >= FORGET_AFTER {
+            entry.0 = 0;
+        }
+        *entry = (entry.0.saturating_add(1), now);
+    }
+
+    /// An attempt from `address` succeeded: its count starts afresh.
+    pub fn succeeded(&self, address: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.remove(&address);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::secret::Secret;
+
+    #[test]
+    fn throttle_waits_after_free_failures_and_forgets_on_success() {
+        let throttle = LoginThrottle::default();
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(throttle.delay(a), Duration::ZERO);
+            throttle.failed(a);
+        }
+        assert_eq!(throttle.delay(a), FIRST_DELAY);
+        throttle.failed(a);
+        assert_eq!(throttle.delay(a), FIRST_DELAY * 2);
+        for _ in 0..40 {
+            throttle.failed(a);
+        }
+        assert_eq!(throttle.delay(a), MAX_DELAY);
+        assert_eq!(throttle.delay(b), Duration::ZERO, "per address");
+        throttle.succeeded(a);
+        assert_eq!(throttle.delay(a), Duration::ZERO);
+    }
 
     fn user(name: &str, pw: &str) -> (String, Arc<RotatingSecret>) {
         (

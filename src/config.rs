@@ -146,6 +146,11 @@ pub struct Client {
     /// More users (`[[client.users]]`), each with its own password.
     #[serde(default)]
     pub users: Vec<ClientUser>,
+    /// `AUTH` (or `HELLO … AUTH`) as a user configured here neither as the `[client]` user
+    /// nor in `[[client.users]]` is checked against Redis, and the client then runs as that
+    /// Redis user (see `Upstream::as_user`). Off: such an `AUTH` gets `WRONGPASS`.
+    #[serde(default)]
+    pub upstream_auth: bool,
 }
 
 /// One more user clients may authenticate as (`[[client.users]]`).
@@ -160,6 +165,20 @@ pub struct ClientUser {
     /// Refuse this user every command Redis flags `write` (and scripts not `_RO`).
     #[serde(default)]
     pub read_only: bool,
+    /// This user's commands reach Redis as this ACL user (with `upstream_password_file`
+    /// or `upstream_password_env`), over lanes and dedicated connections of its own.
+    pub upstream_username: Option<String>,
+    pub upstream_password_file: Option<PathBuf>,
+    pub upstream_password_env: Option<String>,
+}
+
+/// A client user that reaches Redis as an identity of its own (`[[client.users]]
+/// upstream_username`): the client user's name, the Redis user's, and where its password is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamIdentity {
+    pub user: String,
+    pub upstream_username: String,
+    pub password: SecretSetting,
 }
 
 /// One client user's command policy as configured: the rules (parsed, not yet resolved
@@ -793,6 +812,51 @@ impl Client {
         }
         Ok(policies)
     }
+
+    /// The `[[client.users]]` that reach Redis as an ACL user of their own: both
+    /// `upstream_username` and one of `upstream_password_file`/`_env` are needed.
+    pub fn identities(&self) -> Result<Vec<UpstreamIdentity>, ConfigError> {
+        let mut identities = Vec::new();
+        for user in &self.users {
+            let section = format!("[[client.users]] `{}`", user.username);
+            let password = source(
+                &section,
+                "upstream_password",
+                &user.upstream_password_file,
+                &user.upstream_password_env,
+            )?;
+            match (&user.upstream_username, password) {
+                (None, None) => {}
+                (Some(name), Some(password)) => {
+                    if name.is_empty()
+                        || name.contains(|c: char| c.is_whitespace() || c.is_control())
+                    {
+                        return invalid(format!(
+                            "{section} upstream_username is empty or contains whitespace"
+                        ));
+                    }
+                    identities.push(UpstreamIdentity {
+                        user: user.username.clone(),
+                        upstream_username: name.clone(),
+                        password,
+                    });
+                }
+                (Some(_), None) => {
+                    return invalid(format!(
+                        "{section} upstream_username needs upstream_password_file or \
+                         upstream_password_env"
+                    ));
+                }
+                (None, Some(_)) => {
+                    return invalid(format!(
+                        "{section} upstream_password_file/upstream_password_env need \
+                         upstream_username (the Redis ACL user they log in as)"
+                    ));
+                }
+            }
+        }
+        Ok(identities)
+    }
 }
 
 /// The largest poll interval and rotation overlap accepted (one day): a typo guard.
@@ -858,6 +922,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(client) = &self.client {
             client.validate()?;
+            if self.upstream.mode == Mode::Cluster
+                && (client.upstream_auth
+                    || client.users.iter().any(|u| u.upstream_username.is_some()))
+            {
+                // Each such identity would need lanes to every node: not built yet.
+                return invalid(
+                    "[[client.users]] upstream_username and [client] upstream_auth are not \
+                     supported in cluster mode yet",
+                );
+            }
         }
         self.upstream.validate_credentials()?;
         self.validate_exposure()?;
@@ -916,6 +990,7 @@ impl Client {
     fn validate(&self) -> Result<(), ConfigError> {
         let sources = self.sources()?;
         self.policies()?;
+        self.identities()?;
         if sources.is_empty() {
             return invalid(
                 "[client] needs password_file or password_env, or [[client.users]] \
@@ -1507,7 +1582,19 @@ mod tests {
             ),
             (
                 "[client]\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\nupstream_username = \"x\"\n",
-                "upstream_username",
+                "`a` upstream_username needs upstream_password_file",
+            ),
+            (
+                "[client]\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\nupstream_password_env = \"X\"\n",
+                "need upstream_username",
+            ),
+            (
+                "[client]\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\nupstream_username = \"x\"\nupstream_password_env = \"X\"\nupstream_password_file = \"/b\"\n",
+                "sets both upstream_password_file and upstream_password_env",
+            ),
+            (
+                "[client]\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\nkey = 1\n",
+                "unknown field",
             ),
             (
                 "[client]\npassword_file = \"/a\"\nrotation_overlap_ms = 86400001\n",
@@ -1527,6 +1614,18 @@ mod tests {
             };
             let err = Config::from_str(&text).unwrap_err().to_string();
             assert!(err.contains(named), "{bad}: {err}");
+        }
+        let cluster = "[upstream]\nmode = \"cluster\"\naddress = \"127.0.0.1:7000\"\n";
+        for client in [
+            "[client]\npassword_file = \"/a\"\nupstream_auth = true\n",
+            "[client]\n[[client.users]]\nusername = \"a\"\npassword_file = \"/a\"\n\
+             upstream_username = \"x\"\nupstream_password_env = \"X\"\n",
+        ] {
+            let err = Config::from_str(&format!("{client}{cluster}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not supported in cluster mode"), "{err}");
+            Config::from_str(&format!("{client}{UPSTREAM}")).unwrap();
         }
     }
 

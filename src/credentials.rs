@@ -40,6 +40,9 @@ pub struct Secrets {
     pub upstream_password: Option<Arc<RotatingSecret>>,
     /// The Sentinels' own password (sentinel mode).
     pub sentinel_password: Option<Arc<RotatingSecret>>,
+    /// Client users that reach Redis as ACL users of their own (`[[client.users]]
+    /// upstream_username`): the client user, the Redis user, its password.
+    pub identities: Vec<(String, String, Arc<RotatingSecret>)>,
     /// TLS to the upstream, its files read (`None`: plain TCP).
     pub upstream_tls: Option<UpstreamTls>,
     /// TLS for clients, its files read (`None`: plain TCP).
@@ -62,6 +65,10 @@ impl Secrets {
                 .sentinel_password_source()?
                 .map(|s| RotatingSecret::load(s, Duration::ZERO).map(Arc::new))
                 .transpose()?,
+            identities: match &config.client {
+                Some(client) => identities(client)?,
+                None => Vec::new(),
+            },
             upstream_tls: UpstreamTls::from_config(upstream)?,
             listen_tls: ListenTls::from_config(&config.listen)?,
         })
@@ -77,6 +84,7 @@ impl Secrets {
             .collect();
         all.extend(self.upstream_password.clone());
         all.extend(self.sentinel_password.clone());
+        all.extend(self.identities.iter().map(|(_, _, secret)| secret.clone()));
         all
     }
 }
@@ -91,6 +99,19 @@ fn client_users(
         users.push((name, Arc::new(RotatingSecret::load(source, overlap)?)));
     }
     Ok(users)
+}
+
+/// The upstream identities of client users, their passwords read (no overlap: Redis
+/// decides what it accepts).
+fn identities(
+    client: &config::Client,
+) -> Result<Vec<(String, String, Arc<RotatingSecret>)>, CredentialsError> {
+    let mut identities = Vec::new();
+    for identity in client.identities()? {
+        let secret = RotatingSecret::load(identity.password, Duration::ZERO)?;
+        identities.push((identity.user, identity.upstream_username, Arc::new(secret)));
+    }
+    Ok(identities)
 }
 
 #[cfg(test)]

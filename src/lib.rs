@@ -134,6 +134,8 @@ pub async fn run(
         None => Vec::new(),
     };
     let upstream = Upstream::new(&config, &secrets);
+    let identities = upstream::identities::Identities::new(&upstream, &secrets.identities);
+    let upstream_auth = config.client.as_ref().is_some_and(|c| c.upstream_auth);
     let cluster = (config.upstream.mode == config::Mode::Cluster)
         .then(|| cluster::Cluster::new(&config, &secrets));
     let mut shared = Shared::new(
@@ -143,7 +145,8 @@ pub async fn run(
     )
     .with_output_limits(config.output_limits())
     .with_max_in_flight(config.limits.max_in_flight)
-    .with_policies(Arc::new(policy::Policies::new(policies)));
+    .with_policies(Arc::new(policy::Policies::new(policies)))
+    .with_identities(identities, upstream_auth);
     if let Some(cluster) = cluster {
         shared = shared.with_cluster(cluster);
     }

@@ -39,6 +39,11 @@ pub const CLIENT_CONNECTIONS_TOTAL: &str = "redis_ambassador_client_connections_
 pub const CLIENT_AUTH_FAILURES_TOTAL: &str = "redis_ambassador_client_auth_failures_total";
 pub const PROTOCOL_ERRORS_TOTAL: &str = "redis_ambassador_protocol_errors_total";
 pub const COMMANDS_REFUSED_TOTAL: &str = "redis_ambassador_commands_refused_total";
+pub const USER_COMMANDS_TOTAL: &str = "redis_ambassador_user_commands_total";
+/// The `user` label of [`USER_COMMANDS_TOTAL`] for clients logged in as a Redis user the
+/// ambassador does not know (`[client] upstream_auth`): their names come from clients, so
+/// they share one series and the label stays bounded by the configuration.
+pub const UPSTREAM_USER_LABEL: &str = "(upstream_auth)";
 pub const CLIENT_TLS_FAILURES_TOTAL: &str = "redis_ambassador_client_tls_handshake_failures_total";
 pub const CLIENT_BYTES_IN_TOTAL: &str = "redis_ambassador_client_bytes_in_total";
 pub const CLIENT_BYTES_OUT_TOTAL: &str = "redis_ambassador_client_bytes_out_total";
@@ -256,6 +261,12 @@ pub fn record_refused(user: &str, command: &str) {
         "command" => command.to_owned()
     )
     .increment(1);
+}
+
+/// The [`USER_COMMANDS_TOTAL`] handle of `user` (a configured user, `default`, or
+/// [`UPSTREAM_USER_LABEL`]), made once per user and kept by each session.
+pub fn user_commands(user: &str) -> Counter {
+    metrics::counter!(USER_COMMANDS_TOTAL, "user" => user.to_owned())
 }
 
 /// Records one command: its outcome (`None` for success) and how long it took.
@@ -513,6 +524,11 @@ fn describe() {
     describe_counter!(
         COMMANDS_REFUSED_TOTAL,
         "Commands refused by a user's command rules (commands, read_only), by user and command."
+    );
+    describe_counter!(
+        USER_COMMANDS_TOTAL,
+        "Commands received, by the user the client authenticated as (configured users; \
+         (upstream_auth) for Redis users logged in through the ambassador)."
     );
     describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now.");
     describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted.");

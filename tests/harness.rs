@@ -127,6 +127,10 @@ fn typed_config_uses_only_keys_the_proxy_knows() {
         password_env: Some("HARNESS_OTHER_PW".into()),
         commands: Some("-@all +get +config|get".into()),
         read_only: Some(true),
+        // Not in cluster mode: checked below, on a standalone upstream.
+        upstream_username: None,
+        upstream_password_file: None,
+        upstream_password_env: None,
     });
     let u = &mut c.upstream;
     u.mode = Some(UpstreamMode::Cluster);
@@ -179,4 +183,43 @@ fn typed_config_uses_only_keys_the_proxy_knows() {
 
     let minimal = AmbassadorConfig::new("127.0.0.1:6380").to_toml();
     assert_eq!(minimal, "[upstream]\naddress = \"127.0.0.1:6380\"\n");
+}
+
+/// The upstream identity keys, which cluster mode refuses: `--check` accepts them on a
+/// standalone upstream.
+#[test]
+fn typed_config_identity_keys() {
+    use common::config::ClientUser;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "Harness-Pw-1\n").unwrap();
+    let mut s = AmbassadorConfig::new("127.0.0.1:6380");
+    let client = s.client_mut();
+    client.password_file = Some(dir.path().join("pw"));
+    client.upstream_auth = Some(true);
+    client.users.push(ClientUser {
+        username: "reports".into(),
+        password_env: Some("HARNESS_OTHER_PW".into()),
+        upstream_username: Some("reporter".into()),
+        upstream_password_env: Some("HARNESS_OTHER_PW".into()),
+        ..ClientUser::default()
+    });
+    client.users.push(ClientUser {
+        username: "jobs".into(),
+        password_env: Some("HARNESS_OTHER_PW".into()),
+        upstream_username: Some("jobs".into()),
+        upstream_password_file: Some(dir.path().join("pw")),
+        ..ClientUser::default()
+    });
+    let path = s.write(&dir.path().join("identities.toml"));
+    let (status, out) = run_proxy_to_exit(
+        &["--config", path.to_str().unwrap(), "--check"],
+        &[("HARNESS_OTHER_PW", "Harness-Pw-2")],
+        Duration::from_secs(10),
+    );
+    assert!(
+        status.success(),
+        "--check refused the identity keys ({status}):\n{out}\n{}",
+        s.to_toml()
+    );
 }

@@ -175,6 +175,8 @@ pub struct Batch {
     last: ConnState,
     /// The command being planned, for metrics, and when the batch was read.
     current: CommandId,
+    /// Requests planned (for the per-user count).
+    pub requests: u32,
     started: Instant,
     /// A blocking command is in the batch: no command timeout, and a dedicated connection.
     pub blocking: bool,
@@ -208,6 +210,7 @@ impl Batch {
             first: None,
             last: ConnState::INITIAL,
             current: CommandId::OTHER,
+            requests: 0,
             started: Instant::now(),
             blocking: false,
             barrier: false,
@@ -223,6 +226,7 @@ impl Batch {
     /// Sets the command the next reply or forward belongs to (for metrics).
     pub fn begin(&mut self, command: CommandId) {
         self.current = command;
+        self.requests += 1;
     }
 
     /// The command planned last (what CLIENT LIST shows as a client's `cmd`).

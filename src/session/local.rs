@@ -16,7 +16,6 @@ use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, encode};
 use crate::replies::{self, refusal};
-use crate::secret::Secret;
 use crate::upstream::{AuthFailure, ConnState, ServerInfo, UpstreamError};
 use std::sync::Arc;
 
@@ -99,43 +98,55 @@ impl Session {
         batch.reply(replies::OK);
     }
 
-    /// Authenticates the client: as one of the ambassador's users, or — when the
-    /// ambassador has none of its own (no `[client]` section) and the name is not
-    /// `default` — as a Redis user, checked by the server itself, whose commands then go
-    /// to the server as that user (its ACLs apply). `Err`: the reply to give.
+    /// Authenticates the client: as one of the ambassador's users (through its own
+    /// upstream identity when it has one), or — with `upstream_auth` (always so without a
+    /// `[client]` section) and a name other than `default` — as a Redis user, checked by
+    /// the server itself, whose commands then go to the server as that user (its ACLs
+    /// apply). `Err`: the reply to give.
     async fn log_in(&mut self, username: &[u8], password: &[u8]) -> Result<(), Bytes> {
         if let Some(user) = self.shared.authenticate(username, password) {
             self.authenticated = true;
             self.access = self.shared.access(&user);
+            self.identity = self.shared.identities.configured(&user);
+            self.user_commands = self.shared.user_commands(&user);
             self.user = user;
-            self.identity = None;
             self.publish_text();
             return Ok(());
         }
-        let as_redis_user = !self.shared.client_auth.required()
+        let as_redis_user = self.shared.upstream_auth
             && self.shared.cluster.is_none()
+            && !self.shared.client_auth.knows(username)
             && !username.eq_ignore_ascii_case(crate::auth::DEFAULT_USER.as_bytes());
         let name = match std::str::from_utf8(username) {
             Ok(name) if as_redis_user => name,
             _ => return Err(Bytes::from_static(replies::WRONGPASS)),
         };
-        let upstream = Arc::new(self.shared.upstream.as_user(
+        let shared = Arc::clone(&self.shared);
+        let address = self.peer.ip();
+        let delay = shared.login_throttle.delay(address);
+        if !delay.is_zero() {
+            tracing::debug!(peer = %self.peer, ?delay, "repeated failed logins: waiting");
+            tokio::time::sleep(delay).await;
+        }
+        let logged_in = Box::pin(shared.identities.log_in(
+            &shared.upstream,
             name,
-            Secret::new(password.to_vec()),
+            password,
             self.db,
         ));
-        // A connection made with the credentials is the server's own check.
-        let checked = upstream.get().await.map(drop);
-        match checked {
-            Ok(()) => {
+        match logged_in.await {
+            Ok(upstream) => {
+                shared.login_throttle.succeeded(address);
                 self.authenticated = true;
                 self.user = Arc::from(name);
                 self.access = Access::Any;
                 self.identity = Some(upstream);
+                self.user_commands = shared.user_commands(crate::metrics::UPSTREAM_USER_LABEL);
                 self.publish_text();
                 Ok(())
             }
             Err(UpstreamError::AuthFailed(AuthFailure::Refused(text))) => {
+                shared.login_throttle.failed(address);
                 let mut reply = BytesMut::new();
                 encode::error(&mut reply, text.as_bytes());
                 Err(reply.freeze())

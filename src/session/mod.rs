@@ -295,6 +295,9 @@ impl Session {
 
     /// CLIENT LIST's `cmd`: the batch's last command (once per batch, a store).
     fn note_command(&self, batch: &Batch) {
+        if batch.requests > 0 {
+            self.user_commands.increment(u64::from(batch.requests));
+        }
         let id = batch.current();
         if id == crate::command::CommandId::OTHER && batch.is_empty() {
             // Nothing was planned (an incomplete request).

@@ -6,6 +6,7 @@
 //! upstream connection while a connection-bound state lasts). The other files of this
 //! module act on this state; this file only holds it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,12 +14,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::auth::ClientAuth;
+use crate::auth::{ClientAuth, LoginThrottle};
 use crate::cluster::{Binding, Cluster};
 use crate::config::{DEFAULT_MAX_IN_FLIGHT, OutputLimits};
 use crate::net::ClientStream;
 use crate::policy::{Permissions, Policies};
 use crate::protocol::{Proto, Request, RequestLimits, encode};
+use crate::upstream::identities::Identities;
 use crate::upstream::slot::ReplySlot;
 use crate::upstream::{ConnState, Pinned, Upstream};
 
@@ -47,10 +49,32 @@ pub struct Shared {
     /// them), to every client in MONITOR mode (see `relay`).
     /// Each line with the id of the client whose command it shows.
     pub(super) monitors: tokio::sync::broadcast::Sender<(u64, Bytes)>,
+    /// The Redis users the ambassador speaks as besides its own: configured users'
+    /// `upstream_username`s, and the users clients logged in as (see `upstream_auth`).
+    pub identities: Identities,
+    /// `AUTH` as a user not configured here is checked by Redis, and the client then runs
+    /// as that Redis user: `[client] upstream_auth`, and always without a `[client]`
+    /// section (Redis's `nopass` default user; not in cluster mode).
+    pub upstream_auth: bool,
+    /// Failed logins that Redis checked, per client address.
+    pub(super) login_throttle: LoginThrottle,
+    /// `redis_ambassador_user_commands_total` handles, by user label.
+    user_commands: HashMap<Arc<str>, metrics::Counter>,
 }
 
 impl Shared {
     pub fn new(upstream: Upstream, client_auth: ClientAuth, limits: RequestLimits) -> Shared {
+        let labels = client_auth.names().map(|name| name.to_string()).chain([
+            crate::auth::DEFAULT_USER.to_owned(),
+            crate::metrics::UPSTREAM_USER_LABEL.to_owned(),
+        ]);
+        let user_commands = labels
+            .map(|label| {
+                let counter = crate::metrics::user_commands(&label);
+                (Arc::from(label), counter)
+            })
+            .collect();
+        let upstream_auth = !client_auth.required();
         Shared {
             upstream,
             client_auth,
@@ -62,7 +86,33 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             clients: Clients::default(),
             monitors: tokio::sync::broadcast::Sender::new(1024),
+            identities: Identities::default(),
+            upstream_auth,
+            login_throttle: LoginThrottle::default(),
+            user_commands,
         }
+    }
+
+    /// The configured users' own upstream identities, and whether clients may log in as
+    /// Redis users the ambassador does not know (`[client] upstream_auth`; always so
+    /// without client users).
+    pub fn with_identities(mut self, identities: Identities, upstream_auth: bool) -> Shared {
+        self.identities = identities;
+        self.upstream_auth = upstream_auth || !self.client_auth.required();
+        self
+    }
+
+    /// The command counter of `user` (a configured user or `default`), or the shared one
+    /// of users logged in through Redis.
+    pub(super) fn user_commands(&self, user: &str) -> metrics::Counter {
+        let label = match self.user_commands.get(user) {
+            Some(counter) => return counter.clone(),
+            None => crate::metrics::UPSTREAM_USER_LABEL,
+        };
+        self.user_commands
+            .get(label)
+            .cloned()
+            .unwrap_or_else(metrics::Counter::noop)
     }
 
     /// Sets the bounds for relayed clients' output (Redis's defaults otherwise).
@@ -208,6 +258,8 @@ pub struct Session {
     /// The client authenticated as a Redis user the ambassador does not know: its commands
     /// go to the server as that user, over an upstream of its own (see `Upstream::as_user`).
     pub(super) identity: Option<Arc<Upstream>>,
+    /// The user's `redis_ambassador_user_commands_total`.
+    pub(super) user_commands: metrics::Counter,
     /// What other clients see of this one (CLIENT LIST, KILL, TRACKING REDIRECT).
     pub(super) client: Arc<Client>,
     /// CLIENT NO-EVICT is on.
@@ -228,6 +280,7 @@ impl Session {
         let now = Instant::now();
         let user: Arc<str> = Arc::from(crate::auth::DEFAULT_USER);
         let client = Arc::new(Client::new(id, peer, local_addr, user));
+        let user_commands = shared.user_commands(crate::auth::DEFAULT_USER);
         shared.clients.register(client.clone());
         Session {
             shared,
@@ -251,6 +304,7 @@ impl Session {
             drop_pin: false,
             binding: Binding::default(),
             identity: None,
+            user_commands,
             client,
             no_evict: false,
             no_touch: false,
@@ -296,6 +350,7 @@ impl Session {
         self.user = Arc::from(crate::auth::DEFAULT_USER);
         self.access = Access::Any;
         self.identity = None;
+        self.user_commands = self.shared.user_commands(crate::auth::DEFAULT_USER);
         // As Redis 7.2+ (7.0 keeps NO-EVICT): the pinned connection that carried NO-TOUCH
         // is dropped with the rest of the connection-bound state.
         self.no_evict = false;

@@ -27,6 +27,7 @@
 
 pub mod conn;
 mod error;
+pub mod identities;
 mod manager;
 pub mod mux;
 pub mod sentinel;
@@ -205,6 +206,18 @@ impl Upstream {
             Some(Arc::new(RotatingSecret::fixed(password))),
             None,
             Some(enter_as),
+        )
+    }
+
+    /// The same server, reached as Redis user `username` with a password that may rotate:
+    /// a configured client user's own identity (`[[client.users]] upstream_username`).
+    pub fn as_identity(&self, username: &str, password: Arc<RotatingSecret>) -> Upstream {
+        Upstream::assemble(
+            self.template.clone(),
+            Some(username.to_owned()),
+            Some(password),
+            None,
+            None,
         )
     }
 

@@ -243,6 +243,25 @@ impl AmbassadorBuilder {
         user.read_only = read_only.then_some(true);
         self
     }
+    /// The `[[client.users]]` entry `name` (added by `client_user_file` before) reaches
+    /// Redis as `redis_user`, whose password is in the file at `path`.
+    pub fn client_user_identity(mut self, name: &str, redis_user: &str, path: &Path) -> Self {
+        let user = self
+            .config
+            .client_mut()
+            .users
+            .iter_mut()
+            .find(|u| u.username == name)
+            .expect("client_user_file first");
+        user.upstream_username = Some(redis_user.to_owned());
+        user.upstream_password_file = Some(path.to_owned());
+        self
+    }
+    /// `[client] upstream_auth`.
+    pub fn upstream_auth(mut self, on: bool) -> Self {
+        self.config.client_mut().upstream_auth = Some(on);
+        self
+    }
     /// `[upstream]` with this password (written to a file at start).
     pub fn upstream_password(mut self, pw: &[u8]) -> Self {
         self.upstream_password = Some(pw.to_vec());

@@ -78,6 +78,9 @@ pub struct Client {
     pub commands: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
+    /// Unknown users' `AUTH` checked by Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_auth: Option<bool>,
     /// `[[client.users]]` (last: a TOML array of tables follows the plain keys).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<ClientUser>,
@@ -96,6 +99,13 @@ pub struct ClientUser {
     pub commands: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
+    /// This user's own Redis identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_password_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_password_env: Option<String>,
 }
 
 /// `[upstream] mode`.
