@@ -298,3 +298,101 @@ fn upstream_auth_failures_are_throttled_per_address() {
     c.call_expect(&["ACL", "WHOAMI"], &bulk("frank"));
     assert!(started.elapsed() < HANG);
 }
+
+/// A client holding its dedicated connection (WATCH) that authenticates as a user with
+/// another upstream identity: the connection logs in as that identity (its WATCH kept, as
+/// in Redis), and is never handed back to the old identity's pool.
+#[test]
+fn authenticating_while_watching_moves_the_dedicated_connection() {
+    let upstream = RedisServer::with_password(UPSTREAM_PW);
+    direct(
+        &upstream,
+        &[
+            "ACL",
+            "SETUSER",
+            "reporter",
+            "on",
+            ">Rep-Up-1",
+            "~*",
+            "+@all",
+        ],
+    );
+    let files = KubeSecretDir::new(&[("client", &b"Rep-Client-Pw"[..]), ("upstream", b"Rep-Up-1")]);
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .client_password(b"App-Pw")
+        .client_user_file("reports", &files.key("client"))
+        .client_user_identity("reports", "reporter", &files.key("upstream"))
+        .max_pinned(1)
+        .start();
+    let mut c = proxy.conn();
+    c.call_expect(&["AUTH", "App-Pw"], b"+OK\r\n");
+    c.call_expect(&["WATCH", "w"], b"+OK\r\n");
+    c.call_expect(&["ACL", "WHOAMI"], &bulk("default"));
+    c.call_expect(&["AUTH", "reports", "Rep-Client-Pw"], b"+OK\r\n");
+    c.call_expect(&["ACL", "WHOAMI"], &bulk("reporter"));
+    // The WATCH survived the move: a change by someone else aborts the transaction.
+    direct(&upstream, &["SET", "w", "changed"]);
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["SET", "w", "mine"], b"+QUEUED\r\n");
+    c.call_expect(&["EXEC"], b"*-1\r\n");
+    assert_eq!(direct(&upstream, &["GET", "w"]), bulk("changed"));
+    // And it is watched again, and runs, as the new user.
+    c.call_expect(&["WATCH", "w"], b"+OK\r\n");
+    c.call_expect(&["MULTI"], b"+OK\r\n");
+    c.call_expect(&["ACL", "WHOAMI"], b"+QUEUED\r\n");
+    c.call_expect(
+        &["EXEC"],
+        &[b"*1\r\n".as_slice(), &bulk("reporter")].concat(),
+    );
+    // The one dedicated connection of the ambassador's identity was not the one handed
+    // over: another client's WATCH is the ambassador's user.
+    drop(c);
+    let mut d = proxy.conn();
+    d.call_expect(&["AUTH", "App-Pw"], b"+OK\r\n");
+    d.call_expect(&["WATCH", "w"], b"+OK\r\n");
+    d.call_expect(&["ACL", "WHOAMI"], &bulk("default"));
+}
+
+/// The same in RESP3 pub/sub mode (where AUTH is allowed): the relayed connection logs in
+/// as the new identity, and messages keep coming.
+#[test]
+fn authenticating_while_subscribed_moves_the_relayed_connection() {
+    let upstream = RedisServer::with_password(UPSTREAM_PW);
+    direct(
+        &upstream,
+        &[
+            "ACL",
+            "SETUSER",
+            "reporter",
+            "on",
+            ">Rep-Up-1",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+    );
+    let files = KubeSecretDir::new(&[("client", &b"Rep-Client-Pw"[..]), ("upstream", b"Rep-Up-1")]);
+    let proxy = AmbassadorBuilder::for_server(&upstream)
+        .client_password(b"App-Pw")
+        .client_user_file("reports", &files.key("client"))
+        .client_user_identity("reports", "reporter", &files.key("upstream"))
+        .start();
+    let mut c = proxy.conn();
+    let hello = c.call(&["HELLO", "3", "AUTH", "default", "App-Pw"]);
+    assert!(hello.starts_with(b"%7\r\n"), "{}", escape(&hello));
+    c.call_expect(
+        &["SUBSCRIBE", "news"],
+        b">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n",
+    );
+    c.call_expect(&["ACL", "WHOAMI"], &bulk("default"));
+    c.call_expect(&["AUTH", "reports", "Rep-Client-Pw"], b"+OK\r\n");
+    c.call_expect(&["ACL", "WHOAMI"], &bulk("reporter"));
+    direct(&upstream, &["PUBLISH", "news", "hi"]);
+    c.expect(b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n");
+    let list = String::from_utf8_lossy(&direct(&upstream, &["CLIENT", "LIST"])).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.contains(" user=reporter ") && l.contains(" sub=1 ")),
+        "{list}"
+    );
+}

@@ -180,7 +180,10 @@ fn commands_rules_refuse_with_redis_text_and_never_reach_redis() {
         );
         assert_eq!(scraped_value(&scrape, &sample), count, "{sample}\n{scrape}");
     }
-    assert!(!scrape.contains("user=\"plain\""), "{scrape}");
+    assert!(
+        !scrape.contains("commands_refused_total{user=\"plain\""),
+        "{scrape}"
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::metrics::{self, ErrorClass};
 use crate::protocol::number::{parse_i32, parse_i64};
 use crate::protocol::{Proto, Request, encode};
 use crate::replies::{self, refusal};
-use crate::upstream::{AuthFailure, ConnState, ServerInfo, UpstreamError};
+use crate::upstream::{AuthFailure, ConnState, ServerInfo, Upstream, UpstreamError};
 use std::sync::Arc;
 
 impl Session {
@@ -104,6 +104,17 @@ impl Session {
     /// the server itself, whose commands then go to the server as that user (its ACLs
     /// apply). `Err`: the reply to give.
     async fn log_in(&mut self, username: &[u8], password: &[u8]) -> Result<(), Bytes> {
+        // The address only, to compare (a raw pointer would not be `Send`).
+        let before = std::ptr::from_ref::<Upstream>(self.upstream()) as usize;
+        let result = Box::pin(self.authenticate_as(username, password)).await;
+        let after = std::ptr::from_ref::<Upstream>(self.upstream()) as usize;
+        if result.is_ok() && before != after {
+            self.rebind = true;
+        }
+        result
+    }
+
+    async fn authenticate_as(&mut self, username: &[u8], password: &[u8]) -> Result<(), Bytes> {
         if let Some(user) = self.shared.authenticate(username, password) {
             self.authenticated = true;
             self.access = self.shared.access(&user);

@@ -323,6 +323,15 @@ impl Session {
     ) -> Planned {
         let max = self.shared.max_in_flight;
         let mut batch = Batch::new(max);
+        if std::mem::take(&mut self.rebind) {
+            if let Some(pinned) = self.pinned.as_mut() {
+                // The client is another Redis user now; its dedicated connection follows
+                // (and is not returned to the old identity's pool).
+                pinned.retired = true;
+                batch.forward_swallowed(self.upstream().login_request(), self.conn_state());
+                batch.pin_required = true;
+            }
+        }
         if self.no_touch && self.pinned.is_none() {
             // The dedicated connection that carried CLIENT NO-TOUCH is gone (the upstream
             // failed): the next one gets the flag before the client's commands.

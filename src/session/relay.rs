@@ -1293,6 +1293,16 @@ impl Session {
         if let Step::Exit(exit) = sync_state(self.conn_state(), conn, relay, true).await {
             return Step::Exit(exit);
         }
+        if std::mem::take(&mut self.rebind) {
+            // The client is another Redis user now (AUTH, HELLO … AUTH): so is its
+            // connection, which then never goes back to the old identity's pool.
+            conn.retired = true;
+            relay.swallow.push_back(Expect::Ok);
+            let login = self.upstream().login_request();
+            if let Step::Exit(exit) = forward_raw_bytes(conn, login).await {
+                return Step::Exit(exit);
+            }
+        }
         leave_if_idle(conn, relay).await
     }
 }

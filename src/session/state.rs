@@ -258,6 +258,10 @@ pub struct Session {
     /// The client authenticated as a Redis user the ambassador does not know: its commands
     /// go to the server as that user, over an upstream of its own (see `Upstream::as_user`).
     pub(super) identity: Option<Arc<Upstream>>,
+    /// The client authenticated as another upstream identity: a dedicated connection it
+    /// holds (WATCH, CLIENT NO-TOUCH, a relay) is logged in as the new identity before its
+    /// next command (see `Upstream::login_request`).
+    pub(super) rebind: bool,
     /// The user's `redis_ambassador_user_commands_total`.
     pub(super) user_commands: metrics::Counter,
     /// What other clients see of this one (CLIENT LIST, KILL, TRACKING REDIRECT).
@@ -304,6 +308,7 @@ impl Session {
             drop_pin: false,
             binding: Binding::default(),
             identity: None,
+            rebind: false,
             user_commands,
             client,
             no_evict: false,

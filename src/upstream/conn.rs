@@ -212,6 +212,9 @@ pub struct UpstreamConn {
     pub state: ConnState,
     /// Set when the connection must not be reused.
     pub broken: bool,
+    /// Logged in, while pinned, as another identity than its pool's (a client that
+    /// authenticated as another user): never returned to the pool.
+    pub retired: bool,
     /// The upstream password's generation when this connection authenticated: after a
     /// rotation, older connections are recycled at their next quiet moment.
     pub credentials: u64,
@@ -265,6 +268,7 @@ impl UpstreamConn {
             replies: ReplyBuffer::new(dialer.max_reply_depth),
             state: ConnState::INITIAL,
             broken: false,
+            retired: false,
             credentials: 0,
             target: 0,
         };

@@ -358,7 +358,7 @@ impl ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut UpstreamConn) -> bool {
-        conn.broken
+        conn.broken || conn.retired
     }
 }
 

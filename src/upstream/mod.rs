@@ -97,6 +97,9 @@ pub struct Upstream {
     template: Arc<Template>,
     /// How long a request waits for the reconnect backoff to end before it dials anyway.
     connect_timeout: Duration,
+    /// Who its connections log in as (see [`login_request`](Upstream::login_request)).
+    username: Option<String>,
+    password: Option<Arc<RotatingSecret>>,
 }
 
 /// Brings `conn` to `state` (SELECT/HELLO as needed), sends `chunks` behind the change and
@@ -239,7 +242,7 @@ impl Upstream {
             target: target.clone(),
             dialer: conn::Dialer {
                 tls: template.tls.clone(),
-                username,
+                username: username.clone(),
                 connect_timeout: config.upstream.connect_timeout(),
                 max_reply_depth: config.limits.max_reply_depth,
                 readonly: template.readonly,
@@ -288,7 +291,23 @@ impl Upstream {
             command_timeout: config.upstream.command_timeout(),
             connect_timeout: config.upstream.connect_timeout(),
             template,
+            username,
+            password,
         }
+    }
+
+    /// The `AUTH` that logs a connection in as this upstream's identity: for a dedicated
+    /// connection of another identity that a client keeps (WATCH, CLIENT NO-TOUCH) when it
+    /// authenticates as a user of this one. Without a password, the default user, which
+    /// is then `nopass` (any password is accepted).
+    pub fn login_request(&self) -> Bytes {
+        let password = self.password.as_ref().map(|p| p.current());
+        let password = password.as_ref().map_or(&b"nopass"[..], |p| p.expose());
+        let username = self
+            .username
+            .as_deref()
+            .unwrap_or(crate::auth::DEFAULT_USER);
+        crate::protocol::encode::command(&[&b"AUTH"[..], username.as_bytes(), password])
     }
 
     /// Sends `chunks` (whole requests expecting `replies` replies) on a shared lane, in
